@@ -24,27 +24,27 @@ import time  # noqa: E402
 
 
 def main(argv=None) -> int:
-  from ntkal.datasets import GENERATORS, SIZES, dataset_dir, generate
+    from ntkal.datasets import GENERATORS, SIZES, dataset_dir, generate
 
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  p.add_argument("names", nargs="+", choices=GENERATORS)
-  p.add_argument("--size", default="default", choices=SIZES)
-  p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--cache-dir", default="data_cache")
-  p.add_argument("--quiet", action="store_true", help="no progress bars")
-  args = p.parse_args(argv)
-  for name in args.names:
-    t0 = time.perf_counter()
-    paths = generate(name, args.size, args.seed, args.cache_dir, progress=not args.quiet)
-    dt = time.perf_counter() - t0
-    root, man = dataset_dir(name, args.size, args.seed, args.cache_dir, progress=False)
-    counts = ({s: v["n_frames"] for s, v in man["splits"].items()} if name == "oc20_like"
-              else {"path_frames": man["n_path_frames"], "eq_frames": man["n_eq_frames"],
-                    "reactions": len(man["reactions"]), "failures": len(man["failures"])})
-    print(json.dumps({"name": name, "size": args.size, "seed": args.seed, "dir": root,
-                      "seconds": round(dt, 2), "counts": counts, "files": paths}, indent=1))
-  return 0
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("names", nargs="+", choices=GENERATORS)
+    p.add_argument("--size", default="default", choices=SIZES)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", default="data_cache")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    for name in args.names:
+        t0 = time.perf_counter()
+        paths = generate(name, args.size, args.seed, args.cache_dir, progress=not args.quiet)
+        dt = time.perf_counter() - t0
+        root, man = dataset_dir(name, args.size, args.seed, args.cache_dir, progress=False)
+        counts = ({s: v["n_frames"] for s, v in man["splits"].items()} if name == "oc20_like"
+                  else {"path_frames": man["n_path_frames"], "eq_frames": man["n_eq_frames"],
+                        "reactions": len(man["reactions"]), "failures": len(man["failures"])})
+        print(json.dumps({"name": name, "size": args.size, "seed": args.seed, "dir": root,
+                          "seconds": round(dt, 2), "counts": counts, "files": paths}, indent=1))
+    return 0
 
 
 if __name__ == "__main__":
-  raise SystemExit(main())
+    raise SystemExit(main())

@@ -22,36 +22,36 @@ MANIFEST = "manifest.json"
 
 
 def cache_key(generator: str, size: str, seed: int, version: int) -> str:
-  return f"{generator}-{size}-seed{seed}-v{version}"
+    return f"{generator}-{size}-seed{seed}-v{version}"
 
 
 def cached_build(cache_dir: str | os.PathLike, key: str,
                  build: Callable[[str], dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-  """Return ``(directory, manifest)``, building with ``build(tmp_dir)`` if absent.
+    """Return ``(directory, manifest)``, building with ``build(tmp_dir)`` if absent.
 
-  ``build`` writes files into ``tmp_dir`` and returns a JSON-serialisable
-  manifest whose paths are *relative* to the dataset directory.
-  """
-  cache_dir = os.fspath(cache_dir)
-  final = os.path.join(cache_dir, key)
-  man_path = os.path.join(final, MANIFEST)
-  if os.path.exists(man_path):
-    with open(man_path) as fh:
-      return final, json.load(fh)
-  os.makedirs(cache_dir, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
-  try:
-    manifest = build(tmp)
-    with open(os.path.join(tmp, MANIFEST), "w") as fh:
-      json.dump(manifest, fh, indent=1, sort_keys=True)
+    ``build`` writes files into ``tmp_dir`` and returns a JSON-serialisable
+    manifest whose paths are *relative* to the dataset directory.
+    """
+    cache_dir = os.fspath(cache_dir)
+    final = os.path.join(cache_dir, key)
+    man_path = os.path.join(final, MANIFEST)
+    if os.path.exists(man_path):
+        with open(man_path) as fh:
+            return final, json.load(fh)
+    os.makedirs(cache_dir, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
     try:
-      os.rename(tmp, final)
-    except OSError:
-      if not os.path.exists(man_path):  # not a concurrent winner: real error
+        manifest = build(tmp)
+        with open(os.path.join(tmp, MANIFEST), "w") as fh:
+            json.dump(manifest, fh, indent=1, sort_keys=True)
+        try:
+            os.rename(tmp, final)
+        except OSError:
+            if not os.path.exists(man_path):  # not a concurrent winner: real error
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
-      shutil.rmtree(tmp, ignore_errors=True)
-  except BaseException:
-    shutil.rmtree(tmp, ignore_errors=True)
-    raise
-  with open(man_path) as fh:
-    return final, json.load(fh)
+    with open(man_path) as fh:
+        return final, json.load(fh)

@@ -69,31 +69,31 @@ _BUILD = {"fcc111": fcc111, "fcc100": fcc100, "fcc211": fcc211}
 
 @dataclasses.dataclass(frozen=True)
 class OC20LikeConfig:
-  """Sizes of an OC20-like dataset.
+    """Sizes of an OC20-like dataset.
 
-  Attributes:
-    n_systems: systems per split (split name -> count).
-    relax_steps: max BFGS steps per relaxation (all recorded).
-    n_rattle: rattled copies of each relaxed system.
-    rattle_std: Gaussian rattle amplitude, Å.
-    md_steps: Langevin steps (1 fs) per system; every ``md_every``-th is kept.
-    md_every: MD recording interval, steps.
-    md_temperature: K.
-    frames_per_chunk: frames per ``<k>.extxyz.xz`` (5000 in OC20).
-  """
-  n_systems: Mapping[str, int]
-  relax_steps: int = 30
-  n_rattle: int = 4
-  rattle_std: float = 0.08
-  md_steps: int = 40
-  md_every: int = 4
-  md_temperature: float = 700.0
-  frames_per_chunk: int = 5000
+    Attributes:
+      n_systems: systems per split (split name -> count).
+      relax_steps: max BFGS steps per relaxation (all recorded).
+      n_rattle: rattled copies of each relaxed system.
+      rattle_std: Gaussian rattle amplitude, Å.
+      md_steps: Langevin steps (1 fs) per system; every ``md_every``-th is kept.
+      md_every: MD recording interval, steps.
+      md_temperature: K.
+      frames_per_chunk: frames per ``<k>.extxyz.xz`` (5000 in OC20).
+    """
+    n_systems: Mapping[str, int]
+    relax_steps: int = 30
+    n_rattle: int = 4
+    rattle_std: float = 0.08
+    md_steps: int = 40
+    md_every: int = 4
+    md_temperature: float = 700.0
+    frames_per_chunk: int = 5000
 
 
 def _sizes(train, other, **kw) -> OC20LikeConfig:
-  n = {"train": train, **{s: other for s in OC20_SPLITS[1:]}}
-  return OC20LikeConfig(n_systems=n, **kw)
+    n = {"train": train, **{s: other for s in OC20_SPLITS[1:]}}
+    return OC20LikeConfig(n_systems=n, **kw)
 
 
 OC20_LIKE_SIZES: Mapping[str, OC20LikeConfig] = {
@@ -105,247 +105,247 @@ OC20_LIKE_SIZES: Mapping[str, OC20LikeConfig] = {
 
 
 def is_source(atoms: Atoms) -> bool:
-  """Pretraining source subset: clean slabs and atomic adsorbates on ID metals."""
-  return (atoms.info.get("metal") in ID_METALS
-          and atoms.info.get("adsorbate") in ("clean",) + ATOMIC_ADSORBATES)
+    """Pretraining source subset: clean slabs and atomic adsorbates on ID metals."""
+    return (atoms.info.get("metal") in ID_METALS
+            and atoms.info.get("adsorbate") in ("clean",) + ATOMIC_ADSORBATES)
 
 
 def _adsorbate(name: str) -> Atoms:
-  """Adsorbate with its binding atom (index 0) at the origin, axis along +z."""
-  if name == "clean":
-    return Atoms()
-  if len(name) == 1:
-    return Atoms(name, positions=[(0, 0, 0)])
-  bond = {"CO": 1.15, "N2": 1.12, "O2": 1.24, "NO": 1.17, "CN": 1.18}[name]
-  return Atoms(name, positions=[(0, 0, 0), (0, 0, bond)])
+    """Adsorbate with its binding atom (index 0) at the origin, axis along +z."""
+    if name == "clean":
+        return Atoms()
+    if len(name) == 1:
+        return Atoms(name, positions=[(0, 0, 0)])
+    bond = {"CO": 1.15, "N2": 1.12, "O2": 1.24, "NO": 1.17, "CN": 1.18}[name]
+    return Atoms(name, positions=[(0, 0, 0), (0, 0, bond)])
 
 
 def _slab(metal: str, facet: str) -> Atoms:
-  slab = _BUILD[facet](metal, size=(3, 3, 4), vacuum=7.0)
-  slab.pbc = True
-  z = slab.positions[:, 2]
-  bottom = z < z.min() + 0.5 * (z.max() - z.min()) - 1e-6
-  slab.set_tags(np.where(bottom, 0, 1))
-  slab.set_constraint(FixAtoms(mask=bottom))
-  slab.info.pop("adsorbate_info", None)
-  return slab
+    slab = _BUILD[facet](metal, size=(3, 3, 4), vacuum=7.0)
+    slab.pbc = True
+    z = slab.positions[:, 2]
+    bottom = z < z.min() + 0.5 * (z.max() - z.min()) - 1e-6
+    slab.set_tags(np.where(bottom, 0, 1))
+    slab.set_constraint(FixAtoms(mask=bottom))
+    slab.info.pop("adsorbate_info", None)
+    return slab
 
 
 def _place(slab: Atoms, facet: str, ads: str, site: str, rng: np.random.Generator) -> Atoms:
-  atoms = slab.copy()
-  mol = _adsorbate(ads)
-  if len(mol) == 0:
+    atoms = slab.copy()
+    mol = _adsorbate(ads)
+    if len(mol) == 0:
+        return atoms
+    mol.set_tags(np.full(len(mol), 2))
+    height = {"ontop": 1.9, "step": 1.9}.get(site, 1.4)
+    z = atoms.positions[:, 2]
+    if facet == "fcc211":
+        # step: above the highest atom; terrace: above a random lower top-tag atom.
+        top = np.argsort(-z)
+        i = top[0] if site == "step" else rng.choice(top[1:4])
+        xy = atoms.positions[i, :2]
+        base = atoms.positions[i, 2]
+    else:
+        cell = atoms.cell
+        frac = _BUILD[facet]("Cu", (1, 1, 1)).info["adsorbate_info"]["sites"][site]
+        top_atom = int(np.argmax(z))
+        xy = atoms.positions[top_atom, :2] + np.dot(frac, cell[:2, :2] / 3.0)
+        base = z.max()
+    xy = xy + rng.normal(0.0, 0.15, size=2)
+    mol.positions += np.array([xy[0], xy[1], base + height])
+    atoms += mol
     return atoms
-  mol.set_tags(np.full(len(mol), 2))
-  height = {"ontop": 1.9, "step": 1.9}.get(site, 1.4)
-  z = atoms.positions[:, 2]
-  if facet == "fcc211":
-    # step: above the highest atom; terrace: above a random lower top-tag atom.
-    top = np.argsort(-z)
-    i = top[0] if site == "step" else rng.choice(top[1:4])
-    xy = atoms.positions[i, :2]
-    base = atoms.positions[i, 2]
-  else:
-    cell = atoms.cell
-    frac = _BUILD[facet]("Cu", (1, 1, 1)).info["adsorbate_info"]["sites"][site]
-    top_atom = int(np.argmax(z))
-    xy = atoms.positions[top_atom, :2] + np.dot(frac, cell[:2, :2] / 3.0)
-    base = z.max()
-  xy = xy + rng.normal(0.0, 0.15, size=2)
-  mol.positions += np.array([xy[0], xy[1], base + height])
-  atoms += mol
-  return atoms
 
 
 def _flags(atoms: Atoms, n_slab: int, ads: str) -> tuple[bool, bool]:
-  """(dissociated, desorbed) from minimum-image distances."""
-  n = len(atoms)
-  if n == n_slab:
-    return False, False
-  ads_idx = np.arange(n_slab, n)
-  d_surf = atoms.get_distances(ads_idx[0], np.arange(n_slab), mic=True).min()
-  dissociated = False
-  if len(ads_idx) > 1:
-    bond = np.linalg.norm(_adsorbate(ads).positions[1])
-    dissociated = bool(atoms.get_distance(ads_idx[0], ads_idx[1], mic=True) > 1.5 * bond)
-  desorbed = bool(d_surf > 3.0)
-  return dissociated, desorbed
+    """(dissociated, desorbed) from minimum-image distances."""
+    n = len(atoms)
+    if n == n_slab:
+        return False, False
+    ads_idx = np.arange(n_slab, n)
+    d_surf = atoms.get_distances(ads_idx[0], np.arange(n_slab), mic=True).min()
+    dissociated = False
+    if len(ads_idx) > 1:
+        bond = np.linalg.norm(_adsorbate(ads).positions[1])
+        dissociated = bool(atoms.get_distance(ads_idx[0], ads_idx[1], mic=True) > 1.5 * bond)
+    desorbed = bool(d_surf > 3.0)
+    return dissociated, desorbed
 
 
 def gas_references() -> dict[str, float]:
-  """Per-element EMT gas references (eV) from relaxed H2, H2O, CO, N2."""
-  e = {}
-  for name in ("H2", "H2O", "CO", "N2"):
-    m = molecule(name)
-    m.center(vacuum=6.0)
-    m.calc = EMT()
-    BFGS(m, logfile=None).run(fmax=0.01, steps=200)
-    e[name] = float(m.get_potential_energy())
-  ref = {"H": e["H2"] / 2, "O": e["H2O"] - e["H2"], "N": e["N2"] / 2}
-  ref["C"] = e["CO"] - ref["O"]
-  return ref
+    """Per-element EMT gas references (eV) from relaxed H2, H2O, CO, N2."""
+    e = {}
+    for name in ("H2", "H2O", "CO", "N2"):
+        m = molecule(name)
+        m.center(vacuum=6.0)
+        m.calc = EMT()
+        BFGS(m, logfile=None).run(fmax=0.01, steps=200)
+        e[name] = float(m.get_potential_energy())
+    ref = {"H": e["H2"] / 2, "O": e["H2O"] - e["H2"], "N": e["N2"] / 2}
+    ref["C"] = e["CO"] - ref["O"]
+    return ref
 
 
 def _labelled(atoms: Atoms, calc=None) -> Atoms:
-  """Copy of ``atoms`` with EMT energy (eV) and raw forces (eV/Å) attached."""
-  out = atoms.copy()
-  if calc is None:
-    work = atoms.copy()
-    work.calc = EMT()
-    calc_atoms = work
-  else:
-    calc_atoms = atoms
-  e = float(calc_atoms.get_potential_energy())
-  f = np.array(calc_atoms.get_forces(apply_constraint=False))
-  out.calc = SinglePointCalculator(out, energy=e, free_energy=e, forces=f)
-  return out
+    """Copy of ``atoms`` with EMT energy (eV) and raw forces (eV/Å) attached."""
+    out = atoms.copy()
+    if calc is None:
+        work = atoms.copy()
+        work.calc = EMT()
+        calc_atoms = work
+    else:
+        calc_atoms = atoms
+    e = float(calc_atoms.get_potential_energy())
+    f = np.array(calc_atoms.get_forces(apply_constraint=False))
+    out.calc = SinglePointCalculator(out, energy=e, free_energy=e, forces=f)
+    return out
 
 
 class _SplitWriter:
-  """Streams frames of one split to S2EF chunks and an ASE (lmdb) database."""
+    """Streams frames of one split to S2EF chunks and an ASE (lmdb) database."""
 
-  def __init__(self, root: str, split: str, chunk: int, db_ext: str):
-    self.root, self.split, self.chunk = root, split, chunk
-    self.dir = os.path.join(root, "s2ef", split)
-    os.makedirs(self.dir, exist_ok=True)
-    os.makedirs(os.path.join(root, "aselmdb"), exist_ok=True)
-    self.db_rel = os.path.join("aselmdb", f"{split}{db_ext}")
-    self.db = ase.db.connect(os.path.join(root, self.db_rel), use_lock_file=False)
-    self.n = 0
-    self.chunks: list[list[str]] = []
-    self._xyz = self._txt = None
+    def __init__(self, root: str, split: str, chunk: int, db_ext: str):
+        self.root, self.split, self.chunk = root, split, chunk
+        self.dir = os.path.join(root, "s2ef", split)
+        os.makedirs(self.dir, exist_ok=True)
+        os.makedirs(os.path.join(root, "aselmdb"), exist_ok=True)
+        self.db_rel = os.path.join("aselmdb", f"{split}{db_ext}")
+        self.db = ase.db.connect(os.path.join(root, self.db_rel), use_lock_file=False)
+        self.n = 0
+        self.chunks: list[list[str]] = []
+        self._xyz = self._txt = None
 
-  def _rotate(self):
-    self.close_chunk()
-    k = len(self.chunks)
-    rel = [os.path.join("s2ef", self.split, f"{k}.extxyz.xz"),
-           os.path.join("s2ef", self.split, f"{k}.txt.xz")]
-    self._xyz = lzma.open(os.path.join(self.root, rel[0]), "wt")
-    self._txt = lzma.open(os.path.join(self.root, rel[1]), "wt")
-    self.chunks.append(rel)
+    def _rotate(self):
+        self.close_chunk()
+        k = len(self.chunks)
+        rel = [os.path.join("s2ef", self.split, f"{k}.extxyz.xz"),
+               os.path.join("s2ef", self.split, f"{k}.txt.xz")]
+        self._xyz = lzma.open(os.path.join(self.root, rel[0]), "wt")
+        self._txt = lzma.open(os.path.join(self.root, rel[1]), "wt")
+        self.chunks.append(rel)
 
-  def write(self, atoms: Atoms, sid: int, fid: int, ref: float):
-    if self.n % self.chunk == 0:
-      self._rotate()
-    ase.io.write(self._xyz, atoms, format="extxyz")
-    self._txt.write(f"random{sid},frame{fid},{ref!r}\n")
-    kvp = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))}
-    self.db.write(atoms, key_value_pairs={**kvp, "sid": sid, "fid": fid, "ref_energy": ref})
-    self.n += 1
+    def write(self, atoms: Atoms, sid: int, fid: int, ref: float):
+        if self.n % self.chunk == 0:
+            self._rotate()
+        ase.io.write(self._xyz, atoms, format="extxyz")
+        self._txt.write(f"random{sid},frame{fid},{ref!r}\n")
+        kvp = {k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))}
+        self.db.write(atoms, key_value_pairs={**kvp, "sid": sid, "fid": fid, "ref_energy": ref})
+        self.n += 1
 
-  def close_chunk(self):
-    for fh in (self._xyz, self._txt):
-      if fh is not None:
-        fh.close()
-    self._xyz = self._txt = None
+    def close_chunk(self):
+        for fh in (self._xyz, self._txt):
+            if fh is not None:
+                fh.close()
+        self._xyz = self._txt = None
 
-  def close(self):
-    self.close_chunk()
-    if hasattr(self.db, "close"):
-      self.db.close()
+    def close(self):
+        self.close_chunk()
+        if hasattr(self.db, "close"):
+            self.db.close()
 
 
 def _systems(cfg: OC20LikeConfig, rng: np.random.Generator) -> list[dict]:
-  """Draw systems per split; adsorbates/metals cycle through shuffled lists."""
-  pools = {
-      "train": (ID_METALS, ("clean",) + ID_ADSORBATES),
-      "val_id": (ID_METALS, ("clean",) + ID_ADSORBATES),
-      "val_ood_ads": (ID_METALS, OOD_ADSORBATES),
-      "val_ood_cat": (OOD_METALS, ("clean",) + ID_ADSORBATES),
-      "val_ood_both": (OOD_METALS, OOD_ADSORBATES),
-  }
-  out, sid = [], 0
-  for split in OC20_SPLITS:
-    metals, adsorbates = pools[split]
-    m_seq = np.concatenate([rng.permutation(metals) for _ in range(cfg.n_systems[split] // len(metals) + 1)])
-    a_seq = np.concatenate([rng.permutation(adsorbates) for _ in range(cfg.n_systems[split] // len(adsorbates) + 1)])
-    for i in range(cfg.n_systems[split]):
-      facet = str(rng.choice(FACETS))
-      site = str(rng.choice(_SITES[facet]))
-      out.append(dict(sid=sid, split=split, metal=str(m_seq[i]), facet=facet,
-                      adsorbate=str(a_seq[i]), site=site))
-      sid += 1
-  return out
+    """Draw systems per split; adsorbates/metals cycle through shuffled lists."""
+    pools = {
+        "train": (ID_METALS, ("clean",) + ID_ADSORBATES),
+        "val_id": (ID_METALS, ("clean",) + ID_ADSORBATES),
+        "val_ood_ads": (ID_METALS, OOD_ADSORBATES),
+        "val_ood_cat": (OOD_METALS, ("clean",) + ID_ADSORBATES),
+        "val_ood_both": (OOD_METALS, OOD_ADSORBATES),
+    }
+    out, sid = [], 0
+    for split in OC20_SPLITS:
+        metals, adsorbates = pools[split]
+        m_seq = np.concatenate([rng.permutation(metals) for _ in range(cfg.n_systems[split] // len(metals) + 1)])
+        a_seq = np.concatenate([rng.permutation(adsorbates) for _ in range(cfg.n_systems[split] // len(adsorbates) + 1)])
+        for i in range(cfg.n_systems[split]):
+            facet = str(rng.choice(FACETS))
+            site = str(rng.choice(_SITES[facet]))
+            out.append(dict(sid=sid, split=split, metal=str(m_seq[i]), facet=facet,
+                            adsorbate=str(a_seq[i]), site=site))
+            sid += 1
+    return out
 
 
 def _system_frames(sysd: dict, cfg: OC20LikeConfig, clean: Atoms, seed: int) -> tuple[list[Atoms], dict]:
-  rng = np.random.default_rng([seed, sysd["sid"]])
-  atoms = _place(clean, sysd["facet"], sysd["adsorbate"], sysd["site"], rng)
-  n_slab = len(clean)
-  frames: list[Atoms] = []
+    rng = np.random.default_rng([seed, sysd["sid"]])
+    atoms = _place(clean, sysd["facet"], sysd["adsorbate"], sysd["site"], rng)
+    n_slab = len(clean)
+    frames: list[Atoms] = []
 
-  def record(kind: str, a: Atoms, calc=None):
-    fr = _labelled(a, calc)
-    dis, des = _flags(fr, n_slab, sysd["adsorbate"])
-    fr.info = {"metal": sysd["metal"], "facet": sysd["facet"], "adsorbate": sysd["adsorbate"],
-               "site": sysd["site"], "kind": kind, "dissociated": dis, "desorbed": des}
-    frames.append(fr)
+    def record(kind: str, a: Atoms, calc=None):
+        fr = _labelled(a, calc)
+        dis, des = _flags(fr, n_slab, sysd["adsorbate"])
+        fr.info = {"metal": sysd["metal"], "facet": sysd["facet"], "adsorbate": sysd["adsorbate"],
+                   "site": sysd["site"], "kind": kind, "dissociated": dis, "desorbed": des}
+        frames.append(fr)
 
-  atoms.calc = EMT()
-  opt = BFGS(atoms, logfile=None)
-  opt.attach(lambda: record("relax", atoms, atoms.calc), interval=1)
-  opt.run(fmax=0.05, steps=cfg.relax_steps)
-  relaxed = atoms.copy()
-  dis, des = _flags(relaxed, n_slab, sysd["adsorbate"])
-  free = ~np.isin(np.arange(len(relaxed)), relaxed.constraints[0].index)
-  for _ in range(cfg.n_rattle):
-    r = relaxed.copy()
-    r.positions[free] += rng.normal(0.0, cfg.rattle_std, size=(int(free.sum()), 3))
-    record("rattle", r)
-  md = relaxed.copy()
-  md.calc = EMT()
-  MaxwellBoltzmannDistribution(md, temperature_K=cfg.md_temperature, rng=rng)
-  dyn = Langevin(md, timestep=1.0 * units.fs, temperature_K=cfg.md_temperature,
-                 friction=0.02, fixcm=False, rng=rng, logfile=None)
-  dyn.attach(lambda: record("md", md, md.calc), interval=cfg.md_every)
-  dyn.run(cfg.md_steps)
-  return frames, {**sysd, "dissociated": dis, "desorbed": des, "n_frames": len(frames)}
+    atoms.calc = EMT()
+    opt = BFGS(atoms, logfile=None)
+    opt.attach(lambda: record("relax", atoms, atoms.calc), interval=1)
+    opt.run(fmax=0.05, steps=cfg.relax_steps)
+    relaxed = atoms.copy()
+    dis, des = _flags(relaxed, n_slab, sysd["adsorbate"])
+    free = ~np.isin(np.arange(len(relaxed)), relaxed.constraints[0].index)
+    for _ in range(cfg.n_rattle):
+        r = relaxed.copy()
+        r.positions[free] += rng.normal(0.0, cfg.rattle_std, size=(int(free.sum()), 3))
+        record("rattle", r)
+    md = relaxed.copy()
+    md.calc = EMT()
+    MaxwellBoltzmannDistribution(md, temperature_K=cfg.md_temperature, rng=rng)
+    dyn = Langevin(md, timestep=1.0 * units.fs, temperature_K=cfg.md_temperature,
+                   friction=0.02, fixcm=False, rng=rng, logfile=None)
+    dyn.attach(lambda: record("md", md, md.calc), interval=cfg.md_every)
+    dyn.run(cfg.md_steps)
+    return frames, {**sysd, "dissociated": dis, "desorbed": des, "n_frames": len(frames)}
 
 
 def generate_oc20_like(out_dir: str, cfg: OC20LikeConfig, seed: int, *, progress: bool = True) -> dict:
-  """Generate an OC20-like dataset into ``out_dir``; returns the manifest.
+    """Generate an OC20-like dataset into ``out_dir``; returns the manifest.
 
-  The manifest maps ``splits[split] = {"s2ef": [[extxyz, txt], ...],
-  "aselmdb": path, "n_frames": int, "n_systems": int}`` (paths relative to
-  ``out_dir``) plus ``gas_references`` and ``clean_slab_energies`` (eV).
-  """
-  from tqdm.auto import tqdm
+    The manifest maps ``splits[split] = {"s2ef": [[extxyz, txt], ...],
+    "aselmdb": path, "n_frames": int, "n_systems": int}`` (paths relative to
+    ``out_dir``) plus ``gas_references`` and ``clean_slab_energies`` (eV).
+    """
+    from tqdm.auto import tqdm
 
-  os.makedirs(out_dir, exist_ok=True)
-  rng = np.random.default_rng(seed)
-  systems = _systems(cfg, rng)
-  gas = gas_references()
-  db_ext = ".aselmdb" if importlib.util.find_spec("ase_db_backends") else ".db"
-  clean_cache: dict[tuple[str, str], tuple[Atoms, float]] = {}
-  writers = {s: _SplitWriter(out_dir, s, cfg.frames_per_chunk, db_ext) for s in OC20_SPLITS}
-  mapping = {}
-  try:
-    for sysd in tqdm(systems, desc="oc20_like", disable=not progress):
-      key = (sysd["metal"], sysd["facet"])
-      if key not in clean_cache:
-        c = _slab(*key)
-        c.calc = EMT()
-        BFGS(c, logfile=None).run(fmax=0.02, steps=200)
-        e = float(c.get_potential_energy())
-        c.calc = None
-        clean_cache[key] = (c, e)
-      clean, e_clean = clean_cache[key]
-      frames, meta = _system_frames(sysd, cfg, clean, seed)
-      syms = _adsorbate(sysd["adsorbate"]).get_chemical_symbols()
-      ref = e_clean + sum(gas[s] for s in syms)
-      for fid, fr in enumerate(frames):
-        writers[sysd["split"]].write(fr, sysd["sid"], fid, ref)
-      mapping[f"random{sysd['sid']}"] = {**meta, "reference_energy": ref}
-  finally:
-    for w in writers.values():
-      w.close()
-  with open(os.path.join(out_dir, "system_mapping.json"), "w") as fh:
-    json.dump(mapping, fh, indent=1)
-  splits = {s: {"s2ef": w.chunks, "aselmdb": w.db_rel, "n_frames": w.n,
-                "n_systems": cfg.n_systems[s]} for s, w in writers.items()}
-  return {"generator": "oc20_like", "version": VERSION, "seed": seed,
-          "config": {**dataclasses.asdict(cfg), "n_systems": dict(cfg.n_systems)},
-          "splits": splits, "system_mapping": "system_mapping.json",
-          "gas_references": gas,
-          "clean_slab_energies": {f"{m}-{f}": e for (m, f), (_, e) in clean_cache.items()},
-          "db_backend": "aselmdb" if db_ext == ".aselmdb" else "sqlite"}
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    systems = _systems(cfg, rng)
+    gas = gas_references()
+    db_ext = ".aselmdb" if importlib.util.find_spec("ase_db_backends") else ".db"
+    clean_cache: dict[tuple[str, str], tuple[Atoms, float]] = {}
+    writers = {s: _SplitWriter(out_dir, s, cfg.frames_per_chunk, db_ext) for s in OC20_SPLITS}
+    mapping = {}
+    try:
+        for sysd in tqdm(systems, desc="oc20_like", disable=not progress):
+            key = (sysd["metal"], sysd["facet"])
+            if key not in clean_cache:
+                c = _slab(*key)
+                c.calc = EMT()
+                BFGS(c, logfile=None).run(fmax=0.02, steps=200)
+                e = float(c.get_potential_energy())
+                c.calc = None
+                clean_cache[key] = (c, e)
+            clean, e_clean = clean_cache[key]
+            frames, meta = _system_frames(sysd, cfg, clean, seed)
+            syms = _adsorbate(sysd["adsorbate"]).get_chemical_symbols()
+            ref = e_clean + sum(gas[s] for s in syms)
+            for fid, fr in enumerate(frames):
+                writers[sysd["split"]].write(fr, sysd["sid"], fid, ref)
+            mapping[f"random{sysd['sid']}"] = {**meta, "reference_energy": ref}
+    finally:
+        for w in writers.values():
+            w.close()
+    with open(os.path.join(out_dir, "system_mapping.json"), "w") as fh:
+        json.dump(mapping, fh, indent=1)
+    splits = {s: {"s2ef": w.chunks, "aselmdb": w.db_rel, "n_frames": w.n,
+                  "n_systems": cfg.n_systems[s]} for s, w in writers.items()}
+    return {"generator": "oc20_like", "version": VERSION, "seed": seed,
+            "config": {**dataclasses.asdict(cfg), "n_systems": dict(cfg.n_systems)},
+            "splits": splits, "system_mapping": "system_mapping.json",
+            "gas_references": gas,
+            "clean_slab_energies": {f"{m}-{f}": e for (m, f), (_, e) in clean_cache.items()},
+            "db_backend": "aselmdb" if db_ext == ".aselmdb" else "sqlite"}

@@ -48,37 +48,37 @@ __all__ = ["Oracle", "RetryStep", "LabellingFailure", "LabelResult", "emt_oracle
 
 @dataclasses.dataclass(frozen=True)
 class RetryStep:
-  """One rung of the retry ladder.
+    """One rung of the retry ladder.
 
-  Attributes:
-    name: reported in ``info["labelling_attempt"]`` and in failures.
-    params: keyword overrides passed to ``make_calculator``.
-    flag: if set, stored in ``info["labelling_flag"]`` of frames labelled here.
-  """
-  name: str
-  params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
-  flag: str | None = None
+    Attributes:
+      name: reported in ``info["labelling_attempt"]`` and in failures.
+      params: keyword overrides passed to ``make_calculator``.
+      flag: if set, stored in ``info["labelling_flag"]`` of frames labelled here.
+    """
+    name: str
+    params: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    flag: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class LabellingFailure:
-  """A structure no ladder step could label: input ``index``, steps tried, last error."""
-  index: int
-  attempts: tuple[str, ...]
-  error: str
+    """A structure no ladder step could label: input ``index``, steps tried, last error."""
+    index: int
+    attempts: tuple[str, ...]
+    error: str
 
 
 class LabelResult(NamedTuple):
-  """Output of :meth:`Oracle.label_with_failures`.
+    """Output of :meth:`Oracle.label_with_failures`.
 
-  Attributes:
-    atoms: labelled copies, in input order, of the structures that succeeded.
-    indices: their positions in the input list.
-    failures: one :class:`LabellingFailure` per structure that did not.
-  """
-  atoms: list[Atoms]
-  indices: list[int]
-  failures: list[LabellingFailure]
+    Attributes:
+      atoms: labelled copies, in input order, of the structures that succeeded.
+      indices: their positions in the input list.
+      failures: one :class:`LabellingFailure` per structure that did not.
+    """
+    atoms: list[Atoms]
+    indices: list[int]
+    failures: list[LabellingFailure]
 
 
 XTB_LADDER: tuple[RetryStep, ...] = (
@@ -92,119 +92,119 @@ XTB_LADDER: tuple[RetryStep, ...] = (
 
 @dataclasses.dataclass(frozen=True)
 class Oracle:
-  """Labels structures with fresh ASE calculators and a retry ladder.
+    """Labels structures with fresh ASE calculators and a retry ladder.
 
-  Attributes:
-    make_calculator: ``make_calculator(**params) -> Calculator``; called once
-      per ladder step per structure (calculators are never shared).
-    name: stored in ``info["oracle"]``.
-    ladder: retry steps, tried in order.
-    retry_on: exception types treated as (retryable) SCF failures; anything
-      else propagates immediately (a bug, not a convergence problem).
-    compute_forces: False for energy-only labels.
-  """
-  make_calculator: Callable[..., Calculator]
-  name: str
-  ladder: tuple[RetryStep, ...] = (RetryStep("default"), RetryStep("fresh"))
-  retry_on: tuple[type[BaseException], ...] = (CalculationFailed,)
-  compute_forces: bool = True
-
-  def label_one(self, atoms: Atoms, index: int = 0) -> Atoms | LabellingFailure:
-    """Label one structure; returns a labelled copy or a failure record."""
-    tried: list[str] = []
-    last = ""
-    for step in self.ladder:
-      tried.append(step.name)
-      work = atoms.copy()
-      work.calc = self.make_calculator(**dict(step.params))
-      try:
-        e = float(work.get_potential_energy())
-        f = work.get_forces(apply_constraint=False) if self.compute_forces else None
-      except self.retry_on as err:
-        last = f"{type(err).__name__}: {err}"
-        continue
-      if not np.isfinite(e) or (f is not None and not np.all(np.isfinite(f))):
-        last = "non-finite energy or forces"
-        continue
-      out = atoms.copy()
-      kw = {"energy": e, "free_energy": e}
-      if f is not None:
-        kw["forces"] = np.array(f, dtype=np.float64)
-      out.calc = SinglePointCalculator(out, **kw)
-      out.info["oracle"] = self.name
-      out.info["labelling_attempt"] = step.name
-      if step.flag is not None:
-        out.info["labelling_flag"] = step.flag
-      return out
-    return LabellingFailure(index, tuple(tried), last)
-
-  def label_with_failures(self, atoms_list: Sequence[Atoms]) -> LabelResult:
-    """Label every structure, collecting (not raising) unrecoverable failures."""
-    done, idx, failures = [], [], []
-    for i, a in enumerate(atoms_list):
-      r = self.label_one(a, i)
-      if isinstance(r, LabellingFailure):
-        failures.append(r)
-      else:
-        done.append(r)
-        idx.append(i)
-    return LabelResult(done, idx, failures)
-
-  def label(self, atoms_list: Sequence[Atoms]) -> list[Atoms]:
-    """Label every structure; returns labelled copies in input order.
-
-    Raises:
-      LabellingError: for the first structure that fails every ladder step.
+    Attributes:
+      make_calculator: ``make_calculator(**params) -> Calculator``; called once
+        per ladder step per structure (calculators are never shared).
+      name: stored in ``info["oracle"]``.
+      ladder: retry steps, tried in order.
+      retry_on: exception types treated as (retryable) SCF failures; anything
+        else propagates immediately (a bug, not a convergence problem).
+      compute_forces: False for energy-only labels.
     """
-    out = []
-    for i, a in enumerate(atoms_list):
-      r = self.label_one(a, i)
-      if isinstance(r, LabellingFailure):
-        raise LabellingError(r.index, r.attempts, r.error)
-      out.append(r)
-    return out
+    make_calculator: Callable[..., Calculator]
+    name: str
+    ladder: tuple[RetryStep, ...] = (RetryStep("default"), RetryStep("fresh"))
+    retry_on: tuple[type[BaseException], ...] = (CalculationFailed,)
+    compute_forces: bool = True
 
-  __call__ = label
+    def label_one(self, atoms: Atoms, index: int = 0) -> Atoms | LabellingFailure:
+        """Label one structure; returns a labelled copy or a failure record."""
+        tried: list[str] = []
+        last = ""
+        for step in self.ladder:
+            tried.append(step.name)
+            work = atoms.copy()
+            work.calc = self.make_calculator(**dict(step.params))
+            try:
+                e = float(work.get_potential_energy())
+                f = work.get_forces(apply_constraint=False) if self.compute_forces else None
+            except self.retry_on as err:
+                last = f"{type(err).__name__}: {err}"
+                continue
+            if not np.isfinite(e) or (f is not None and not np.all(np.isfinite(f))):
+                last = "non-finite energy or forces"
+                continue
+            out = atoms.copy()
+            kw = {"energy": e, "free_energy": e}
+            if f is not None:
+                kw["forces"] = np.array(f, dtype=np.float64)
+            out.calc = SinglePointCalculator(out, **kw)
+            out.info["oracle"] = self.name
+            out.info["labelling_attempt"] = step.name
+            if step.flag is not None:
+                out.info["labelling_flag"] = step.flag
+            return out
+        return LabellingFailure(index, tuple(tried), last)
+
+    def label_with_failures(self, atoms_list: Sequence[Atoms]) -> LabelResult:
+        """Label every structure, collecting (not raising) unrecoverable failures."""
+        done, idx, failures = [], [], []
+        for i, a in enumerate(atoms_list):
+            r = self.label_one(a, i)
+            if isinstance(r, LabellingFailure):
+                failures.append(r)
+            else:
+                done.append(r)
+                idx.append(i)
+        return LabelResult(done, idx, failures)
+
+    def label(self, atoms_list: Sequence[Atoms]) -> list[Atoms]:
+        """Label every structure; returns labelled copies in input order.
+
+        Raises:
+          LabellingError: for the first structure that fails every ladder step.
+        """
+        out = []
+        for i, a in enumerate(atoms_list):
+            r = self.label_one(a, i)
+            if isinstance(r, LabellingFailure):
+                raise LabellingError(r.index, r.attempts, r.error)
+            out.append(r)
+        return out
+
+    __call__ = label
 
 
 def calculator_oracle(make_calculator: Callable[..., Calculator], name: str, *,
                       ladder: tuple[RetryStep, ...] | None = None,
                       retry_on: tuple[type[BaseException], ...] = (CalculationFailed,),
                       compute_forces: bool = True) -> Oracle:
-  """Oracle around any ASE calculator factory (e.g. a user's DFT calculator).
+    """Oracle around any ASE calculator factory (e.g. a user's DFT calculator).
 
-  Example:
-    >>> from ase.calculators.emt import EMT
-    >>> oracle = calculator_oracle(lambda **kw: EMT(), "emt")
-  """
-  kw = {} if ladder is None else {"ladder": ladder}
-  return Oracle(make_calculator, name, retry_on=retry_on, compute_forces=compute_forces, **kw)
+    Example:
+      >>> from ase.calculators.emt import EMT
+      >>> oracle = calculator_oracle(lambda **kw: EMT(), "emt")
+    """
+    kw = {} if ladder is None else {"ladder": ladder}
+    return Oracle(make_calculator, name, retry_on=retry_on, compute_forces=compute_forces, **kw)
 
 
 def emt_oracle() -> Oracle:
-  """ASE's EMT (Al Cu Ag Au Ni Pd Pt; toy H C N O). Deterministic, never fails."""
-  from ase.calculators.emt import EMT
+    """ASE's EMT (Al Cu Ag Au Ni Pd Pt; toy H C N O). Deterministic, never fails."""
+    from ase.calculators.emt import EMT
 
-  return Oracle(lambda **kw: EMT(**kw), "emt", ladder=(RetryStep("default"),))
+    return Oracle(lambda **kw: EMT(**kw), "emt", ladder=(RetryStep("default"),))
 
 
 def _make_tblite(method: str, **params) -> Calculator:
-  from tblite.ase import TBLite
+    from tblite.ase import TBLite
 
-  return TBLite(method=method, verbosity=0, **params)
+    return TBLite(method=method, verbosity=0, **params)
 
 
 def xtb_oracle(method: str = "GFN2-xTB", *, ladder: tuple[RetryStep, ...] = XTB_LADDER) -> Oracle:
-  """GFN2-xTB through ``tblite.ase.TBLite`` with the documented retry ladder.
+    """GFN2-xTB through ``tblite.ase.TBLite`` with the documented retry ladder.
 
-  Raises:
-    ImportError: if ``tblite`` is not installed (``pip install ntkal[xtb]``).
-  """
-  import importlib.util
+    Raises:
+      ImportError: if ``tblite`` is not installed (``pip install ntkal[xtb]``).
+    """
+    import importlib.util
 
-  if importlib.util.find_spec("tblite") is None:
-    raise ImportError("xtb_oracle needs tblite: pip install 'ntkal[xtb]' (tblite>=0.4)")
-  if os.environ.get("OMP_NUM_THREADS") != "1":
-    warnings.warn("OMP_NUM_THREADS is not 1: tblite's OpenMP threading is very slow on small "
-                  "molecules; export OMP_NUM_THREADS=1 before importing tblite", stacklevel=2)
-  return Oracle(lambda **kw: _make_tblite(method, **kw), method, ladder=ladder)
+    if importlib.util.find_spec("tblite") is None:
+        raise ImportError("xtb_oracle needs tblite: pip install 'ntkal[xtb]' (tblite>=0.4)")
+    if os.environ.get("OMP_NUM_THREADS") != "1":
+        warnings.warn("OMP_NUM_THREADS is not 1: tblite's OpenMP threading is very slow on small "
+                      "molecules; export OMP_NUM_THREADS=1 before importing tblite", stacklevel=2)
+    return Oracle(lambda **kw: _make_tblite(method, **kw), method, ladder=ladder)

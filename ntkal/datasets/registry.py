@@ -25,108 +25,108 @@ SIZES = ("tiny", "small", "default", "large")
 
 
 def _spec(name: str):
-  if name == "oc20_like":
-    return oc20_like.OC20_LIKE_SIZES, oc20_like.generate_oc20_like, oc20_like.VERSION
-  if name == "t1x_like":
-    return t1x_like.T1X_LIKE_SIZES, t1x_like.generate_t1x_like, t1x_like.VERSION
-  raise ValueError(f"unknown generator {name!r}; expected one of {GENERATORS}")
+    if name == "oc20_like":
+        return oc20_like.OC20_LIKE_SIZES, oc20_like.generate_oc20_like, oc20_like.VERSION
+    if name == "t1x_like":
+        return t1x_like.T1X_LIKE_SIZES, t1x_like.generate_t1x_like, t1x_like.VERSION
+    raise ValueError(f"unknown generator {name!r}; expected one of {GENERATORS}")
 
 
 def splits_of(name: str) -> tuple[str, ...]:
-  """Split names of a generator, including the virtual ``"pretrain"`` split."""
-  _spec(name)
-  base = oc20_like.OC20_SPLITS if name == "oc20_like" else t1x_like.T1X_SPLITS
-  return (*base, "pretrain")
+    """Split names of a generator, including the virtual ``"pretrain"`` split."""
+    _spec(name)
+    base = oc20_like.OC20_SPLITS if name == "oc20_like" else t1x_like.T1X_SPLITS
+    return (*base, "pretrain")
 
 
 def _build(name: str, size: str, seed: int, cache_dir, progress: bool) -> tuple[str, dict]:
-  sizes, fn, version = _spec(name)
-  if size not in sizes:
-    raise ValueError(f"unknown size {size!r}; expected one of {tuple(sizes)}")
-  key = cache_key(name, size, int(seed), version)
-  return cached_build(cache_dir, key, lambda d: fn(d, sizes[size], int(seed), progress=progress))
+    sizes, fn, version = _spec(name)
+    if size not in sizes:
+        raise ValueError(f"unknown size {size!r}; expected one of {tuple(sizes)}")
+    key = cache_key(name, size, int(seed), version)
+    return cached_build(cache_dir, key, lambda d: fn(d, sizes[size], int(seed), progress=progress))
 
 
 def dataset_dir(name: str, size: str = "default", seed: int = 0,
                 cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, *, progress: bool = True
                 ) -> tuple[str, dict]:
-  """Generate (or reuse) a dataset; returns ``(directory, manifest)``."""
-  return _build(name, size, seed, cache_dir, progress)
+    """Generate (or reuse) a dataset; returns ``(directory, manifest)``."""
+    return _build(name, size, seed, cache_dir, progress)
 
 
 def generate(name: str, size: str = "default", seed: int = 0,
              cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, *, progress: bool = True
              ) -> dict[str, tuple[str, ...]]:
-  """Generate (or reuse from cache) a stand-in dataset.
+    """Generate (or reuse from cache) a stand-in dataset.
 
-  Args:
-    name: ``"oc20_like"`` (EMT slabs) or ``"t1x_like"`` (GFN2-xTB reactions).
-    size: ``"tiny"``, ``"small"``, ``"default"`` or ``"large"``.
-    seed: seed of the numpy Generator that draws everything.
-    cache_dir: cache root.
+    Args:
+      name: ``"oc20_like"`` (EMT slabs) or ``"t1x_like"`` (GFN2-xTB reactions).
+      size: ``"tiny"``, ``"small"``, ``"default"`` or ``"large"``.
+      seed: seed of the numpy Generator that draws everything.
+      cache_dir: cache root.
 
-  Returns:
-    split name -> absolute file paths. ``oc20_like``: the ``<k>.extxyz.xz``
-    chunks (each with its ``<k>.txt.xz`` next to it) followed by the split's
-    ``.aselmdb``; ``pretrain`` lists the train files (read it with
-    :func:`load_split`, which applies :func:`oc20_like.is_source`).
-    ``t1x_like``: ``(transition1x_like.h5,)`` for train/val/test (the split is
-    a group inside) and ``(near_equilibrium.h5,)`` for ``pretrain``.
-  """
-  root, man = _build(name, size, seed, cache_dir, progress)
-  j = lambda p: os.path.abspath(os.path.join(root, p))
-  if name == "oc20_like":
-    out = {s: tuple(j(x) for x, _ in v["s2ef"]) + (j(v["aselmdb"]),) for s, v in man["splits"].items()}
-    out["pretrain"] = out["train"]
+    Returns:
+      split name -> absolute file paths. ``oc20_like``: the ``<k>.extxyz.xz``
+      chunks (each with its ``<k>.txt.xz`` next to it) followed by the split's
+      ``.aselmdb``; ``pretrain`` lists the train files (read it with
+      :func:`load_split`, which applies :func:`oc20_like.is_source`).
+      ``t1x_like``: ``(transition1x_like.h5,)`` for train/val/test (the split is
+      a group inside) and ``(near_equilibrium.h5,)`` for ``pretrain``.
+    """
+    root, man = _build(name, size, seed, cache_dir, progress)
+    j = lambda p: os.path.abspath(os.path.join(root, p))
+    if name == "oc20_like":
+        out = {s: tuple(j(x) for x, _ in v["s2ef"]) + (j(v["aselmdb"]),) for s, v in man["splits"].items()}
+        out["pretrain"] = out["train"]
+        return out
+    h5 = j(man["files"]["paths"])
+    out = {s: (h5,) for s in t1x_like.T1X_SPLITS}
+    out["pretrain"] = (j(man["files"]["near_equilibrium"]),)
     return out
-  h5 = j(man["files"]["paths"])
-  out = {s: (h5,) for s in t1x_like.T1X_SPLITS}
-  out["pretrain"] = (j(man["files"]["near_equilibrium"]),)
-  return out
 
 
 def load_split(name: str, split: str, *, size: str = "default", seed: int = 0,
                cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, fmt: str = "extxyz",
                progress: bool = True, **reader_kwargs) -> Iterator[Atoms]:
-  """Stream one split of a generated dataset (generating it first if needed).
+    """Stream one split of a generated dataset (generating it first if needed).
 
-  Args:
-    name, size, seed, cache_dir: as in :func:`generate`.
-    split: one of :func:`splits_of` ``(name)``. ``"pretrain"`` is the source
-      distribution: OC20-like train frames passing :func:`oc20_like.is_source`
-      (clean slabs, atomic adsorbates, ID metals); T1x-like near-equilibrium
-      MD frames of the train formulas.
-    fmt: OC20-like only: ``"extxyz"`` (raw S2EF chunks) or ``"aselmdb"``.
-    **reader_kwargs: forwarded to the reader (e.g. ``adsorption_energy=True``
-      for OC20-like, ``image_kinds=("path", "ts")`` for T1x-like).
+    Args:
+      name, size, seed, cache_dir: as in :func:`generate`.
+      split: one of :func:`splits_of` ``(name)``. ``"pretrain"`` is the source
+        distribution: OC20-like train frames passing :func:`oc20_like.is_source`
+        (clean slabs, atomic adsorbates, ID metals); T1x-like near-equilibrium
+        MD frames of the train formulas.
+      fmt: OC20-like only: ``"extxyz"`` (raw S2EF chunks) or ``"aselmdb"``.
+      **reader_kwargs: forwarded to the reader (e.g. ``adsorption_energy=True``
+        for OC20-like, ``image_kinds=("path", "ts")`` for T1x-like).
 
-  Yields:
-    ``ase.Atoms`` with labels and ``info["split"] = split``.
-  """
-  if split not in splits_of(name):
-    raise ValueError(f"unknown split {split!r} for {name}; expected one of {splits_of(name)}")
-  root, man = _build(name, size, seed, cache_dir, progress)
-  if name == "oc20_like":
-    base = "train" if split == "pretrain" else split
-    v = man["splits"][base]
-    if fmt == "extxyz":
-      it = read_oc20_s2ef([os.path.join(root, x) for x, _ in v["s2ef"]], split=split, **reader_kwargs)
-    elif fmt == "aselmdb":
-      it = read_oc20_aselmdb(os.path.join(root, v["aselmdb"]), split=split, **reader_kwargs)
+    Yields:
+      ``ase.Atoms`` with labels and ``info["split"] = split``.
+    """
+    if split not in splits_of(name):
+        raise ValueError(f"unknown split {split!r} for {name}; expected one of {splits_of(name)}")
+    root, man = _build(name, size, seed, cache_dir, progress)
+    if name == "oc20_like":
+        base = "train" if split == "pretrain" else split
+        v = man["splits"][base]
+        if fmt == "extxyz":
+            it = read_oc20_s2ef([os.path.join(root, x) for x, _ in v["s2ef"]], split=split, **reader_kwargs)
+        elif fmt == "aselmdb":
+            it = read_oc20_aselmdb(os.path.join(root, v["aselmdb"]), split=split, **reader_kwargs)
+        else:
+            raise ValueError(f"unknown fmt {fmt!r}; expected 'extxyz' or 'aselmdb'")
+        for atoms in it:
+            if split != "pretrain" or oc20_like.is_source(atoms):
+                atoms.info["split"] = split
+                yield atoms
+        return
+    lot = man["level_of_theory"]
+    if split == "pretrain":
+        path, h5split = man["files"]["near_equilibrium"], "train"
     else:
-      raise ValueError(f"unknown fmt {fmt!r}; expected 'extxyz' or 'aselmdb'")
-    for atoms in it:
-      if split != "pretrain" or oc20_like.is_source(atoms):
+        path, h5split = man["files"]["paths"], split
+    for atoms in read_t1x(os.path.join(root, path), h5split, level_of_theory=lot, **reader_kwargs):
         atoms.info["split"] = split
+        if split == "pretrain":  # near_equilibrium.h5 holds MD frames only
+            atoms.info["image_kind"] = "md"
         yield atoms
-    return
-  lot = man["level_of_theory"]
-  if split == "pretrain":
-    path, h5split = man["files"]["near_equilibrium"], "train"
-  else:
-    path, h5split = man["files"]["paths"], split
-  for atoms in read_t1x(os.path.join(root, path), h5split, level_of_theory=lot, **reader_kwargs):
-    atoms.info["split"] = split
-    if split == "pretrain":  # near_equilibrium.h5 holds MD frames only
-      atoms.info["image_kind"] = "md"
-    yield atoms

@@ -55,28 +55,28 @@ REACTANTS = ("CH3OH", "H2CO", "H2O2", "H3CNH2", "N2H4", "HCOOH", "C2H4", "CH3CN"
 
 @dataclasses.dataclass(frozen=True)
 class T1xLikeConfig:
-  """Sizes of a T1x-like dataset.
+    """Sizes of a T1x-like dataset.
 
-  Attributes:
-    n_reactions: maximum number of reactions (fewer if candidates run out).
-    n_reactants: how many of :data:`REACTANTS` (in order) to draw from.
-    neb_steps: maximum NEB optimiser iterations.
-    neb_fmax: NEB convergence, eV/Å.
-    md_steps: Langevin steps (0.5 fs) per relaxed endpoint; every ``md_every``
-      is kept as a near-equilibrium frame.
-    md_every: recording interval, steps.
-    md_temperature: K.
-    n_val_formulas, n_test_formulas: formulas held out per split.
-  """
-  n_reactions: int
-  n_reactants: int = len(REACTANTS)
-  neb_steps: int = 150
-  neb_fmax: float = 0.05
-  md_steps: int = 40
-  md_every: int = 4
-  md_temperature: float = 300.0
-  n_val_formulas: int = 2
-  n_test_formulas: int = 2
+    Attributes:
+      n_reactions: maximum number of reactions (fewer if candidates run out).
+      n_reactants: how many of :data:`REACTANTS` (in order) to draw from.
+      neb_steps: maximum NEB optimiser iterations.
+      neb_fmax: NEB convergence, eV/Å.
+      md_steps: Langevin steps (0.5 fs) per relaxed endpoint; every ``md_every``
+        is kept as a near-equilibrium frame.
+      md_every: recording interval, steps.
+      md_temperature: K.
+      n_val_formulas, n_test_formulas: formulas held out per split.
+    """
+    n_reactions: int
+    n_reactants: int = len(REACTANTS)
+    neb_steps: int = 150
+    neb_fmax: float = 0.05
+    md_steps: int = 40
+    md_every: int = 4
+    md_temperature: float = 300.0
+    n_val_formulas: int = 2
+    n_test_formulas: int = 2
 
 
 T1X_LIKE_SIZES: Mapping[str, T1xLikeConfig] = {
@@ -90,223 +90,223 @@ T1X_LIKE_SIZES: Mapping[str, T1xLikeConfig] = {
 
 
 def bond_graph(atoms: Atoms, mult: float = 1.2) -> frozenset[tuple[int, int]]:
-  """Bonds ``(i, j)``, i < j, within ``mult`` x the sum of natural radii."""
-  i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=mult))
-  return frozenset((int(a), int(b)) for a, b in zip(i, j) if a < b)
+    """Bonds ``(i, j)``, i < j, within ``mult`` x the sum of natural radii."""
+    i, j = neighbor_list("ij", atoms, natural_cutoffs(atoms, mult=mult))
+    return frozenset((int(a), int(b)) for a, b in zip(i, j) if a < b)
 
 
 def h_transfer_candidates(atoms: Atoms) -> list[tuple[int, int, int]]:
-  """``(h, donor, acceptor)`` 1,2- and 1,3-H shifts; one H per (donor, acceptor)."""
-  bonds = bond_graph(atoms)
-  nbr = {k: set() for k in range(len(atoms))}
-  for a, b in bonds:
-    nbr[a].add(b)
-    nbr[b].add(a)
-  z = atoms.numbers
-  out = []
-  for d in range(len(atoms)):
-    if z[d] == 1:
-      continue
-    hs = sorted(h for h in nbr[d] if z[h] == 1)
-    if not hs:
-      continue
-    heavy1 = {a for a in nbr[d] if z[a] != 1}
-    heavy2 = {b for a in heavy1 for b in nbr[a] if z[b] != 1 and b != d}
-    for acc in sorted(heavy1 | heavy2):
-      out.append((hs[0], d, acc))
-  return out
+    """``(h, donor, acceptor)`` 1,2- and 1,3-H shifts; one H per (donor, acceptor)."""
+    bonds = bond_graph(atoms)
+    nbr = {k: set() for k in range(len(atoms))}
+    for a, b in bonds:
+        nbr[a].add(b)
+        nbr[b].add(a)
+    z = atoms.numbers
+    out = []
+    for d in range(len(atoms)):
+        if z[d] == 1:
+            continue
+        hs = sorted(h for h in nbr[d] if z[h] == 1)
+        if not hs:
+            continue
+        heavy1 = {a for a in nbr[d] if z[a] != 1}
+        heavy2 = {b for a in heavy1 for b in nbr[a] if z[b] != 1 and b != d}
+        for acc in sorted(heavy1 | heavy2):
+            out.append((hs[0], d, acc))
+    return out
 
 
 def _product_guess(atoms: Atoms, h: int, acc: int) -> Atoms:
-  p = atoms.copy()
-  others = [k for k in range(len(p)) if k != h and np.linalg.norm(p.positions[k] - p.positions[acc]) < 1.8 and k != acc]
-  v = p.positions[acc] - (p.positions[others].mean(0) if others else p.positions[h])
-  if np.linalg.norm(v) < 1e-3:
-    v = np.array([0.0, 0.0, 1.0])
-  p.positions[h] = p.positions[acc] + 1.05 * v / np.linalg.norm(v)
-  return p
+    p = atoms.copy()
+    others = [k for k in range(len(p)) if k != h and np.linalg.norm(p.positions[k] - p.positions[acc]) < 1.8 and k != acc]
+    v = p.positions[acc] - (p.positions[others].mean(0) if others else p.positions[h])
+    if np.linalg.norm(v) < 1e-3:
+        v = np.array([0.0, 0.0, 1.0])
+    p.positions[h] = p.positions[acc] + 1.05 * v / np.linalg.norm(v)
+    return p
 
 
 def _relax(atoms: Atoms, make_calc, fmax: float = 0.03, steps: int = 300) -> Atoms:
-  a = atoms.copy()
-  a.calc = make_calc()
-  BFGS(a, logfile=None).run(fmax=fmax, steps=steps)
-  return a
+    a = atoms.copy()
+    a.calc = make_calc()
+    BFGS(a, logfile=None).run(fmax=fmax, steps=steps)
+    return a
 
 
 def _ef(atoms: Atoms) -> tuple[float, np.ndarray]:
-  return float(atoms.get_potential_energy()), np.array(atoms.get_forces())
+    return float(atoms.get_potential_energy()), np.array(atoms.get_forces())
 
 
 def _ok(pos: np.ndarray, e: float, f: np.ndarray, e_ref: float) -> bool:
-  d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
-  d[np.diag_indices(len(pos))] = np.inf
-  return d.min() >= 0.6 and np.abs(f).max() <= 30.0 and e - e_ref <= 15.0
+    d = np.linalg.norm(pos[:, None] - pos[None], axis=-1)
+    d[np.diag_indices(len(pos))] = np.inf
+    return d.min() >= 0.6 and np.abs(f).max() <= 30.0 and e - e_ref <= 15.0
 
 
 def _neb(react: Atoms, prod: Atoms, make_calc, cfg: T1xLikeConfig) -> dict:
-  images = [react.copy()] + [react.copy() for _ in range(8)] + [prod.copy()]
-  for im in images:
-    im.calc = make_calc()
-  neb = NEB(images, climb=False, method="improvedtangent")
-  neb.interpolate("idpp")
-  opt = NEBOptimizer(neb, method="ode", logfile=None)
-  e_r, f_r = _ef(images[0])
-  e_p, f_p = _ef(images[-1])
-  kept: list[tuple[np.ndarray, float, np.ndarray]] = [(images[0].positions.copy(), e_r, f_r),
-                                                       (images[-1].positions.copy(), e_p, f_p)]
-  state = {"cum": 0.0, "it": 0, "pending": None, "n_seen": 0, "dropped": 0}
+    images = [react.copy()] + [react.copy() for _ in range(8)] + [prod.copy()]
+    for im in images:
+        im.calc = make_calc()
+    neb = NEB(images, climb=False, method="improvedtangent")
+    neb.interpolate("idpp")
+    opt = NEBOptimizer(neb, method="ode", logfile=None)
+    e_r, f_r = _ef(images[0])
+    e_p, f_p = _ef(images[-1])
+    kept: list[tuple[np.ndarray, float, np.ndarray]] = [(images[0].positions.copy(), e_r, f_r),
+                                                         (images[-1].positions.copy(), e_p, f_p)]
+    state = {"cum": 0.0, "it": 0, "pending": None, "n_seen": 0, "dropped": 0}
 
-  def snapshot():
-    return [(im.positions.copy(), *_ef(im)) for im in images[1:-1]]
+    def snapshot():
+        return [(im.positions.copy(), *_ef(im)) for im in images[1:-1]]
 
-  def keep(snap):
-    for pos, e, f in snap:
-      if _ok(pos, e, f, e_r):
-        kept.append((pos, e, f))
-      else:
-        state["dropped"] += 1
+    def keep(snap):
+        for pos, e, f in snap:
+            if _ok(pos, e, f, e_r):
+                kept.append((pos, e, f))
+            else:
+                state["dropped"] += 1
 
-  def observe():
-    snap = snapshot()
-    state["n_seen"] += 1
-    state["cum"] += float(neb.get_residual())
-    if state["it"] == 0 or state["cum"] >= 0.1:
-      keep(snap)
-      state["cum"] = 0.0
-      state["pending"] = None
-    else:
-      state["pending"] = snap
-    state["it"] += 1
+    def observe():
+        snap = snapshot()
+        state["n_seen"] += 1
+        state["cum"] += float(neb.get_residual())
+        if state["it"] == 0 or state["cum"] >= 0.1:
+            keep(snap)
+            state["cum"] = 0.0
+            state["pending"] = None
+        else:
+            state["pending"] = snap
+        state["it"] += 1
 
-  observe()  # iteration 0: the interpolated path
-  opt.attach(observe)
-  converged = bool(opt.run(fmax=cfg.neb_fmax, steps=cfg.neb_steps))
-  if state["pending"] is not None:
-    keep(state["pending"])
-  energies = [_ef(im)[0] for im in images]
-  i_ts = int(np.argmax(energies[1:-1])) + 1
-  return {"frames": kept, "ts": (images[i_ts].positions.copy(), *_ef(images[i_ts])),
-          "reactant": (images[0].positions.copy(), e_r, f_r),
-          "product": (images[-1].positions.copy(), e_p, f_p),
-          "converged": converged, "iterations": state["n_seen"], "dropped": state["dropped"],
-          "barrier": float(energies[i_ts] - e_r)}
+    observe()  # iteration 0: the interpolated path
+    opt.attach(observe)
+    converged = bool(opt.run(fmax=cfg.neb_fmax, steps=cfg.neb_steps))
+    if state["pending"] is not None:
+        keep(state["pending"])
+    energies = [_ef(im)[0] for im in images]
+    i_ts = int(np.argmax(energies[1:-1])) + 1
+    return {"frames": kept, "ts": (images[i_ts].positions.copy(), *_ef(images[i_ts])),
+            "reactant": (images[0].positions.copy(), e_r, f_r),
+            "product": (images[-1].positions.copy(), e_p, f_p),
+            "converged": converged, "iterations": state["n_seen"], "dropped": state["dropped"],
+            "barrier": float(energies[i_ts] - e_r)}
 
 
 def _md(atoms: Atoms, make_calc, cfg: T1xLikeConfig, rng) -> list[tuple[np.ndarray, float, np.ndarray]]:
-  a = atoms.copy()
-  a.calc = make_calc()
-  MaxwellBoltzmannDistribution(a, temperature_K=cfg.md_temperature, rng=rng)
-  dyn = Langevin(a, timestep=0.5 * units.fs, temperature_K=cfg.md_temperature, friction=0.02,
-                 fixcm=False, rng=rng, logfile=None)
-  out = []
-  dyn.attach(lambda: out.append((a.positions.copy(), *_ef(a))), interval=cfg.md_every)
-  dyn.run(cfg.md_steps)
-  return out
+    a = atoms.copy()
+    a.calc = make_calc()
+    MaxwellBoltzmannDistribution(a, temperature_K=cfg.md_temperature, rng=rng)
+    dyn = Langevin(a, timestep=0.5 * units.fs, temperature_K=cfg.md_temperature, friction=0.02,
+                   fixcm=False, rng=rng, logfile=None)
+    out = []
+    dyn.attach(lambda: out.append((a.positions.copy(), *_ef(a))), interval=cfg.md_every)
+    dyn.run(cfg.md_steps)
+    return out
 
 
 def _split_formulas(formulas: list[str], cfg: T1xLikeConfig, rng) -> dict[str, list[str]]:
-  order = [formulas[i] for i in rng.permutation(len(formulas))]
-  nv, nt = cfg.n_val_formulas, cfg.n_test_formulas
-  if len(order) < nv + nt + 1:
-    raise ValueError(f"need at least {nv + nt + 1} formulas, got {len(order)}")
-  return {"val": sorted(order[:nv]), "test": sorted(order[nv:nv + nt]),
-          "train": sorted(order[nv + nt:])}
+    order = [formulas[i] for i in rng.permutation(len(formulas))]
+    nv, nt = cfg.n_val_formulas, cfg.n_test_formulas
+    if len(order) < nv + nt + 1:
+        raise ValueError(f"need at least {nv + nt + 1} formulas, got {len(order)}")
+    return {"val": sorted(order[:nv]), "test": sorted(order[nv:nv + nt]),
+            "train": sorted(order[nv + nt:])}
 
 
 def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: bool = True) -> dict:
-  """Generate a T1x-like dataset into ``out_dir``; returns the manifest.
+    """Generate a T1x-like dataset into ``out_dir``; returns the manifest.
 
-  Files: ``transition1x_like.h5`` (reaction paths + R/TS/P) and
-  ``near_equilibrium.h5`` (MD around minima), both in the T1x layout with
-  ``/train``, ``/val``, ``/test`` SoftLinks; ``level_of_theory`` is
-  :data:`LEVEL_OF_THEORY`. SCF failures during a reaction skip that reaction
-  and are listed in ``manifest["failures"]``.
-  """
-  from tqdm.auto import tqdm
+    Files: ``transition1x_like.h5`` (reaction paths + R/TS/P) and
+    ``near_equilibrium.h5`` (MD around minima), both in the T1x layout with
+    ``/train``, ``/val``, ``/test`` SoftLinks; ``level_of_theory`` is
+    :data:`LEVEL_OF_THEORY`. SCF failures during a reaction skip that reaction
+    and are listed in ``manifest["failures"]``.
+    """
+    from tqdm.auto import tqdm
 
-  from ntkal.datasets.oracles import xtb_oracle
+    from ntkal.datasets.oracles import xtb_oracle
 
-  os.makedirs(out_dir, exist_ok=True)
-  oracle = xtb_oracle()
-  make_calc = oracle.make_calculator
-  rng = np.random.default_rng(seed)
-  names = list(REACTANTS[: cfg.n_reactants])
-  mols = {}
-  for n in names:
-    m = molecule(n)
-    mols[n] = m
-  formulas = sorted({m.get_chemical_formula(mode="hill") for m in mols.values()})
-  splits = _split_formulas(formulas, cfg, rng)
-  split_of = {f: s for s, fs in splits.items() for f in fs}
-  # Candidate reactions, shuffled; round-robin over formulas so every split gets some.
-  by_formula: dict[str, list] = {f: [] for f in formulas}
-  for n, m in mols.items():
-    for cand in h_transfer_candidates(m):
-      by_formula[m.get_chemical_formula(mode="hill")].append((n, cand))
-  for f in formulas:
-    by_formula[f] = [by_formula[f][i] for i in rng.permutation(len(by_formula[f]))]
-  queue = []
-  while any(by_formula.values()):
+    os.makedirs(out_dir, exist_ok=True)
+    oracle = xtb_oracle()
+    make_calc = oracle.make_calculator
+    rng = np.random.default_rng(seed)
+    names = list(REACTANTS[: cfg.n_reactants])
+    mols = {}
+    for n in names:
+        m = molecule(n)
+        mols[n] = m
+    formulas = sorted({m.get_chemical_formula(mode="hill") for m in mols.values()})
+    splits = _split_formulas(formulas, cfg, rng)
+    split_of = {f: s for s, fs in splits.items() for f in fs}
+    # Candidate reactions, shuffled; round-robin over formulas so every split gets some.
+    by_formula: dict[str, list] = {f: [] for f in formulas}
+    for n, m in mols.items():
+        for cand in h_transfer_candidates(m):
+            by_formula[m.get_chemical_formula(mode="hill")].append((n, cand))
     for f in formulas:
-      if by_formula[f]:
-        queue.append(by_formula[f].pop())
-  reactions, eq_groups, failures, stats = [], [], [], []
-  relaxed: dict[str, Atoms] = {}
-  bar = tqdm(total=cfg.n_reactions, desc="t1x_like", disable=not progress)
-  for name, (h, d, acc) in queue:
-    if len(reactions) >= cfg.n_reactions:
-      break
-    formula = mols[name].get_chemical_formula(mode="hill")
-    try:
-      if name not in relaxed:
-        relaxed[name] = _relax(mols[name], make_calc)
-      react = relaxed[name]
-      if bond_graph(react) != bond_graph(mols[name]):
-        failures.append({"reactant": name, "reason": "reactant changed connectivity on relaxation"})
-        continue
-      want = set(bond_graph(react)) - {tuple(sorted((h, d)))} | {tuple(sorted((h, acc)))}
-      prod = _relax(_product_guess(react, h, acc), make_calc)
-      if bond_graph(prod) != frozenset(want):
-        failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
-                         "reason": "product connectivity differs from the intended H-transfer"})
-        continue
-      react_c, prod_c = react.copy(), prod.copy()
-      react_c.calc = prod_c.calc = None
-      path = _neb(react_c, prod_c, make_calc, cfg)
-      md_r = _md(react_c, make_calc, cfg, rng)
-      md_p = _md(prod_c, make_calc, cfg, rng)
-    except CalculationFailed as err:
-      failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
-                       "reason": f"SCF failure: {err}"})
-      continue
-    rxn = f"rxn{len(reactions):04d}"
-    pos, e, f = (np.stack(x) for x in zip(*path["frames"]))
-    sub = {k: {"positions": path[k2][0], "energy": path[k2][1], "forces": path[k2][2]}
-           for k, k2 in (("reactant", "reactant"), ("transition_state", "ts"), ("product", "product"))}
-    reactions.append({"formula": formula, "rxn": rxn, "atomic_numbers": react.numbers,
-                      "positions": pos, "energy": e, "forces": f, **sub})
-    for tag, md in (("R", md_r), ("P", md_p)):
-      if md:
-        mp, me, mf = (np.stack(x) for x in zip(*md))
-        eq_groups.append({"formula": formula, "rxn": f"eq{len(eq_groups):04d}",
-                          "atomic_numbers": react.numbers, "positions": mp, "energy": me,
-                          "forces": mf})
-    stats.append({"rxn": rxn, "formula": formula, "reactant": name, "h": h, "donor": d,
-                  "acceptor": acc, "split": split_of[formula], "n_path_frames": len(e),
-                  "neb_iterations": path["iterations"], "converged": path["converged"],
-                  "dropped_frames": path["dropped"], "barrier_eV": path["barrier"]})
-    bar.update(1)
-  bar.close()
-  used = {r["formula"] for r in reactions}
-  split_links = {s: [f for f in fs if f in used] for s, fs in splits.items()}
-  write_t1x(os.path.join(out_dir, "transition1x_like.h5"), reactions, split_links,
-            level_of_theory=LEVEL_OF_THEORY)
-  write_t1x(os.path.join(out_dir, "near_equilibrium.h5"), eq_groups, split_links,
-            level_of_theory=LEVEL_OF_THEORY)
-  return {"generator": "t1x_like", "version": VERSION, "seed": seed,
-          "config": dataclasses.asdict(cfg), "level_of_theory": LEVEL_OF_THEORY,
-          "files": {"paths": "transition1x_like.h5", "near_equilibrium": "near_equilibrium.h5"},
-          "splits": split_links, "reactions": stats, "failures": failures,
-          "n_path_frames": int(sum(len(r["energy"]) for r in reactions)),
-          "n_eq_frames": int(sum(len(g["energy"]) for g in eq_groups))}
+        by_formula[f] = [by_formula[f][i] for i in rng.permutation(len(by_formula[f]))]
+    queue = []
+    while any(by_formula.values()):
+        for f in formulas:
+            if by_formula[f]:
+                queue.append(by_formula[f].pop())
+    reactions, eq_groups, failures, stats = [], [], [], []
+    relaxed: dict[str, Atoms] = {}
+    bar = tqdm(total=cfg.n_reactions, desc="t1x_like", disable=not progress)
+    for name, (h, d, acc) in queue:
+        if len(reactions) >= cfg.n_reactions:
+            break
+        formula = mols[name].get_chemical_formula(mode="hill")
+        try:
+            if name not in relaxed:
+                relaxed[name] = _relax(mols[name], make_calc)
+            react = relaxed[name]
+            if bond_graph(react) != bond_graph(mols[name]):
+                failures.append({"reactant": name, "reason": "reactant changed connectivity on relaxation"})
+                continue
+            want = set(bond_graph(react)) - {tuple(sorted((h, d)))} | {tuple(sorted((h, acc)))}
+            prod = _relax(_product_guess(react, h, acc), make_calc)
+            if bond_graph(prod) != frozenset(want):
+                failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
+                                 "reason": "product connectivity differs from the intended H-transfer"})
+                continue
+            react_c, prod_c = react.copy(), prod.copy()
+            react_c.calc = prod_c.calc = None
+            path = _neb(react_c, prod_c, make_calc, cfg)
+            md_r = _md(react_c, make_calc, cfg, rng)
+            md_p = _md(prod_c, make_calc, cfg, rng)
+        except CalculationFailed as err:
+            failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
+                             "reason": f"SCF failure: {err}"})
+            continue
+        rxn = f"rxn{len(reactions):04d}"
+        pos, e, f = (np.stack(x) for x in zip(*path["frames"]))
+        sub = {k: {"positions": path[k2][0], "energy": path[k2][1], "forces": path[k2][2]}
+               for k, k2 in (("reactant", "reactant"), ("transition_state", "ts"), ("product", "product"))}
+        reactions.append({"formula": formula, "rxn": rxn, "atomic_numbers": react.numbers,
+                          "positions": pos, "energy": e, "forces": f, **sub})
+        for tag, md in (("R", md_r), ("P", md_p)):
+            if md:
+                mp, me, mf = (np.stack(x) for x in zip(*md))
+                eq_groups.append({"formula": formula, "rxn": f"eq{len(eq_groups):04d}",
+                                  "atomic_numbers": react.numbers, "positions": mp, "energy": me,
+                                  "forces": mf})
+        stats.append({"rxn": rxn, "formula": formula, "reactant": name, "h": h, "donor": d,
+                      "acceptor": acc, "split": split_of[formula], "n_path_frames": len(e),
+                      "neb_iterations": path["iterations"], "converged": path["converged"],
+                      "dropped_frames": path["dropped"], "barrier_eV": path["barrier"]})
+        bar.update(1)
+    bar.close()
+    used = {r["formula"] for r in reactions}
+    split_links = {s: [f for f in fs if f in used] for s, fs in splits.items()}
+    write_t1x(os.path.join(out_dir, "transition1x_like.h5"), reactions, split_links,
+              level_of_theory=LEVEL_OF_THEORY)
+    write_t1x(os.path.join(out_dir, "near_equilibrium.h5"), eq_groups, split_links,
+              level_of_theory=LEVEL_OF_THEORY)
+    return {"generator": "t1x_like", "version": VERSION, "seed": seed,
+            "config": dataclasses.asdict(cfg), "level_of_theory": LEVEL_OF_THEORY,
+            "files": {"paths": "transition1x_like.h5", "near_equilibrium": "near_equilibrium.h5"},
+            "splits": split_links, "reactions": stats, "failures": failures,
+            "n_path_frames": int(sum(len(r["energy"]) for r in reactions)),
+            "n_eq_frames": int(sum(len(g["energy"]) for g in eq_groups))}
