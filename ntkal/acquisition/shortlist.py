@@ -43,7 +43,7 @@ class ShortlistState(NamedTuple):
 
     values: jnp.ndarray  # shape=(m,), float; -inf for empty slots
     ids: jnp.ndarray  # shape=(m,), int32; -1 for empty slots
-    rows: jnp.ndarray  # shape=(m, r, d), float; zeros for empty slots
+    rows: jnp.ndarray  # shape=(m, r, d), float; zeros for empty slots and padded rows
     row_mask: jnp.ndarray  # shape=(m, r), bool
     n_seen: jnp.ndarray  # shape=(), int32: valid graphs streamed so far
 
@@ -72,8 +72,10 @@ def merge_topk(
     valid_new = chunk.ids >= 0
     vals = jnp.concatenate([state.values, jnp.where(valid_new, scores, -jnp.inf).astype(state.values.dtype)])
     ids = jnp.concatenate([state.ids, jnp.where(valid_new, chunk.ids, -1).astype(jnp.int32)])
-    rows = jnp.concatenate([state.rows, chunk.rows.astype(state.rows.dtype)])
-    mask = jnp.concatenate([state.row_mask, chunk.row_mask & valid_new[:, None]])
+    new_mask = chunk.row_mask & valid_new[:, None]
+    new_rows = jnp.where(new_mask[..., None], chunk.rows.astype(state.rows.dtype), 0)
+    rows = jnp.concatenate([state.rows, new_rows])
+    mask = jnp.concatenate([state.row_mask, new_mask])
     invalid = ids < 0
     # lexsort: last key is primary -> invalid last, then value desc, then id asc.
     order = jnp.lexsort((ids, -vals, invalid))[:m]
