@@ -31,6 +31,7 @@ replicated across devices.  Scores are ``-inf`` for padded graphs.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Optional, Sequence
 
 import jax
@@ -119,6 +120,7 @@ def whiten(chunk: FeatureChunk, chol_inv_t: jnp.ndarray, sigma: jnp.ndarray) -> 
     return sigma * jnp.einsum("nrd,de->nre", x, chol_inv_t)
 
 
+@jax.jit
 def pv_rows(chunk: FeatureChunk, chol_inv_t: jnp.ndarray, sigma: jnp.ndarray) -> jnp.ndarray:
     """Per-row posterior variance ``(n_graph, r)``; 0 for padded rows/graphs."""
     z = whiten(chunk, chol_inv_t, sigma)
@@ -151,6 +153,7 @@ def reduce_rows(values: jnp.ndarray, row_mask: jnp.ndarray, config: ScoreConfig)
     return per @ jnp.asarray(weights, values.dtype)
 
 
+@functools.partial(jax.jit, static_argnames=("config",))
 def pv_scores(
     chunk: FeatureChunk,
     chol_inv_t: jnp.ndarray,
