@@ -8,6 +8,8 @@ cached files. Sizes: ``"tiny"`` (seconds; tests), ``"small"``, ``"default"``
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 from collections.abc import Iterator
 
@@ -44,7 +46,33 @@ def _build(name: str, size: str, seed: int, cache_dir, progress: bool) -> tuple[
     if size not in sizes:
         raise ValueError(f"unknown size {size!r}; expected one of {tuple(sizes)}")
     key = cache_key(name, size, int(seed), version)
-    return cached_build(cache_dir, key, lambda d: fn(d, sizes[size], int(seed), progress=progress))
+    preload = ("tblite.ase",) if name == "t1x_like" else ()
+    with _single_threaded(preload):
+        return cached_build(cache_dir, key, lambda d: fn(d, sizes[size], int(seed), progress=progress))
+
+
+@contextlib.contextmanager
+def _single_threaded(preload: tuple[str, ...] = ()):
+    """Limit BLAS/OpenMP pools to one thread *for the duration of generation only*.
+
+    Small-matrix BLAS threading made EMT relaxations ~3x slower and tblite's
+    OpenMP up to ~1000x slower on small molecules (measured). Uses
+    ``threadpoolctl`` when installed (scoped, no global mutation), else relies
+    on ``OMP_NUM_THREADS=1`` / ``OPENBLAS_NUM_THREADS=1`` set before import.
+    Modules in ``preload`` are imported first so their OpenMP runtime is seen.
+    """
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        yield
+        return
+    for mod in preload:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    with threadpool_limits(limits=1):
+        yield
 
 
 def dataset_dir(name: str, size: str = "default", seed: int = 0,

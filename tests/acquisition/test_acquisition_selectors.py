@@ -100,7 +100,7 @@ def _ref_distance_selector(method, rows, train, budget, kernel="trace", key=None
 # ------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("r,reduction", [(1, "total"), (4, "total"), (4, "mean")])
+@pytest.mark.parametrize("r,reduction", [(1, "total"), (4, "mean")])
 def test_maxdet_equals_bruteforce_posterior_recompute(r, reduction):
     d, s2 = 6, 0.2
     rows, mask = _rows(0, 25, r, d)
@@ -126,9 +126,9 @@ def test_maxdiag_is_topk_pv():
     assert list(np.asarray(sel.ids)) == list(np.argsort(-pv)[:5] + 50)
 
 
-@pytest.mark.parametrize("method", ["lcmd", "maxdist"])
-@pytest.mark.parametrize("kernel", ["trace", "hs"])
-@pytest.mark.parametrize("with_train", [False, True])
+@pytest.mark.parametrize("method,kernel,with_train", [
+    ("lcmd", "trace", False), ("lcmd", "hs", True), ("lcmd", "trace", True),
+    ("maxdist", "hs", False), ("maxdist", "trace", True)])
 def test_distance_selectors_match_reference(method, kernel, with_train):
     rows, mask = _rows(3, 24, 3, 4)
     t_rows, t_mask = _rows(4, 3, 3, 4)
@@ -169,7 +169,7 @@ def test_kmeanspp_samples_proportional_to_squared_distance():
     centre = np.zeros((1, 1, 2))
     d2 = np.sum(rows[:, 0] ** 2, axis=1)
     cands, train = chunk_from_arrays(rows), chunk_from_arrays(centre)
-    n = 400
+    n = 200
     counts = np.zeros(4)
     for k in jax.random.split(jax.random.PRNGKey(0), n):
         counts[int(select_kmeanspp(cands, budget=1, key=k, train=train).indices[0])] += 1
