@@ -96,6 +96,33 @@ def _local_topk(chunk: FeatureChunk, scores: jnp.ndarray, k: int) -> tuple:
     return FeatureChunk(chunk.rows[order], chunk.row_mask[order], chunk.ids[order]), scores[order]
 
 
+@functools.lru_cache(maxsize=32)
+def _sharded_kernel(m: int, score_config: ScoreConfig, mesh):
+    """Jitted ``shard_map`` merge kernel, cached per (m, config, mesh)."""
+
+    def _kernel(state, chunk, chol_inv_t, sigma):
+        scores = pv_scores(chunk, chol_inv_t, sigma, score_config)
+        k = min(m, chunk.ids.shape[0])
+        top_chunk, top_scores = _local_topk(chunk, scores, k)
+        g = lambda x: jax.lax.all_gather(x, POOL_AXIS, tiled=True)
+        gathered = FeatureChunk(g(top_chunk.rows), g(top_chunk.row_mask), g(top_chunk.ids))
+        n_new = jax.lax.psum(jnp.sum(chunk.ids >= 0).astype(jnp.int32), POOL_AXIS)
+        new = merge_topk(state, gathered, g(top_scores), m)
+        return new._replace(n_seen=state.n_seen + n_new)
+
+    state_spec = ShortlistState(*(replicated(),) * 5)
+    chunk_spec = FeatureChunk(*(sharded(POOL_AXIS),) * 3)
+    return jax.jit(
+        jax.shard_map(
+            _kernel,
+            mesh=mesh,
+            in_specs=(state_spec, chunk_spec, replicated(), replicated()),
+            out_specs=state_spec,
+            check_vma=False,
+        )
+    )
+
+
 def streaming_shortlist(
     posterior: Posterior,
     m: int,
@@ -129,27 +156,7 @@ def streaming_shortlist(
     chol_inv_t, sigma = posterior_arrays(posterior, dt)
     d = posterior.dim
 
-    def _kernel(state, chunk, chol_inv_t, sigma):
-        scores = pv_scores(chunk, chol_inv_t, sigma, score_config)
-        k = min(m, chunk.ids.shape[0])
-        top_chunk, top_scores = _local_topk(chunk, scores, k)
-        g = lambda x: jax.lax.all_gather(x, POOL_AXIS, tiled=True)
-        gathered = FeatureChunk(g(top_chunk.rows), g(top_chunk.row_mask), g(top_chunk.ids))
-        n_new = jax.lax.psum(jnp.sum(chunk.ids >= 0).astype(jnp.int32), POOL_AXIS)
-        new = merge_topk(state, gathered, g(top_scores), m)
-        return new._replace(n_seen=state.n_seen + n_new)
-
-    state_spec = ShortlistState(*(replicated(),) * 5)
-    chunk_spec = FeatureChunk(*(sharded(POOL_AXIS),) * 3)
-    kernel = jax.jit(
-        jax.shard_map(
-            _kernel,
-            mesh=mesh,
-            in_specs=(state_spec, chunk_spec, replicated(), replicated()),
-            out_specs=state_spec,
-            check_vma=False,
-        )
-    )
+    kernel = _sharded_kernel(m, score_config, mesh)
 
     def init(r: int, d_: int) -> ShortlistState:
         if d_ != d:

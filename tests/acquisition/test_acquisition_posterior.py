@@ -83,7 +83,7 @@ def test_chunked_posterior_and_scores_equal_unchunked():
         np.testing.assert_allclose(got, ref, rtol=1e-12)
 
 
-@pytest.mark.parametrize("chunk_size", [1, 4, 7, 23, 50])
+@pytest.mark.parametrize("chunk_size", [1, 7, 50])
 def test_shortlist_chunked_equals_unchunked_topm(chunk_size):
     d, r, m = 5, 2, 8
     (tr, tm), (pr, pm) = _problem(4, 5, 23, r, d)
