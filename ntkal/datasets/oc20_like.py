@@ -48,7 +48,10 @@ from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+try:  # ASE >= 3.29
+    from ase.md.velocitydistribution import thermalize_momenta as _thermalize
+except ImportError:  # pragma: no cover
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _thermalize
 from ase.optimize import BFGS
 
 __all__ = ["OC20LikeConfig", "OC20_LIKE_SIZES", "generate_oc20_like", "is_source",
@@ -294,7 +297,7 @@ def _system_frames(sysd: dict, cfg: OC20LikeConfig, clean: Atoms, seed: int) -> 
         record("rattle", r)
     md = relaxed.copy()
     md.calc = EMT()
-    MaxwellBoltzmannDistribution(md, temperature_K=cfg.md_temperature, rng=rng)
+    _thermalize(md, temperature_K=cfg.md_temperature, rng=rng)
     dyn = Langevin(md, timestep=1.0 * units.fs, temperature_K=cfg.md_temperature,
                    friction=0.02, fixcm=False, rng=rng, logfile=None)
     dyn.attach(lambda: record("md", md, md.calc), interval=cfg.md_every)

@@ -10,7 +10,10 @@ recorded and sub-sampled with the T1x rule: an iteration is kept once the
 cumulative NEB residual (fmax, eV/Å) since the last kept one reaches 0.1
 (the first and last iterations are always kept; endpoints are stored once).
 The ``transition_state`` is the highest-energy image of the final path (no
-climbing image). Frames with a pair closer than 0.6 Å, |F| > 30 eV/Å or
+climbing image); reactions whose highest image is an endpoint (no barrier,
+e.g. an unstable product) are rejected and listed in the manifest failures.
+Splits are assigned after generation, among the formulas that produced
+reactions, so every split is non-empty. Frames with a pair closer than 0.6 Å, |F| > 30 eV/Å or
 E − E_reactant > 15 eV are dropped (counted in the manifest).
 
 Near-equilibrium frames (the pretraining *source*) are short Langevin runs
@@ -34,11 +37,15 @@ from ase import Atoms, units
 from ase.build import molecule
 from ase.calculators.calculator import CalculationFailed
 from ase.md.langevin import Langevin
-from ase.md.velocitydistribution import MaxwellBoltzmannDistribution
+try:  # ASE >= 3.29
+    from ase.md.velocitydistribution import thermalize_momenta as _thermalize
+except ImportError:  # pragma: no cover
+    from ase.md.velocitydistribution import MaxwellBoltzmannDistribution as _thermalize
 from ase.mep.neb import NEB, NEBOptimizer
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from ase.optimize import BFGS
 
+from ntkal.datasets.oracles import LabellingFailure
 from ntkal.datasets.t1x import write_t1x
 
 __all__ = ["T1xLikeConfig", "T1X_LIKE_SIZES", "generate_t1x_like", "REACTANTS",
@@ -80,7 +87,7 @@ class T1xLikeConfig:
 
 
 T1X_LIKE_SIZES: Mapping[str, T1xLikeConfig] = {
-    "tiny": T1xLikeConfig(n_reactions=3, n_reactants=3, neb_steps=25, md_steps=12,
+    "tiny": T1xLikeConfig(n_reactions=3, n_reactants=5, neb_steps=25, md_steps=12,
                           n_val_formulas=1, n_test_formulas=1),
     "small": T1xLikeConfig(n_reactions=12, n_reactants=10, neb_steps=100),
     "default": T1xLikeConfig(n_reactions=40, n_reactants=20, neb_steps=150),
@@ -189,19 +196,39 @@ def _neb(react: Atoms, prod: Atoms, make_calc, cfg: T1xLikeConfig) -> dict:
     return {"frames": kept, "ts": (images[i_ts].positions.copy(), *_ef(images[i_ts])),
             "reactant": (images[0].positions.copy(), e_r, f_r),
             "product": (images[-1].positions.copy(), e_p, f_p),
-            "converged": converged, "iterations": state["n_seen"], "dropped": state["dropped"],
+            "converged": converged,
+          "has_barrier": bool(energies[i_ts] > max(energies[0], energies[-1])), "iterations": state["n_seen"], "dropped": state["dropped"],
             "barrier": float(energies[i_ts] - e_r)}
 
 
 def _md(atoms: Atoms, make_calc, cfg: T1xLikeConfig, rng) -> list[tuple[np.ndarray, float, np.ndarray]]:
     a = atoms.copy()
     a.calc = make_calc()
-    MaxwellBoltzmannDistribution(a, temperature_K=cfg.md_temperature, rng=rng)
+    _thermalize(a, temperature_K=cfg.md_temperature, rng=rng)
     dyn = Langevin(a, timestep=0.5 * units.fs, temperature_K=cfg.md_temperature, friction=0.02,
                    fixcm=False, rng=rng, logfile=None)
     out = []
     dyn.attach(lambda: out.append((a.positions.copy(), *_ef(a))), interval=cfg.md_every)
     dyn.run(cfg.md_steps)
+    return out
+
+
+def _fresh_labels(oracle, z: np.ndarray, triples: list, failures: list, where: dict) -> list:
+    """Re-label ``(positions, E, F)`` triples with fresh oracle calls.
+
+    Calculators reused along an NEB/MD start each SCF from the previous
+    wavefunction, which changes forces at the 1e-5 eV/Å level; stored labels are
+    instead fresh single points through the oracle's retry ladder (so they are
+    reproducible). Frames no ladder step can label are left out and reported in
+    ``failures``.
+    """
+    out = []
+    for pos, _, _ in triples:
+        r = oracle.label_one(Atoms(numbers=z, positions=pos))
+        if isinstance(r, LabellingFailure):
+            failures.append({**where, "reason": f"labelling failed after {list(r.attempts)}: {r.error}"})
+            continue
+        out.append((pos, r.get_potential_energy(), r.get_forces()))
     return out
 
 
@@ -237,8 +264,6 @@ def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: 
         m = molecule(n)
         mols[n] = m
     formulas = sorted({m.get_chemical_formula(mode="hill") for m in mols.values()})
-    splits = _split_formulas(formulas, cfg, rng)
-    split_of = {f: s for s, fs in splits.items() for f in fs}
     # Candidate reactions, shuffled; round-robin over formulas so every split gets some.
     by_formula: dict[str, list] = {f: [] for f in formulas}
     for n, m in mols.items():
@@ -274,6 +299,10 @@ def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: 
             react_c, prod_c = react.copy(), prod.copy()
             react_c.calc = prod_c.calc = None
             path = _neb(react_c, prod_c, make_calc, cfg)
+            if not path["has_barrier"]:
+                failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
+                                 "reason": "no barrier: highest image is an endpoint"})
+                continue
             md_r = _md(react_c, make_calc, cfg, rng)
             md_p = _md(prod_c, make_calc, cfg, rng)
         except CalculationFailed as err:
@@ -281,9 +310,18 @@ def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: 
                              "reason": f"SCF failure: {err}"})
             continue
         rxn = f"rxn{len(reactions):04d}"
-        pos, e, f = (np.stack(x) for x in zip(*path["frames"]))
-        sub = {k: {"positions": path[k2][0], "energy": path[k2][1], "forces": path[k2][2]}
-               for k, k2 in (("reactant", "reactant"), ("transition_state", "ts"), ("product", "product"))}
+        where = {"rxn": rxn, "reactant": name}
+        z = react.numbers
+        frames = _fresh_labels(oracle, z, path["frames"], failures, where)
+        stationary = _fresh_labels(oracle, z, [path["reactant"], path["ts"], path["product"]],
+                                   failures, where)
+        md_r = _fresh_labels(oracle, z, md_r, failures, where)
+        md_p = _fresh_labels(oracle, z, md_p, failures, where)
+        if len(stationary) < 3 or not frames:
+            continue
+        pos, e, f = (np.stack(x) for x in zip(*frames))
+        sub = {k: {"positions": st[0], "energy": st[1], "forces": st[2]}
+               for k, st in zip(("reactant", "transition_state", "product"), stationary)}
         reactions.append({"formula": formula, "rxn": rxn, "atomic_numbers": react.numbers,
                           "positions": pos, "energy": e, "forces": f, **sub})
         for tag, md in (("R", md_r), ("P", md_p)):
@@ -293,13 +331,16 @@ def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: 
                                   "atomic_numbers": react.numbers, "positions": mp, "energy": me,
                                   "forces": mf})
         stats.append({"rxn": rxn, "formula": formula, "reactant": name, "h": h, "donor": d,
-                      "acceptor": acc, "split": split_of[formula], "n_path_frames": len(e),
+                      "acceptor": acc, "n_path_frames": len(e),
                       "neb_iterations": path["iterations"], "converged": path["converged"],
                       "dropped_frames": path["dropped"], "barrier_eV": path["barrier"]})
         bar.update(1)
     bar.close()
-    used = {r["formula"] for r in reactions}
-    split_links = {s: [f for f in fs if f in used] for s, fs in splits.items()}
+    # Split by formula among the formulas that produced reactions.
+    split_links = _split_formulas(sorted({r["formula"] for r in reactions}), cfg, rng)
+    split_of = {f: s for s, fs in split_links.items() for f in fs}
+    for st in stats:
+        st["split"] = split_of[st["formula"]]
     write_t1x(os.path.join(out_dir, "transition1x_like.h5"), reactions, split_links,
               level_of_theory=LEVEL_OF_THEORY)
     write_t1x(os.path.join(out_dir, "near_equilibrium.h5"), eq_groups, split_links,
