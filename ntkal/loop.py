@@ -1,0 +1,449 @@
+"""The active-learning loop: featurise → score/shortlist → select → label → fine-tune → evaluate.
+
+A round is a function ``state -> state`` of a :class:`LoopState` pytree (parameters,
+labelled pool ids, PRNG key, metric rows), pure apart from the oracle call. Round 0
+labels ``initial`` random pool structures; rounds 1..``rounds`` each acquire
+``batch`` more with the configured method. :func:`run_loop` saves the state
+atomically after every round (``state.msgpack`` plus the labelled structures in
+``labelled.extxyz``) and resumes from the last completed round, giving the same picks
+and metrics as an uninterrupted run.
+
+Methods:
+
+* ``random`` — uniform picks among unlabelled structures.
+* ``committee`` — query by committee: ``committee_size`` models fine-tuned on bootstrap
+  resamples of the labelled set; picks the largest force disagreement.
+* any :data:`ntkal.kernels.KINDS` (``energy``, ``force_exact``, ``force_probe``, ``joint``,
+  ``embedding``, ``last_layer``) — features of the labelled set give the posterior
+  A = ΦᵀΦ + σ²I; the pool is streamed through the posterior-variance scorer keeping the
+  top ``shortlist``; ``selector`` picks the batch from the shortlist.
+
+Feature scale: before the posterior is formed, every feature row is divided by
+sqrt(mean per-structure trace ‖Φ(x)‖²_F over the labelled set), so ``noise_var`` is
+relative to the typical kernel diagonal and means the same for every kernel.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, NamedTuple, Sequence
+
+import ase
+import ase.io
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from tqdm.auto import tqdm
+
+from ntkal.acquisition import (FeatureChunk, ScoreConfig, fit_posterior, qbc_force_disagreement,
+                               select_batch, shortlist_pool)
+from ntkal.data import Chunk, Structure, batch_structures, bucket, structures_from_atoms
+from ntkal.kernels import KINDS, KernelConfig, make_feature_map
+from ntkal.kernels.split import GraphSizes
+from ntkal.models import MLIP, atomic_write_bytes, energy_and_forces_fn
+from ntkal.train import TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
+
+__all__ = ["LoopConfig", "LoopState", "LoopContext", "make_context", "init_state", "run_round",
+           "run_loop", "save_state", "load_state", "METHODS"]
+
+METHODS = ("random", "committee") + KINDS
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """Hyper-parameters of one active-learning run.
+
+    Attributes:
+      method: ``"random"``, ``"committee"`` or a kernel kind (:data:`ntkal.kernels.KINDS`).
+      selector: batch selector on the shortlist (:data:`ntkal.acquisition.SELECTORS`).
+      kernel: feature-map settings (its ``kind`` is overridden by ``method``); for
+        ``joint`` with ``w_force <= 0`` the trace-equalising weight is computed each round.
+      shortlist: m, structures kept by the streaming posterior-variance top-m.
+      noise_var: σ² relative to the mean kernel diagonal of the labelled set.
+      reduction: per-structure reduction of row variances (``total``, ``mean``, ``max``).
+      initial: structures labelled at random in round 0.
+      batch: structures acquired per round.
+      rounds: acquisition rounds after round 0.
+      featurize_with: ``"current"`` (fine-tuned) or ``"pretrained"`` parameters.
+      finetune_from: ``"pretrained"`` (retrain each round) or ``"current"`` (warm start).
+      committee_size: models in the committee baseline.
+      chunk_size: structures per featurisation chunk.
+      train: fine-tuning hyper-parameters (``seed`` is combined with the run seed and round).
+      seed: run seed (initial set, selectors, fine-tuning order).
+    """
+
+    method: str = "joint"
+    selector: str = "lcmd"
+    kernel: KernelConfig = KernelConfig(kind="joint", sketch_dim=256, num_probes=8, w_force=0.0)
+    shortlist: int = 200
+    noise_var: float = 1e-2
+    reduction: str = "total"
+    initial: int = 20
+    batch: int = 10
+    rounds: int = 3
+    featurize_with: str = "current"
+    finetune_from: str = "pretrained"
+    committee_size: int = 5
+    chunk_size: int = 16
+    train: TrainConfig = TrainConfig(max_epochs=30, batch_size=8, patience=1000)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.featurize_with not in ("current", "pretrained"):
+            raise ValueError(f"featurize_with must be 'current' or 'pretrained', got {self.featurize_with!r}")
+        if self.finetune_from not in ("current", "pretrained"):
+            raise ValueError(f"finetune_from must be 'current' or 'pretrained', got {self.finetune_from!r}")
+        if self.initial < 1 or self.batch < 1 or self.rounds < 0:
+            raise ValueError("initial and batch must be >= 1, rounds >= 0")
+        if self.method == "committee" and self.committee_size < 2:
+            raise ValueError("committee_size must be >= 2")
+
+    @property
+    def kernel_config(self) -> KernelConfig:
+        return dataclasses.replace(self.kernel, kind=self.method)
+
+
+class LoopState(NamedTuple):
+    """Everything a run needs to continue (a pytree of arrays plus JSON-able records).
+
+    Attributes:
+      round: next round to run (0 = the initial random set).
+      labelled: (n_labelled,) int64 pool ids in the order they were picked.
+      params: current fine-tuned model parameters.
+      key: (2,) uint32 raw PRNG key of the run.
+      rows: metric records, one per (round, test split).
+      picks: one record per picked structure: round, pool id, acquisition score.
+    """
+
+    round: int
+    labelled: np.ndarray
+    params: Any
+    key: np.ndarray
+    rows: list
+    picks: list
+
+
+class LoopContext(NamedTuple):
+    """Static inputs of a run (not saved; rebuilt on resume).
+
+    Attributes:
+      model: the MLIP.
+      pretrained: pretrained parameters (fine-tuning start, featurisation option).
+      pool: candidate structures (``Structure``), index = pool id.
+      pool_atoms: the same as ``ase.Atoms`` (what the oracle labels).
+      tests: test split name → list of labelled ``Structure``.
+      oracle: ``oracle(list of Atoms) -> list of labelled Atoms``.
+      sizes: per-graph budgets shared by every feature chunk (so rows have one width r).
+      config: the :class:`LoopConfig`.
+      progress: show progress bars.
+      pretrained_ref: identity-hashable handle on ``pretrained`` (cache key for feature maps).
+    """
+
+    model: MLIP
+    pretrained: Any
+    pool: Sequence[Structure]
+    pool_atoms: Sequence[ase.Atoms]
+    tests: dict
+    oracle: Callable
+    sizes: GraphSizes
+    config: LoopConfig
+    progress: bool
+    pretrained_ref: Any
+
+
+def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests: dict,
+                 oracle: Callable, config: LoopConfig, *, progress: bool = True) -> LoopContext:
+    """Validate and graph the pool and test sets once.
+
+    Args:
+      model: the MLIP (its cutoff and elements are used).
+      pretrained: pretrained parameters.
+      pool_atoms: candidate structures; labels on them are ignored (the oracle provides them).
+      tests: split name → iterable of labelled ``ase.Atoms``.
+      oracle: labelling function.
+      config: loop hyper-parameters.
+    """
+    cutoff, elements = model.config.cutoff, model.config.elements
+    pool_atoms = list(pool_atoms)
+    pool = [s for _, s in structures_from_atoms(pool_atoms, cutoff, elements=elements)]
+    tests = {name: [s for _, s in structures_from_atoms(list(atoms), cutoff, elements=elements,
+                                                        require_labels=True)]
+             for name, atoms in tests.items()}
+    if config.initial + config.batch * config.rounds > len(pool):
+        raise ValueError(f"the run needs {config.initial + config.batch * config.rounds} labels but "
+                         f"the pool holds only {len(pool)} structures")
+    sizes = GraphSizes(bucket(max(s.n_atoms for s in pool)), bucket(max(max(s.n_edges for s in pool), 1)))
+    return LoopContext(model, pretrained, pool, pool_atoms, tests, oracle, sizes, config, progress,
+                       _Ref(pretrained))
+
+
+def init_state(ctx: LoopContext) -> LoopState:
+    """The state before round 0."""
+    key = jax.random.key_data(jax.random.PRNGKey(ctx.config.seed))
+    return LoopState(0, np.zeros((0,), np.int64), ctx.pretrained, np.asarray(key), [], [])
+
+
+# --- features -------------------------------------------------------------------------------
+
+def _chunks(structures: Sequence[Structure], ids: Sequence[int], chunk_size: int, sizes: GraphSizes):
+    """Fixed-budget padded chunks of ``structures[ids]``: yields (ids (chunk_size+1,), graph)."""
+    n_node = bucket(chunk_size * sizes.max_atoms + 1)
+    n_edge = bucket(chunk_size * sizes.max_edges)
+    ids = list(ids)
+    for k in range(0, len(ids), chunk_size):
+        part = ids[k:k + chunk_size]
+        graph = batch_structures([structures[i] for i in part], n_graph=chunk_size + 1,
+                                 n_node=n_node, n_edge=n_edge)
+        out = np.full((chunk_size + 1,), -1, np.int64)
+        out[:len(part)] = part
+        yield out, graph
+
+
+def _feature_chunks(feature_map, params, structures, ids, ctx: LoopContext, scale: float = 1.0,
+                    weights=None):
+    """FeatureChunks of ``structures[ids]``, rows multiplied by ``weights`` (1, r, 1) and / ``scale``."""
+    for chunk_ids, graph in _chunks(structures, ids, ctx.config.chunk_size, ctx.sizes):
+        rows, mask = feature_map.apply(params, graph, sizes=ctx.sizes)
+        rows = jnp.asarray(rows)
+        if weights is not None:
+            rows = rows * weights.astype(rows.dtype)
+        yield FeatureChunk(rows / scale, jnp.asarray(mask), jnp.asarray(chunk_ids, jnp.int32))
+
+
+def _concat(chunks: list[FeatureChunk]) -> FeatureChunk:
+    return FeatureChunk(*(jnp.concatenate([getattr(c, f) for c in chunks]) for f in FeatureChunk._fields))
+
+
+@functools.lru_cache(maxsize=16)
+def _jitted(model: MLIP):
+    """Jitted energy+forces and error sums of ``model``, compiled once per model object."""
+    return jax.jit(energy_and_forces_fn(model.energy)), jax.jit(make_error_sums_fn(model.energy))
+
+
+@functools.lru_cache(maxsize=16)
+def _feature_map(model: MLIP, kcfg: KernelConfig, params_ref):
+    return make_feature_map(model, kcfg, params_ref.value)
+
+
+class _Ref:
+    """Hashable by identity: lets a params pytree ride through ``lru_cache``."""
+
+    def __init__(self, value):
+        self.value = value
+
+
+def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, key, budget: int):
+    cfg = ctx.config
+    params = ctx.pretrained if cfg.featurize_with == "pretrained" else state.params
+    kcfg = cfg.kernel_config
+    joint_auto = kcfg.kind == "joint" and kcfg.w_force <= 0
+    if joint_auto:  # features with w_E = w_F = 1; the force block is reweighted below
+        kcfg = dataclasses.replace(kcfg, w_energy=1.0, w_force=1.0)
+    fmap = _feature_map(ctx.model, kcfg, ctx.pretrained_ref)
+    train_all = _concat(list(_feature_chunks(fmap, params, ctx.pool, state.labelled, ctx)))
+    valid = np.asarray(train_all.ids) >= 0
+    weights = None
+    if joint_auto:
+        # Trace-equalising weight (as ntkal.kernels.default_joint_weights): w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖².
+        sq = np.asarray(jnp.sum(train_all.rows ** 2, axis=-1))[valid]
+        w_force = float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
+        weights = jnp.asarray([1.0] + [w_force] * (train_all.rows.shape[1] - 1))[None, :, None]
+        train_all = train_all._replace(rows=train_all.rows * weights.astype(train_all.rows.dtype))
+    trace = np.asarray(jnp.sum(train_all.rows ** 2, axis=(1, 2)))[valid]
+    scale = float(np.sqrt(max(trace.mean(), 1e-30)))
+    train_all = train_all._replace(rows=train_all.rows / scale)
+    posterior = fit_posterior([train_all], fmap.dim, noise_var=cfg.noise_var)
+    pool_chunks = _feature_chunks(fmap, params, ctx.pool, unlabelled, ctx, scale, weights)
+    if ctx.progress:
+        pool_chunks = tqdm(pool_chunks, total=-(-len(unlabelled) // cfg.chunk_size), desc="score pool",
+                           leave=False)
+    m = max(min(cfg.shortlist, len(unlabelled)), budget)
+    score_config = ScoreConfig(reduction=cfg.reduction)
+    short = shortlist_pool(pool_chunks, posterior, m, score_config=score_config)
+    selection = select_batch(cfg.selector, short.as_chunk(), budget=budget, key=key, posterior=posterior,
+                             train=train_all if cfg.selector in ("lcmd", "maxdist", "kmeanspp") else None,
+                             score_config=score_config)
+    return np.asarray(selection.ids, np.int64), np.asarray(selection.scores, np.float64)
+
+
+def _committee_picks(state: LoopState, ctx: LoopContext, labelled_structures, unlabelled, key, budget):
+    cfg = ctx.config
+    ef, _ = _jitted(ctx.model)
+    forces = []
+    rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
+    for member in range(cfg.committee_size):
+        sample = rng.integers(0, len(labelled_structures), len(labelled_structures))
+        train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 7919 * member + 1)
+        params = fit(ctx.model, ctx.pretrained, [labelled_structures[i] for i in sample], None, train_cfg,
+                     progress=False).params
+        member_forces = []
+        for chunk_ids, graph in _chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes):
+            _, f = ef(params, graph)
+            member_forces.append(_per_graph_forces(np.asarray(f), graph, ctx.sizes.max_atoms))
+        forces.append(np.concatenate(member_forces))
+    forces = np.stack(forces)  # (members, n_unlabelled_padded, max_atoms, 3)
+    ids = np.concatenate([c for c, _ in _chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes)])
+    mask = np.zeros(forces.shape[1:3], bool)
+    for k, i in enumerate(ids):
+        if i >= 0:
+            mask[k, : ctx.pool[i].n_atoms] = ctx.pool[i].free
+    scores = np.asarray(qbc_force_disagreement(jnp.asarray(forces), jnp.asarray(mask)))
+    scores = np.where(ids >= 0, scores, -np.inf)
+    order = np.lexsort((ids, -scores))[:budget]
+    return ids[order].astype(np.int64), scores[order]
+
+
+def _per_graph_forces(forces, graph, max_atoms):
+    n_node = np.asarray(graph.n_node)
+    out = np.zeros((len(n_node), max_atoms, 3))
+    start = 0
+    for g, n in enumerate(n_node[:-1]):
+        out[g, :n] = forces[start:start + n]
+        start += n
+    return out
+
+
+# --- rounds ---------------------------------------------------------------------------------
+
+def _labelled_structures(ctx: LoopContext, atoms: Sequence[ase.Atoms]) -> list[Structure]:
+    return [s for _, s in structures_from_atoms(atoms, ctx.model.config.cutoff,
+                                                elements=ctx.model.config.elements, require_labels=True)]
+
+
+def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple[LoopState, list]:
+    """Run round ``state.round``: acquire, label, fine-tune, evaluate.
+
+    Args:
+      state: current state.
+      ctx: the run's static inputs.
+      labelled_atoms: labelled ``ase.Atoms`` so far, aligned with ``state.labelled``.
+
+    Returns:
+      ``(new_state, new_labelled_atoms)``.
+    """
+    cfg = ctx.config
+    r = state.round
+    times = {}
+    key = jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(state.key)), r)
+    unlabelled = np.setdiff1d(np.arange(len(ctx.pool)), state.labelled)
+    t = time.perf_counter()
+    budget = cfg.initial if r == 0 else cfg.batch
+    if r == 0 or cfg.method == "random":
+        ids = np.sort(np.asarray(jax.random.choice(key, unlabelled, (budget,), replace=False), np.int64))
+        scores = np.full((budget,), np.nan)
+    elif cfg.method == "committee":
+        ids, scores = _committee_picks(state, ctx, _labelled_structures(ctx, labelled_atoms), unlabelled,
+                                       key, budget)
+    else:
+        ids, scores = _kernel_picks(state, ctx, unlabelled, key, budget)
+    times["select_s"] = time.perf_counter() - t
+    if len(set(ids.tolist())) != len(ids) or np.isin(ids, state.labelled).any():
+        raise RuntimeError(f"round {r}: selector returned duplicate or already-labelled ids {ids}")
+
+    t = time.perf_counter()
+    new_atoms = ctx.oracle([ctx.pool_atoms[i] for i in ids])
+    times["label_s"] = time.perf_counter() - t
+    labelled_atoms = list(labelled_atoms) + list(new_atoms)
+    labelled = np.concatenate([state.labelled, ids])
+
+    t = time.perf_counter()
+    start = ctx.pretrained if cfg.finetune_from == "pretrained" else state.params
+    train_structures = _labelled_structures(ctx, labelled_atoms)
+    # Realised error of the model that scored the picks (for PV-vs-error calibration).
+    errors_before = _pick_errors(ctx, state.params, train_structures[-len(ids):])
+    train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * cfg.seed + r)
+    params = fit(ctx.model, start, train_structures, None, train_cfg, progress=False).params
+    times["finetune_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    _, sums = _jitted(ctx.model)
+    metrics = {name: evaluate(sums, params, make_batches(structures, 16))
+               for name, structures in ctx.tests.items()}
+    times["evaluate_s"] = time.perf_counter() - t
+    rows = list(state.rows) + [{"round": r, "n_labels": int(len(labelled)), "split": name, **m, **times}
+                               for name, m in metrics.items()]
+    picks = list(state.picks) + [{"round": r, "id": int(i), "score": float(s), "force_mae_before": float(e)}
+                                 for i, s, e in zip(ids, scores, errors_before)]
+    return LoopState(r + 1, labelled, params, state.key, rows, picks), labelled_atoms
+
+
+def _pick_errors(ctx: LoopContext, params, structures: Sequence[Structure]) -> list[float]:
+    """Force MAE (eV/Å) of ``params`` on each labelled structure (NaN without force labels)."""
+    ef, _ = _jitted(ctx.model)
+    out = []
+    for s in structures:
+        graph = batch_structures([s], n_graph=2, n_node=bucket(ctx.sizes.max_atoms + 1),
+                                 n_edge=bucket(ctx.sizes.max_edges))
+        _, f = ef(params, graph)
+        err = np.abs(np.asarray(f)[: s.n_atoms] - s.forces)[s.free]
+        out.append(float(err.mean()) if s.has_forces and err.size else float("nan"))
+    return out
+
+
+# --- persistence ----------------------------------------------------------------------------
+
+def save_state(directory: str | Path, state: LoopState, labelled_atoms: Sequence[ase.Atoms]) -> None:
+    """Atomically write ``state.msgpack`` and ``labelled.extxyz`` under ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    import io
+    buffer = io.StringIO()
+    ase.io.write(buffer, list(labelled_atoms), format="extxyz")
+    atomic_write_bytes(directory / "labelled.extxyz", buffer.getvalue().encode())
+    payload = {
+        "round": state.round,
+        "labelled": np.asarray(state.labelled, np.int64),
+        "params": jax.tree_util.tree_map(np.asarray, state.params),
+        "key": np.asarray(state.key),
+        "rows": json.dumps(state.rows),
+        "picks": json.dumps(state.picks),
+    }
+    atomic_write_bytes(directory / "state.msgpack", serialization.msgpack_serialize(payload))
+
+
+def load_state(directory: str | Path) -> tuple[LoopState, list] | None:
+    """The saved state and labelled structures, or ``None`` if nothing was saved."""
+    directory = Path(directory)
+    if not (directory / "state.msgpack").exists():
+        return None
+    payload = serialization.msgpack_restore((directory / "state.msgpack").read_bytes())
+    labelled = np.asarray(payload["labelled"], np.int64).reshape(-1)
+    atoms = ase.io.read(directory / "labelled.extxyz", index=":") if labelled.size else []
+    if len(atoms) != labelled.size:
+        raise ValueError(f"{directory}: labelled.extxyz holds {len(atoms)} structures, state expects "
+                         f"{labelled.size}")
+    state = LoopState(int(payload["round"]), labelled, payload["params"], np.asarray(payload["key"]),
+                      json.loads(payload["rows"]), json.loads(payload["picks"]))
+    return state, atoms
+
+
+def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: bool = True,
+             stop_after: int | None = None, log: Callable[[str], None] | None = print) -> LoopState:
+    """Run rounds 0..``rounds``, saving after each; resume from ``directory`` when possible.
+
+    Args:
+      ctx: the run's static inputs.
+      directory: where to save state; ``None`` keeps everything in memory.
+      resume: continue from a saved state in ``directory``.
+      stop_after: stop once this many rounds have completed in total (for tests).
+      log: receives a one-line summary per round.
+    """
+    loaded = load_state(directory) if (directory is not None and resume) else None
+    state, labelled_atoms = loaded if loaded else (init_state(ctx), [])
+    last = ctx.config.rounds
+    while state.round <= last and (stop_after is None or state.round < stop_after):
+        state, labelled_atoms = run_round(state, ctx, labelled_atoms)
+        if directory is not None:
+            save_state(directory, state, labelled_atoms)
+        if log:
+            rows = [row for row in state.rows if row["round"] == state.round - 1]
+            summary = "  ".join(f"{row['split']} F-MAE {row['force_mae']:.4f}" for row in rows)
+            log(f"[{ctx.config.method}] round {state.round - 1}: {len(state.labelled)} labels  {summary}")
+    return state
