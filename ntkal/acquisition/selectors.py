@@ -68,7 +68,7 @@ from ntkal.acquisition.sharding import (
     POOL_AXIS, gather_picked, global_argmax, local_offset, make_pool_mesh, pad_to_multiple,
     replicated, sharded,
 )
-from ntkal.acquisition.structure_kernel import StructureKernel, kernel_diag, sq_dist_to
+from ntkal.acquisition.structure_kernel import StructureKernel, kernel_cross, kernel_diag, sq_dist_to
 
 __all__ = [
     "SELECTORS",
@@ -87,27 +87,35 @@ SELECTORS = ("random", "maxdiag", "maxdet", "maxdist", "lcmd", "kmeanspp")
 _NEEDS_KEY = ("random", "kmeanspp")
 _NEEDS_POSTERIOR = ("maxdiag", "maxdet")
 _DISTANCE = ("maxdist", "lcmd", "kmeanspp")
+_TRAIN_BLOCK = 256
 
 
-def maxdet_update(z: jnp.ndarray, z_s: jnp.ndarray, noise_var) -> jnp.ndarray:
+def maxdet_update(z: jnp.ndarray, z_s: jnp.ndarray, noise_var, row_var=None):
     """Condition whitened rows on observing structure ``S`` (rank-``r`` update).
 
     Args:
       z: ``(n, r, d)`` whitened rows (``z z'^T`` = posterior covariance).
       z_s: ``(r, d)`` whitened rows of the observed structure (padded rows 0).
       noise_var: :math:`\\sigma^2`.
+      row_var: optional ``(n, r)`` current per-row variances ``|z|^2``.
 
     Returns:
-      ``(n, r, d)`` rows whose inner products are the updated posterior covariance.
+      ``(z', row_var')``: rows whose inner products are the updated posterior
+      covariance, and the updated per-row variances
+      ``row_var - diag(k (z_S z_S^T + sigma^2 I)^{-1} k^T)`` with ``k = z z_S^T``
+      (``None`` if ``row_var`` is ``None``).
     """
     gram = z_s @ z_s.T
     mu, e = jnp.linalg.eigh(0.5 * (gram + gram.T))
     mu = jnp.maximum(mu, 0.0)
     tot = mu + noise_var
     rho = 1.0 / (tot * (1.0 + jnp.sqrt(noise_var / tot)))
-    m = (e * rho) @ e.T  # (r, r)
     k = jnp.einsum("nrd,sd->nrs", z, z_s)
-    return z - jnp.einsum("nrs,st,td->nrd", k, m, z_s)
+    z_new = z - jnp.einsum("nrs,st,td->nrd", k, (e * rho) @ e.T, z_s)
+    if row_var is None:
+        return z_new, None
+    ke = k @ e  # (n, r, r) in the eigenbasis of the observed block
+    return z_new, jnp.maximum(row_var - jnp.sum(ke * ke / tot, axis=-1), 0.0)
 
 
 def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, budget, n_global,
@@ -150,13 +158,14 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, bu
         noise_var = sigma * sigma
 
         def body(t, carry):
-            z_ = carry[3]
-            crit = reduce_rows(jnp.sum(z_ * z_, -1), row_ok, score_config)
+            z_, v_ = carry[3:]
+            crit = reduce_rows(v_, row_ok, score_config)
             carry, g = record(carry, t, crit, crit)
             z_s = gather_picked(z_, g)
-            return carry[:3] + (maxdet_update(z_, z_s, noise_var),)
+            return carry[:3] + maxdet_update(z_, z_s, noise_var, v_)
 
-        out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0, z))
+        v0 = jnp.sum(z * z, -1)
+        out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0, z, v0))
         return out[1], out[2]
 
     # distance-based methods
@@ -169,13 +178,25 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, bu
         upd = dd < min_sq
         return jnp.where(upd, dd, min_sq), jnp.where(upd, label, closest)
 
-    def train_body(t, mc):
-        ms, cl = add_centre(mc[0], mc[1], tz[t], t + 1)
-        return jnp.where(tvalid[t], ms, mc[0]), jnp.where(tvalid[t], cl, mc[1])
-
     min_sq, closest = jnp.full((nl,), jnp.inf, dt), jnp.zeros((nl,), jnp.int32)
-    if n_t > 0:
-        min_sq, closest = jax.lax.fori_loop(0, n_t, train_body, (min_sq, closest))
+    if n_t > 0:  # training structures as initial centres, in blocks of one matmul each
+        blk = min(n_t, _TRAIN_BLOCK)
+        n_blk = -(-n_t // blk)
+        pad = n_blk * blk - n_t
+        tzp = jnp.concatenate([tz, jnp.zeros((pad,) + tz.shape[1:], dt)])
+        tvp = jnp.concatenate([tvalid, jnp.zeros((pad,), bool)])
+
+        def train_body(b, mc):
+            cb = jax.lax.dynamic_slice_in_dim(tzp, b * blk, blk)
+            vb = jax.lax.dynamic_slice_in_dim(tvp, b * blk, blk)
+            dd = xd[:, None] + kernel_diag(cb, kernel)[None] - 2.0 * kernel_cross(z, cb, kernel)
+            dd = jnp.where(vb[None], jnp.maximum(dd, 0.0), jnp.inf)
+            j = jnp.argmin(dd, axis=1)  # first occurrence = earliest training point
+            dmin = jnp.take_along_axis(dd, j[:, None], axis=1)[:, 0]
+            upd = dmin < mc[0]
+            return jnp.where(upd, dmin, mc[0]), jnp.where(upd, b * blk + j + 1, mc[1]).astype(jnp.int32)
+
+        min_sq, closest = jax.lax.fori_loop(0, n_blk, train_body, (min_sq, closest))
     n_centres = jnp.sum(tvalid).astype(jnp.int32)
 
     def body(t, carry):

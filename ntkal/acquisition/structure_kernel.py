@@ -34,7 +34,7 @@ import enum
 
 import jax.numpy as jnp
 
-__all__ = ["StructureKernel", "kernel_diag", "kernel_to", "sq_dist_to"]
+__all__ = ["StructureKernel", "kernel_diag", "kernel_to", "kernel_cross", "sq_dist_to"]
 
 
 class StructureKernel(str, enum.Enum):
@@ -58,6 +58,15 @@ def kernel_to(x: jnp.ndarray, c: jnp.ndarray, kind: StructureKernel) -> jnp.ndar
         return jnp.einsum("nrd,rd->n", x, c)
     g = jnp.einsum("nrd,sd->nrs", x, c)
     return jnp.sum(g * g, axis=(1, 2))
+
+
+def kernel_cross(x: jnp.ndarray, c: jnp.ndarray, kind: StructureKernel) -> jnp.ndarray:
+    """``k(x_n, c_t)`` for ``x`` ``(n, r, d)`` and ``c`` ``(t, r, d)`` -> ``(n, t)`` (one matmul)."""
+    kind = StructureKernel(kind)
+    if kind is StructureKernel.TRACE:
+        return jnp.einsum("nrd,trd->nt", x, c)
+    g = jnp.einsum("nrd,tsd->ntrs", x, c)
+    return jnp.sum(g * g, axis=(2, 3))
 
 
 def sq_dist_to(x: jnp.ndarray, x_diag: jnp.ndarray, c: jnp.ndarray, kind: StructureKernel) -> jnp.ndarray:
