@@ -31,11 +31,14 @@ def main(argv=None) -> int:
     p.add_argument("--size", default="default", choices=SIZES)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", default="data_cache")
+    p.add_argument("--workers", type=int, default=1,
+                   help="generator processes (output is identical for any value)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
     for name in args.names:
         t0 = time.perf_counter()
-        paths = generate(name, args.size, args.seed, args.cache_dir, progress=not args.quiet)
+        paths = generate(name, args.size, args.seed, args.cache_dir, progress=not args.quiet,
+                         workers=args.workers)
         dt = time.perf_counter() - t0
         root, man = dataset_dir(name, args.size, args.seed, args.cache_dir, progress=False)
         counts = ({s: v["n_frames"] for s, v in man["splits"].items()} if name == "oc20_like"

@@ -305,8 +305,39 @@ def _system_frames(sysd: dict, cfg: OC20LikeConfig, clean: Atoms, seed: int) -> 
     return frames, {**sysd, "dissociated": dis, "desorbed": des, "n_frames": len(frames)}
 
 
-def generate_oc20_like(out_dir: str, cfg: OC20LikeConfig, seed: int, *, progress: bool = True) -> dict:
+_CLEAN: dict[tuple[str, str], tuple[Atoms, float]] = {}
+
+
+def _clean_slab(metal: str, facet: str) -> tuple[Atoms, float]:
+    """Relaxed clean slab and its energy (eV); memoised per process (deterministic)."""
+    key = (metal, facet)
+    if key not in _CLEAN:
+        c = _slab(metal, facet)
+        c.calc = EMT()
+        BFGS(c, logfile=None).run(fmax=0.02, steps=200)
+        e = float(c.get_potential_energy())
+        c.calc = None
+        _CLEAN[key] = (c, e)
+    return _CLEAN[key]
+
+
+def _system_job(args) -> tuple[list[Atoms], dict, float]:
+    sysd, cfg, seed = args
+    clean, e_clean = _clean_slab(sysd["metal"], sysd["facet"])
+    frames, meta = _system_frames(sysd, cfg, clean, seed)
+    return frames, meta, e_clean
+
+
+def generate_oc20_like(out_dir: str, cfg: OC20LikeConfig, seed: int, *, progress: bool = True,
+                       workers: int = 1) -> dict:
     """Generate an OC20-like dataset into ``out_dir``; returns the manifest.
+
+    Args:
+      out_dir: output directory (created).
+      cfg: sizes.
+      seed: seeds the system draw; system ``sid`` uses ``default_rng([seed, sid])``.
+      progress: tqdm bar.
+      workers: processes (output is identical for any value).
 
     The manifest maps ``splits[split] = {"s2ef": [[extxyz, txt], ...],
     "aselmdb": path, "n_frames": int, "n_systems": int}`` (paths relative to
@@ -314,32 +345,28 @@ def generate_oc20_like(out_dir: str, cfg: OC20LikeConfig, seed: int, *, progress
     """
     from tqdm.auto import tqdm
 
+    from ntkal.datasets._parallel import ordered_map
+
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)
     systems = _systems(cfg, rng)
     gas = gas_references()
     db_ext = ".aselmdb" if importlib.util.find_spec("ase_db_backends") else ".db"
-    clean_cache: dict[tuple[str, str], tuple[Atoms, float]] = {}
+    clean_energies: dict[str, float] = {}
     writers = {s: _SplitWriter(out_dir, s, cfg.frames_per_chunk, db_ext) for s in OC20_SPLITS}
     mapping = {}
+    jobs = ordered_map(_system_job, ((s, cfg, seed) for s in systems), workers)
     try:
-        for sysd in tqdm(systems, desc="oc20_like", disable=not progress):
-            key = (sysd["metal"], sysd["facet"])
-            if key not in clean_cache:
-                c = _slab(*key)
-                c.calc = EMT()
-                BFGS(c, logfile=None).run(fmax=0.02, steps=200)
-                e = float(c.get_potential_energy())
-                c.calc = None
-                clean_cache[key] = (c, e)
-            clean, e_clean = clean_cache[key]
-            frames, meta = _system_frames(sysd, cfg, clean, seed)
+        for sysd, (frames, meta, e_clean) in tqdm(zip(systems, jobs), total=len(systems),
+                                                  desc="oc20_like", disable=not progress):
+            clean_energies[f"{sysd['metal']}-{sysd['facet']}"] = e_clean
             syms = _adsorbate(sysd["adsorbate"]).get_chemical_symbols()
             ref = e_clean + sum(gas[s] for s in syms)
             for fid, fr in enumerate(frames):
                 writers[sysd["split"]].write(fr, sysd["sid"], fid, ref)
             mapping[f"random{sysd['sid']}"] = {**meta, "reference_energy": ref}
     finally:
+        jobs.close()
         for w in writers.values():
             w.close()
     with open(os.path.join(out_dir, "system_mapping.json"), "w") as fh:
@@ -349,6 +376,5 @@ def generate_oc20_like(out_dir: str, cfg: OC20LikeConfig, seed: int, *, progress
     return {"generator": "oc20_like", "version": VERSION, "seed": seed,
             "config": {**dataclasses.asdict(cfg), "n_systems": dict(cfg.n_systems)},
             "splits": splits, "system_mapping": "system_mapping.json",
-            "gas_references": gas,
-            "clean_slab_energies": {f"{m}-{f}": e for (m, f), (_, e) in clean_cache.items()},
+            "gas_references": gas, "clean_slab_energies": dict(sorted(clean_energies.items())),
             "db_backend": "aselmdb" if db_ext == ".aselmdb" else "sqlite"}

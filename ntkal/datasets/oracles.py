@@ -86,17 +86,23 @@ class LabelResult(NamedTuple):
     failures: list[LabellingFailure]
 
 
+_CONTROLLER = []  # lazily built threadpoolctl.ThreadpoolController (enumerating libs is ~5 ms)
+
+
 @contextlib.contextmanager
 def _thread_limit(n: int | None):
+    """Scoped BLAS/OpenMP thread limit (no-op if ``n`` is None or no threadpoolctl)."""
     if n is None:
         yield
         return
     try:
-        from threadpoolctl import threadpool_limits
+        from threadpoolctl import ThreadpoolController
     except ImportError:
         yield
         return
-    with threadpool_limits(limits=n):
+    if not _CONTROLLER:
+        _CONTROLLER.append(ThreadpoolController())
+    with _CONTROLLER[0].limit(limits=n):
         yield
 
 
@@ -167,8 +173,9 @@ class Oracle:
     def label_with_failures(self, atoms_list: Sequence[Atoms]) -> LabelResult:
         """Label every structure, collecting (not raising) unrecoverable failures."""
         done, idx, failures = [], [], []
-        for i, a in enumerate(atoms_list):
-            r = self.label_one(a, i)
+        with _thread_limit(self.max_threads):
+            results = [self._label_one(a, i) for i, a in enumerate(atoms_list)]
+        for i, r in enumerate(results):
             if isinstance(r, LabellingFailure):
                 failures.append(r)
             else:
@@ -183,11 +190,12 @@ class Oracle:
           LabellingError: for the first structure that fails every ladder step.
         """
         out = []
-        for i, a in enumerate(atoms_list):
-            r = self.label_one(a, i)
-            if isinstance(r, LabellingFailure):
-                raise LabellingError(r.index, r.attempts, r.error)
-            out.append(r)
+        with _thread_limit(self.max_threads):
+            for i, a in enumerate(atoms_list):
+                r = self._label_one(a, i)
+                if isinstance(r, LabellingFailure):
+                    raise LabellingError(r.index, r.attempts, r.error)
+                out.append(r)
         return out
 
     __call__ = label

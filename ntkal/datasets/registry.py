@@ -41,14 +41,16 @@ def splits_of(name: str) -> tuple[str, ...]:
     return (*base, "pretrain")
 
 
-def _build(name: str, size: str, seed: int, cache_dir, progress: bool) -> tuple[str, dict]:
+def _build(name: str, size: str, seed: int, cache_dir, progress: bool,
+           workers: int = 1) -> tuple[str, dict]:
     sizes, fn, version = _spec(name)
     if size not in sizes:
         raise ValueError(f"unknown size {size!r}; expected one of {tuple(sizes)}")
     key = cache_key(name, size, int(seed), version)
     preload = ("tblite.ase",) if name == "t1x_like" else ()
     with _single_threaded(preload):
-        return cached_build(cache_dir, key, lambda d: fn(d, sizes[size], int(seed), progress=progress))
+        return cached_build(cache_dir, key, lambda d: fn(d, sizes[size], int(seed), progress=progress,
+                                                         workers=workers))
 
 
 @contextlib.contextmanager
@@ -83,8 +85,8 @@ def dataset_dir(name: str, size: str = "default", seed: int = 0,
 
 
 def generate(name: str, size: str = "default", seed: int = 0,
-             cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, *, progress: bool = True
-             ) -> dict[str, tuple[str, ...]]:
+             cache_dir: str | os.PathLike = DEFAULT_CACHE_DIR, *, progress: bool = True,
+             workers: int = 1) -> dict[str, tuple[str, ...]]:
     """Generate (or reuse from cache) a stand-in dataset.
 
     Args:
@@ -92,6 +94,8 @@ def generate(name: str, size: str = "default", seed: int = 0,
       size: ``"tiny"``, ``"small"``, ``"default"`` or ``"large"``.
       seed: seed of the numpy Generator that draws everything.
       cache_dir: cache root.
+      progress: show a tqdm bar while generating.
+      workers: generator processes (spawned); the output does not depend on it.
 
     Returns:
       split name -> absolute file paths. ``oc20_like``: the ``<k>.extxyz.xz``
@@ -101,7 +105,7 @@ def generate(name: str, size: str = "default", seed: int = 0,
       ``t1x_like``: ``(transition1x_like.h5,)`` for train/val/test (the split is
       a group inside) and ``(near_equilibrium.h5,)`` for ``pretrain``.
     """
-    root, man = _build(name, size, seed, cache_dir, progress)
+    root, man = _build(name, size, seed, cache_dir, progress, workers)
     j = lambda p: os.path.abspath(os.path.join(root, p))
     if name == "oc20_like":
         out = {s: tuple(j(x) for x, _ in v["s2ef"]) + (j(v["aselmdb"]),) for s, v in man["splits"].items()}

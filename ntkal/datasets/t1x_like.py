@@ -45,7 +45,6 @@ from ase.mep.neb import NEB, NEBOptimizer
 from ase.neighborlist import natural_cutoffs, neighbor_list
 from ase.optimize import BFGS
 
-from ntkal.datasets.oracles import LabellingFailure
 from ntkal.datasets.t1x import write_t1x
 
 __all__ = ["T1xLikeConfig", "T1X_LIKE_SIZES", "generate_t1x_like", "REACTANTS",
@@ -222,14 +221,10 @@ def _fresh_labels(oracle, z: np.ndarray, triples: list, failures: list, where: d
     reproducible). Frames no ladder step can label are left out and reported in
     ``failures``.
     """
-    out = []
-    for pos, _, _ in triples:
-        r = oracle.label_one(Atoms(numbers=z, positions=pos))
-        if isinstance(r, LabellingFailure):
-            failures.append({**where, "reason": f"labelling failed after {list(r.attempts)}: {r.error}"})
-            continue
-        out.append((pos, r.get_potential_energy(), r.get_forces()))
-    return out
+    res = oracle.label_with_failures([Atoms(numbers=z, positions=pos) for pos, _, _ in triples])
+    for fl in res.failures:
+        failures.append({**where, "reason": f"labelling failed after {list(fl.attempts)}: {fl.error}"})
+    return [(a.positions.copy(), a.get_potential_energy(), a.get_forces()) for a in res.atoms]
 
 
 def _split_formulas(formulas: list[str], cfg: T1xLikeConfig, rng) -> dict[str, list[str]]:
@@ -241,30 +236,63 @@ def _split_formulas(formulas: list[str], cfg: T1xLikeConfig, rng) -> dict[str, l
             "train": sorted(order[nv + nt:])}
 
 
-def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: bool = True) -> dict:
-    """Generate a T1x-like dataset into ``out_dir``; returns the manifest.
+_RELAXED: dict[str, Atoms] = {}
 
-    Files: ``transition1x_like.h5`` (reaction paths + R/TS/P) and
-    ``near_equilibrium.h5`` (MD around minima), both in the T1x layout with
-    ``/train``, ``/val``, ``/test`` SoftLinks; ``level_of_theory`` is
-    :data:`LEVEL_OF_THEORY`. SCF failures during a reaction skip that reaction
-    and are listed in ``manifest["failures"]``.
+
+def _reaction_job(args) -> dict:
+    """Run one candidate H-transfer end to end (in a worker or in-process).
+
+    Returns ``{"ok": True, ...}`` with freshly labelled frames, or
+    ``{"ok": False, "failure": {...}}``. Randomness: ``default_rng([seed, qi])``.
     """
-    from tqdm.auto import tqdm
-
     from ntkal.datasets.oracles import xtb_oracle
 
-    os.makedirs(out_dir, exist_ok=True)
+    qi, name, (h, d, acc), cfg, seed = args
+    where = {"reactant": name, "h": h, "donor": d, "acceptor": acc}
+    fail = lambda reason: {"ok": False, "failure": {**where, "reason": reason}}
     oracle = xtb_oracle()
     make_calc = oracle.make_calculator
-    rng = np.random.default_rng(seed)
-    names = list(REACTANTS[: cfg.n_reactants])
-    mols = {}
-    for n in names:
-        m = molecule(n)
-        mols[n] = m
+    rng = np.random.default_rng([seed, qi])
+    mol = molecule(name)
+    try:
+        if name not in _RELAXED:
+            _RELAXED[name] = _relax(mol, make_calc)
+        react = _RELAXED[name]
+        if bond_graph(react) != bond_graph(mol):
+            return fail("reactant changed connectivity on relaxation")
+        want = set(bond_graph(react)) - {tuple(sorted((h, d)))} | {tuple(sorted((h, acc)))}
+        prod = _relax(_product_guess(react, h, acc), make_calc)
+        if bond_graph(prod) != frozenset(want):
+            return fail("product connectivity differs from the intended H-transfer")
+        e_prod = float(prod.get_potential_energy())
+        react_c, prod_c = react.copy(), prod.copy()
+        react_c.calc = prod_c.calc = None
+        path = _neb(react_c, prod_c, make_calc, cfg)
+        if not path["has_barrier"]:
+            return fail("no barrier: highest image is an endpoint")
+        md_r = _md(react_c, make_calc, cfg, rng)
+        md_p = _md(prod_c, make_calc, cfg, rng)
+    except CalculationFailed as err:
+        return fail(f"SCF failure: {err}")
+    failures: list = []
+    z = react.numbers
+    frames = _fresh_labels(oracle, z, path["frames"], failures, where)
+    stationary = _fresh_labels(oracle, z, [path["reactant"], path["ts"], path["product"]],
+                               failures, where)
+    if len(stationary) < 3 or not frames:
+        return {"ok": False, "failure": {**where, "reason": "stationary points could not be labelled"},
+                "label_failures": failures}
+    return {"ok": True, "z": z, "e_prod": e_prod, "frames": frames, "stationary": stationary,
+            "md": [_fresh_labels(oracle, z, md_r, failures, where),
+                   _fresh_labels(oracle, z, md_p, failures, where)],
+            "label_failures": failures, "path": {k: path[k] for k in
+                                                 ("converged", "iterations", "dropped", "barrier")}}
+
+
+def _candidate_queue(cfg: T1xLikeConfig, rng) -> list[tuple[str, tuple[int, int, int]]]:
+    """Shuffled candidates, round-robin over formulas (so formulas are spread)."""
+    mols = {n: molecule(n) for n in REACTANTS[: cfg.n_reactants]}
     formulas = sorted({m.get_chemical_formula(mode="hill") for m in mols.values()})
-    # Candidate reactions, shuffled; round-robin over formulas so every split gets some.
     by_formula: dict[str, list] = {f: [] for f in formulas}
     for n, m in mols.items():
         for cand in h_transfer_candidates(m):
@@ -276,66 +304,71 @@ def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: 
         for f in formulas:
             if by_formula[f]:
                 queue.append(by_formula[f].pop())
+    return queue
+
+
+def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: bool = True,
+                      workers: int = 1) -> dict:
+    """Generate a T1x-like dataset into ``out_dir``; returns the manifest.
+
+    Files: ``transition1x_like.h5`` (reaction paths + R/TS/P) and
+    ``near_equilibrium.h5`` (MD around minima), both in the T1x layout with
+    ``/train``, ``/val``, ``/test`` SoftLinks; ``level_of_theory`` is
+    :data:`LEVEL_OF_THEORY`. Rejected candidates (SCF failure, wrong product,
+    no barrier, symmetry duplicate) are listed in ``manifest["failures"]``.
+    ``workers`` processes give identical output to one.
+    """
+    from tqdm.auto import tqdm
+
+    from ntkal.datasets._parallel import ordered_map
+    from ntkal.datasets.oracles import xtb_oracle
+
+    xtb_oracle()  # fail early without tblite; warn about threads
+    os.makedirs(out_dir, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    queue = _candidate_queue(cfg, rng)
+    jobs = ordered_map(_reaction_job, ((qi, n, c, cfg, seed) for qi, (n, c) in enumerate(queue)),
+                       workers, preload=("tblite.ase",))
     reactions, eq_groups, failures, stats = [], [], [], []
-    relaxed: dict[str, Atoms] = {}
+    seen_products: set[tuple[str, float]] = set()
     bar = tqdm(total=cfg.n_reactions, desc="t1x_like", disable=not progress)
-    for name, (h, d, acc) in queue:
-        if len(reactions) >= cfg.n_reactions:
-            break
-        formula = mols[name].get_chemical_formula(mode="hill")
-        try:
-            if name not in relaxed:
-                relaxed[name] = _relax(mols[name], make_calc)
-            react = relaxed[name]
-            if bond_graph(react) != bond_graph(mols[name]):
-                failures.append({"reactant": name, "reason": "reactant changed connectivity on relaxation"})
+    try:
+        for (name, (h, d, acc)), res in zip(queue, jobs):
+            if len(reactions) >= cfg.n_reactions:
+                break
+            failures.extend(res.get("label_failures", []))
+            if not res["ok"]:
+                failures.append(res["failure"])
                 continue
-            want = set(bond_graph(react)) - {tuple(sorted((h, d)))} | {tuple(sorted((h, acc)))}
-            prod = _relax(_product_guess(react, h, acc), make_calc)
-            if bond_graph(prod) != frozenset(want):
+            key = (name, round(res["e_prod"], 3))
+            if key in seen_products:  # symmetry-equivalent H-transfer
                 failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
-                                 "reason": "product connectivity differs from the intended H-transfer"})
+                                 "reason": "duplicate of an earlier reaction (same product energy)"})
                 continue
-            react_c, prod_c = react.copy(), prod.copy()
-            react_c.calc = prod_c.calc = None
-            path = _neb(react_c, prod_c, make_calc, cfg)
-            if not path["has_barrier"]:
-                failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
-                                 "reason": "no barrier: highest image is an endpoint"})
-                continue
-            md_r = _md(react_c, make_calc, cfg, rng)
-            md_p = _md(prod_c, make_calc, cfg, rng)
-        except CalculationFailed as err:
-            failures.append({"reactant": name, "h": h, "donor": d, "acceptor": acc,
-                             "reason": f"SCF failure: {err}"})
-            continue
-        rxn = f"rxn{len(reactions):04d}"
-        where = {"rxn": rxn, "reactant": name}
-        z = react.numbers
-        frames = _fresh_labels(oracle, z, path["frames"], failures, where)
-        stationary = _fresh_labels(oracle, z, [path["reactant"], path["ts"], path["product"]],
-                                   failures, where)
-        md_r = _fresh_labels(oracle, z, md_r, failures, where)
-        md_p = _fresh_labels(oracle, z, md_p, failures, where)
-        if len(stationary) < 3 or not frames:
-            continue
-        pos, e, f = (np.stack(x) for x in zip(*frames))
-        sub = {k: {"positions": st[0], "energy": st[1], "forces": st[2]}
-               for k, st in zip(("reactant", "transition_state", "product"), stationary)}
-        reactions.append({"formula": formula, "rxn": rxn, "atomic_numbers": react.numbers,
-                          "positions": pos, "energy": e, "forces": f, **sub})
-        for tag, md in (("R", md_r), ("P", md_p)):
-            if md:
-                mp, me, mf = (np.stack(x) for x in zip(*md))
-                eq_groups.append({"formula": formula, "rxn": f"eq{len(eq_groups):04d}",
-                                  "atomic_numbers": react.numbers, "positions": mp, "energy": me,
-                                  "forces": mf})
-        stats.append({"rxn": rxn, "formula": formula, "reactant": name, "h": h, "donor": d,
-                      "acceptor": acc, "n_path_frames": len(e),
-                      "neb_iterations": path["iterations"], "converged": path["converged"],
-                      "dropped_frames": path["dropped"], "barrier_eV": path["barrier"]})
-        bar.update(1)
-    bar.close()
+            seen_products.add(key)
+            formula = molecule(name).get_chemical_formula(mode="hill")
+            rxn = f"rxn{len(reactions):04d}"
+            z = res["z"]
+            pos, e, f = (np.stack(x) for x in zip(*res["frames"]))
+            sub = {k: {"positions": st[0], "energy": st[1], "forces": st[2]}
+                   for k, st in zip(("reactant", "transition_state", "product"), res["stationary"])}
+            reactions.append({"formula": formula, "rxn": rxn, "atomic_numbers": z,
+                              "positions": pos, "energy": e, "forces": f, **sub})
+            for md in res["md"]:
+                if md:
+                    mp_, me, mf = (np.stack(x) for x in zip(*md))
+                    eq_groups.append({"formula": formula, "rxn": f"eq{len(eq_groups):04d}",
+                                      "atomic_numbers": z, "positions": mp_, "energy": me,
+                                      "forces": mf})
+            p = res["path"]
+            stats.append({"rxn": rxn, "formula": formula, "reactant": name, "h": h, "donor": d,
+                          "acceptor": acc, "n_path_frames": len(e),
+                          "neb_iterations": p["iterations"], "converged": p["converged"],
+                          "dropped_frames": p["dropped"], "barrier_eV": p["barrier"]})
+            bar.update(1)
+    finally:
+        jobs.close()
+        bar.close()
     # Split by formula among the formulas that produced reactions.
     split_links = _split_formulas(sorted({r["formula"] for r in reactions}), cfg, rng)
     split_of = {f: s for s, fs in split_links.items() for f in fs}
