@@ -56,7 +56,9 @@ T1X_SPLITS = ("train", "val", "test")
 # Closed-shell C/H/N/O molecules (ASE g2 names), smallest first.
 REACTANTS = ("CH3OH", "H2CO", "H2O2", "H3CNH2", "N2H4", "HCOOH", "C2H4", "CH3CN", "H2CCO",
              "CH3CHO", "CH2OCH2", "C2H6", "OCHCHO", "CH3OCH3", "CH3CH2OH", "CH3NO2",
-             "CH3ONO", "CH3CONH2", "HCOOCH3", "CH3COOH")
+             "CH3ONO", "CH3CONH2", "HCOOCH3", "CH3COOH", "HCN", "CH3CH2NH2", "C2H6NH",
+             "CH3COCH3", "H2CCHCN", "CH2NHCH2", "C3H6_Cs", "C3H4_C3v", "C3H4_D2d", "C4H4O",
+             "C4H4NH", "butadiene", "cyclobutene")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,6 +75,8 @@ class T1xLikeConfig:
       md_every: recording interval, steps.
       md_temperature: K.
       n_val_formulas, n_test_formulas: formulas held out per split.
+    all_hydrogens: try every H on a donor (not one per donor/acceptor pair);
+      symmetry duplicates are then removed by product energy.
     """
     n_reactions: int
     n_reactants: int = len(REACTANTS)
@@ -83,15 +87,19 @@ class T1xLikeConfig:
     md_temperature: float = 300.0
     n_val_formulas: int = 2
     n_test_formulas: int = 2
+    all_hydrogens: bool = False
 
 
 T1X_LIKE_SIZES: Mapping[str, T1xLikeConfig] = {
     "tiny": T1xLikeConfig(n_reactions=3, n_reactants=5, neb_steps=25, md_steps=12,
                           n_val_formulas=1, n_test_formulas=1),
-    "small": T1xLikeConfig(n_reactions=12, n_reactants=10, neb_steps=100),
-    "default": T1xLikeConfig(n_reactions=40, n_reactants=20, neb_steps=150),
-    "large": T1xLikeConfig(n_reactions=400, n_reactants=20, neb_steps=300, md_steps=600,
-                           md_every=5, n_val_formulas=3, n_test_formulas=3),
+    "small": T1xLikeConfig(n_reactions=12, n_reactants=10, neb_steps=100, md_steps=100,
+                           md_every=5),
+    "default": T1xLikeConfig(n_reactions=32, n_reactants=20, neb_steps=150, md_steps=200,
+                             md_every=5, n_val_formulas=3, n_test_formulas=3),
+    "large": T1xLikeConfig(n_reactions=1000, n_reactants=len(REACTANTS), neb_steps=300,
+                           md_steps=1000, md_every=5, n_val_formulas=4, n_test_formulas=4,
+                           all_hydrogens=True),
 }
 
 
@@ -101,8 +109,11 @@ def bond_graph(atoms: Atoms, mult: float = 1.2) -> frozenset[tuple[int, int]]:
     return frozenset((int(a), int(b)) for a, b in zip(i, j) if a < b)
 
 
-def h_transfer_candidates(atoms: Atoms) -> list[tuple[int, int, int]]:
-    """``(h, donor, acceptor)`` 1,2- and 1,3-H shifts; one H per (donor, acceptor)."""
+def h_transfer_candidates(atoms: Atoms, all_hydrogens: bool = False) -> list[tuple[int, int, int]]:
+    """``(h, donor, acceptor)`` 1,2- and 1,3-H shifts between heavy atoms.
+
+    One H per (donor, acceptor) pair unless ``all_hydrogens``.
+    """
     bonds = bond_graph(atoms)
     nbr = {k: set() for k in range(len(atoms))}
     for a, b in bonds:
@@ -119,7 +130,8 @@ def h_transfer_candidates(atoms: Atoms) -> list[tuple[int, int, int]]:
         heavy1 = {a for a in nbr[d] if z[a] != 1}
         heavy2 = {b for a in heavy1 for b in nbr[a] if z[b] != 1 and b != d}
         for acc in sorted(heavy1 | heavy2):
-            out.append((hs[0], d, acc))
+            for h in (hs if all_hydrogens else hs[:1]):
+                out.append((h, d, acc))
     return out
 
 
@@ -295,7 +307,7 @@ def _candidate_queue(cfg: T1xLikeConfig, rng) -> list[tuple[str, tuple[int, int,
     formulas = sorted({m.get_chemical_formula(mode="hill") for m in mols.values()})
     by_formula: dict[str, list] = {f: [] for f in formulas}
     for n, m in mols.items():
-        for cand in h_transfer_candidates(m):
+        for cand in h_transfer_candidates(m, cfg.all_hydrogens):
             by_formula[m.get_chemical_formula(mode="hill")].append((n, cand))
     for f in formulas:
         by_formula[f] = [by_formula[f][i] for i in rng.permutation(len(by_formula[f]))]
