@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from ase import Atoms
 
 from ntkal.datasets._errors import DatasetFormatError
-from ntkal.datasets._frames import attach_labels, check_labels, open_text
+from ntkal.datasets._frames import attach_labels, open_text
 from ntkal.datasets.generic import _relabel, iter_extxyz_frames, read_ase_db
 
 __all__ = ["read_oc20_extxyz", "read_oc20_s2ef", "read_oc20_aselmdb", "s2ef_pairs"]

@@ -43,7 +43,7 @@ import ase.db
 import ase.io
 import numpy as np
 from ase import Atoms, units
-from ase.build import add_adsorbate, fcc100, fcc111, fcc211, molecule
+from ase.build import fcc100, fcc111, fcc211, molecule
 from ase.calculators.emt import EMT
 from ase.calculators.singlepoint import SinglePointCalculator
 from ase.constraints import FixAtoms

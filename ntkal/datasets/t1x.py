@@ -77,7 +77,7 @@ def _frames(path, grp: h5py.Group, lot: str, kind: str, atomic_energies) -> Iter
         e, f = check_labels(path, f"{grp.name} frame {j}", n, energy[j], forces[j])
         atoms = Atoms(numbers=z, positions=pos[j])
         attach_labels(atoms, e - shift, f)
-        atoms.info.update(frame=j, image_kind=kind, key=grp.name)
+        atoms.info.update(group_frame=j, image_kind=kind, key=grp.name)
         if atomic_energies is not None:
             atoms.info["total_energy"] = e
         yield atoms
@@ -102,8 +102,10 @@ def read_t1x(path: str | os.PathLike, split: str | None = "train", *,
 
     Yields:
       ``ase.Atoms`` (no cell, no pbc) with energy (eV), forces (N, 3) eV/Å and
-      ``info``: ``source``, ``frame`` (index within its group), ``key`` (HDF5
-      group), ``system_id`` = ``formula``, ``rxn``, ``image_kind``, ``split``.
+      ``info``: ``source``, ``frame`` (running index of this read: with
+      ``source`` and ``split`` a unique id), ``group_frame`` (index within the
+      HDF5 group), ``key`` (HDF5 group), ``system_id`` = ``formula``,
+      ``rxn``, ``image_kind``, ``split``.
 
     Raises:
       DatasetFormatError: naming the file and the HDF5 key (and frame) on
@@ -124,6 +126,7 @@ def read_t1x(path: str | os.PathLike, split: str | None = "train", *,
         if root_key not in f:
             raise DatasetFormatError(path, f"/{root_key}", "missing group")
         root = f[root_key]
+        frame = 0
         for formula in root.keys():
             link = root.get(formula, getlink=True)
             target = link.path if isinstance(link, h5py.SoftLink) else f"{root.name}/{formula}"
@@ -146,7 +149,9 @@ def read_t1x(path: str | os.PathLike, split: str | None = "train", *,
                     else:
                         raise DatasetFormatError(path, f"{rgrp.name}/{sub}", "missing group")
                     for atoms in _frames(path, grp, level_of_theory, kind, atomic_energies):
-                        atoms.info.update(source=path, system_id=formula, formula=formula, rxn=rxn)
+                        atoms.info.update(source=path, frame=frame, system_id=formula,
+                                          formula=formula, rxn=rxn)
+                        frame += 1
                         if split is not None:
                             atoms.info["split"] = split
                         yield atoms

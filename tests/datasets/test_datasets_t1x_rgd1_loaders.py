@@ -50,12 +50,13 @@ def test_t1x_split_paths_and_subgroups(tmp_path):
     assert {a.info["system_id"] for a in train} == {"CH4O"}
     for a in train:
         t = truth[(a.info["formula"], a.info["rxn"])]
-        j = a.info["frame"]
+        j = a.info["group_frame"]
         np.testing.assert_allclose(a.positions, t["pos"][j])
         np.testing.assert_allclose(a.get_forces(), t["f"][j])
         assert a.get_potential_energy() == pytest.approx(t["e"][j])
         assert a.info["image_kind"] == "path" and a.info["split"] == "train"
         assert a.info["source"] == path
+    assert [a.info["frame"] for a in train] == list(range(7))
     val = list(read_t1x(path, "val", image_kinds=("reactant", "ts", "product")))
     assert [a.info["image_kind"] for a in val] == ["reactant", "ts", "product"]
     t = truth[("H2O2", "rxn0002")]
