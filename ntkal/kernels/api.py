@@ -78,6 +78,8 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
     def apply(params, graph, *, sizes: GraphSizes | None = None, salt=None) -> FeatureRows:
         if sizes is None:
             sizes = graph_sizes(graph)
+        if salt is None:  # one compilation whether or not a salt is given
+            salt = np.zeros(np.shape(graph.n_node), np.uint32)
         return apply_padded(params, graph, sizes=GraphSizes(*sizes), salt=salt)
 
     def num_rows(sizes: GraphSizes) -> int:
@@ -122,8 +124,8 @@ def featurize(feature_map: FeatureMap, params, chunks: Iterable, *,
         yield chunk.ids, feature_map.apply(params, chunk.graph, salt=salt)
 
 
-def default_joint_weights(model, config: KernelConfig, params, chunks: Iterable) -> KernelConfig:
-    """``config`` with w_E, w_F set so the two blocks have equal average trace.
+def default_joint_weights(feature_map: FeatureMap, params, chunks: Iterable) -> KernelConfig:
+    """The joint config with w_E, w_F set so the two blocks have equal average trace.
 
     Over the (training) structures x in ``chunks``:
 
@@ -131,23 +133,32 @@ def default_joint_weights(model, config: KernelConfig, params, chunks: Iterable)
 
         w_E = 1,\\qquad w_F = \\sqrt{ \\overline{‖φ_E(x)‖^2} \\,/\\, \\overline{‖Φ_F(x)‖_F^2} }
 
-    so that mean tr K_E = mean tr K_F (the traces of the per-structure energy and force
-    blocks of the joint kernel). The force block is the one ``config.joint_force`` selects.
+    so that mean tr K_E = mean tr K_F, the traces of the per-structure energy and force
+    blocks of the joint kernel (an extensive energy would otherwise dominate a handful of
+    force rows, or 3N force rows drown one energy row). The weights already in
+    ``feature_map.config`` are divided out first, so any joint map can be passed.
+
+    Args:
+      feature_map: a ``kind="joint"`` map (its ``joint_force`` picks the force block).
+      params: model parameters.
+      chunks: iterable of ``ntkal.data.Chunk`` of the training set.
 
     Returns:
-      ``dataclasses.replace(config, w_energy=1.0, w_force=w_F)``.
+      ``dataclasses.replace(feature_map.config, w_energy=1.0, w_force=w_F)``; build the
+      weighted map from it with :func:`make_feature_map`.
     """
-    base = dataclasses.replace(config, kind="joint", w_energy=1.0, w_force=1.0)
-    fm = make_feature_map(model, base, params)
+    config = feature_map.config
+    if config.kind != "joint":
+        raise ValueError(f"default_joint_weights needs a joint feature map, got {config.kind!r}")
     e_sum = f_sum = 0.0
     count = 0
     for chunk in chunks:
-        rows, mask = fm.apply(params, chunk.graph)
+        rows, mask = feature_map.apply(params, chunk.graph)
         sq = np.asarray(jnp.sum(jnp.where(mask[..., None], rows, 0.0) ** 2, axis=-1))
         real = np.asarray(mask[:, 0])
-        e_sum += float(sq[real, 0].sum())
-        f_sum += float(sq[real, 1:].sum())
+        e_sum += float(sq[real, 0].sum()) / config.w_energy ** 2
+        f_sum += float(sq[real, 1:].sum()) / config.w_force ** 2
         count += int(real.sum())
     if count == 0 or f_sum <= 0.0:
         raise ValueError("no structures (or no free atoms) to set joint weights from")
-    return dataclasses.replace(config, kind="joint", w_energy=1.0, w_force=math.sqrt(e_sum / f_sum))
+    return dataclasses.replace(config, w_energy=1.0, w_force=math.sqrt(e_sum / f_sum))

@@ -19,9 +19,11 @@ Row layouts (``FeatureRows.rows`` is ``(n_graph, r, d)``, ``row_mask`` ``(n_grap
   padding rows are exactly zero.
 * ``force_probe``: r = k; row j = −Sᵀ∂(∇_θE)/∂r · t_j / √k with t_j independent ±1 on the
   free real coordinates and 0 elsewhere, so E[Σ_j row_jᵀ row_j] = Φ_Fᵀ Φ_F (masked).
-  Tangent entries of atom i are drawn from ``fold_in(key, i)`` (salted per graph when a
-  ``salt`` is given), so they do not depend on the chunk's padding; without a salt every
-  structure uses the same tangents (common random numbers).
+  Tangent entries of atom i of a graph with salt s are drawn from
+  ``fold_in(fold_in(key, s), i)``, so they do not depend on the chunk's composition or
+  padding. Without a salt every graph has s = 0: all structures share the same tangents
+  (common random numbers, which steadies rankings); ``featurize(..., salt_from_ids=True)``
+  salts with stream ids for independent probes per structure.
 * ``joint``: r = 1 + r_F, the energy row first.
 
 ``max_atoms`` is a static per-chunk budget (:func:`ntkal.kernels.graph_sizes`). Every
@@ -159,7 +161,7 @@ def make_ntk_apply(fns: NTKFunctions, config: KernelConfig, kind: str) -> Callab
         return jnp.where(row_mask[:, None], rows, 0.0), row_mask
 
     def probe_rows(p, lg, blocks, m, salt):
-        key = probe_key if salt is None else jax.random.fold_in(probe_key, salt)
+        key = jax.random.fold_in(probe_key, salt)
         dtype = lg.nodes["positions"].dtype
         t = jax.vmap(lambda i: jax.random.rademacher(jax.random.fold_in(key, i), (k, 3), dtype))(
             jnp.arange(m))                                    # (m, k, 3)
@@ -195,13 +197,11 @@ def make_ntk_apply(fns: NTKFunctions, config: KernelConfig, kind: str) -> Callab
         dtype = jnp.result_type(*leaves)
         blocks = fns.sketch.blocks(dtype) if fns.sketch.hoist else None
         m = int(sizes.max_atoms)
-        if salt is None:
-            rows, mask = batched_map(lambda lg: per_graph(params, blocks, m, lg, None), local,
-                                     config.graph_batch_size)
-        else:
-            salt = jnp.asarray(salt, jnp.uint32)
-            rows, mask = batched_map(lambda xs: per_graph(params, blocks, m, xs[0], xs[1]),
-                                     (local, salt), config.graph_batch_size)
+        n_graph = graph.n_node.shape[0]
+        salt = (jnp.zeros((n_graph,), jnp.uint32) if salt is None
+                else jnp.asarray(salt).astype(jnp.uint32))
+        rows, mask = batched_map(lambda xs: per_graph(params, blocks, m, xs[0], xs[1]),
+                                 (local, salt), config.graph_batch_size)
         return FeatureRows(rows, mask)
 
     return apply

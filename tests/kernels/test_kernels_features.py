@@ -1,5 +1,10 @@
 """NTK feature maps: exactness vs explicit gradients and finite differences, formulation
-agreement, probe unbiasedness, symmetry, padding invariance, parameter filters, joint rows."""
+agreement, probe unbiasedness, symmetry, padding invariance, parameter filters, joint rows.
+
+Every jit compile of an e3nn model costs seconds here, so the tests share one chunk
+(water with a fixed atom, methane, and the same water rigidly rotated) and a cache of
+feature maps (one compile per map and chunk shape).
+"""
 
 import dataclasses
 
@@ -13,7 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from ntkal.data import batch_atoms, iterate_chunks
 from ntkal.kernels import (ForceFormulation, KernelConfig, default_joint_weights, featurize,
-                           graph_sizes, make_feature_map, select_params)
+                           GraphSizes, graph_sizes, make_feature_map, select_params)
 from ntkal.models import ModelConfig, build_model
 
 ELEMENTS = (1, 6, 8)
@@ -21,6 +26,8 @@ CUTOFF = 4.0
 CONFIG = ModelConfig(elements=ELEMENTS, hidden_irreps="8x0e + 4x1o", num_layers=1, lmax=1,
                      num_radial=4, radial_hidden=8, readout_hidden=8, cutoff=CUTOFF,
                      avg_num_neighbors=4.0)
+ROTATION = Rotation.from_euler("xyz", [0.3, -1.1, 2.0]).as_matrix()
+N_REAL = 3
 
 
 def rel(a, b):
@@ -28,18 +35,19 @@ def rel(a, b):
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-300))
 
 
-def water(fixed=True):
+def water():
     atoms = ase.build.molecule("H2O")
     atoms.positions += np.random.default_rng(0).normal(0, 0.05, atoms.positions.shape)
-    if fixed:
-        atoms.set_constraint(FixAtoms(indices=[1]))
+    atoms.set_constraint(FixAtoms(indices=[1]))
     return atoms
 
 
 def structures():
     ch4 = ase.build.molecule("CH4")
     ch4.positions += np.random.default_rng(1).normal(0, 0.05, ch4.positions.shape)
-    return [water(), ch4]
+    rotated = water()
+    rotated.positions = rotated.positions @ ROTATION.T
+    return [water(), ch4, rotated]
 
 
 @pytest.fixture(scope="module")
@@ -54,22 +62,30 @@ def setup(x64):
 
 
 @pytest.fixture(scope="module")
-def energy_fm(setup):
+def maps(setup):
+    """``maps(**config) -> FeatureMap``, memoised so equal configs share compilations."""
     model, params, _, _ = setup
-    return make_feature_map(model, KernelConfig(kind="energy", sketch_dim=None), params)
+    cache = {}
+
+    def get(**kw):
+        key = tuple(sorted(kw.items()))
+        if key not in cache:
+            cache[key] = make_feature_map(model, KernelConfig(**kw), params)
+        return cache[key]
+
+    return get
+
+
+ENERGY = dict(kind="energy", sketch_dim=None)
+EXACT = dict(kind="force_exact", sketch_dim=None, direction_batch_size=5)
+PROBE = dict(kind="force_probe", sketch_dim=None, num_probes=4, seed=5)
 
 
 @pytest.fixture(scope="module")
-def exact(setup):
-    """Unsketched exact force rows of the 3-structure chunk, per formulation."""
-    model, params, _, graph = setup
-    out = {}
-    for form in ForceFormulation:
-        fm = make_feature_map(model, KernelConfig(kind="force_exact", sketch_dim=None,
-                                                  formulation=form, direction_batch_size=5),
-                              params)
-        out[form] = fm.apply(params, graph)
-    return out
+def exact(setup, maps):
+    """Unsketched exact force rows of the shared chunk, per formulation."""
+    _, params, _, graph = setup
+    return {form: maps(**EXACT, formulation=form).apply(params, graph) for form in ForceFormulation}
 
 
 def explicit_grads(model, params, graph, n):
@@ -81,48 +97,53 @@ def explicit_grads(model, params, graph, n):
                      for g in range(n)])
 
 
-def test_energy_gram_equals_explicit_gradients(setup, energy_fm):
-    model, params, atoms, graph = setup
-    rows, mask = energy_fm.apply(params, graph)
-    assert rows.shape == (3, 1, energy_fm.num_params)
-    np.testing.assert_array_equal(np.asarray(mask[:, 0]), [True, True, False])
-    feats = np.asarray(rows[:2, 0])
-    ref = explicit_grads(model, params, graph, 2)
+def test_energy_gram_equals_explicit_gradients(setup, maps):
+    model, params, _, graph = setup
+    fm = maps(**ENERGY)
+    rows, mask = fm.apply(params, graph)
+    assert rows.shape == (N_REAL + 1, 1, fm.num_params) and fm.dim == fm.num_params
+    np.testing.assert_array_equal(np.asarray(mask[:, 0]), [True] * N_REAL + [False])
+    feats = np.asarray(rows[:N_REAL, 0])
+    ref = explicit_grads(model, params, graph, N_REAL)
     assert rel(feats @ feats.T, ref @ ref.T) < 1e-10
     assert rel(feats, ref) < 1e-10
-    assert np.all(np.asarray(rows[2]) == 0.0)
+    assert np.all(np.asarray(rows[N_REAL]) == 0.0)
 
 
-def test_exact_force_rows_match_finite_differences(setup, energy_fm, exact):
+def test_exact_force_rows_match_finite_differences(setup, maps, exact):
     _, params, atoms, graph = setup
+    energy_fm = maps(**ENERGY)
     rows, mask = exact[ForceFormulation.JACFWD]
     m = graph_sizes(graph).max_atoms
-    assert rows.shape == (3, 3 * m, energy_fm.num_params)
+    assert rows.shape == (N_REAL + 1, 3 * m, energy_fm.num_params)
     h = 1e-5
     offsets = np.concatenate([[0], np.cumsum(graph.n_node)[:-1]])
     pos0 = np.asarray(graph.nodes["positions"])
+
+    def energy_rows(pos):
+        return np.asarray(energy_fm.apply(params, graph._replace(
+            nodes={**graph.nodes, "positions": pos})).rows[:, 0])
+
     checked = 0
     for g, a in enumerate(atoms):
         for i in range(len(a)):
+            free = bool(graph.nodes["free"][offsets[g] + i])
             for alpha in range(3):
                 row = 3 * i + alpha
-                expect_free = bool(graph.nodes["free"][offsets[g] + i])
-                assert bool(mask[g, row]) == expect_free
-                if not expect_free:
+                assert bool(mask[g, row]) == free
+                if not free:
                     assert np.all(np.asarray(rows[g, row]) == 0.0)
                     continue
                 plus, minus = pos0.copy(), pos0.copy()
                 plus[offsets[g] + i, alpha] += h
                 minus[offsets[g] + i, alpha] -= h
-                fp = energy_fm.apply(params, graph._replace(nodes={**graph.nodes, "positions": plus}))
-                fmi = energy_fm.apply(params, graph._replace(nodes={**graph.nodes, "positions": minus}))
-                fd = -(np.asarray(fp.rows[g, 0]) - np.asarray(fmi.rows[g, 0])) / (2 * h)
+                fd = -(energy_rows(plus)[g] - energy_rows(minus)[g]) / (2 * h)
                 assert rel(rows[g, row], fd) < 1e-6, (g, i, alpha)
                 checked += 1
-    assert checked == 3 * (sum(len(a) for a in atoms) - 1)
-    # rows beyond each structure's atoms are padding: masked and zero
-    assert not bool(mask[0, 3 * len(atoms[0]):].any())
-    assert np.all(np.asarray(rows[2]) == 0.0)
+    assert checked == 3 * (sum(len(a) for a in atoms) - 2)  # two fixed atoms
+    assert not bool(mask[0, 3 * len(atoms[0]):].any())  # atom slots past the structure
+    assert np.all(np.asarray(rows[0, 3 * len(atoms[0]):]) == 0.0)
+    assert np.all(np.asarray(rows[N_REAL]) == 0.0)
 
 
 @pytest.mark.parametrize("form", [ForceFormulation.JVP, ForceFormulation.VJP])
@@ -133,119 +154,107 @@ def test_exact_formulations_agree_with_reference(exact, form):
     assert rel(rows, ref_rows) < 1e-12
 
 
-def test_probe_estimator_is_unbiased(setup, exact):
-    model, params, _, graph = setup
+def test_probe_estimator_is_unbiased(setup, maps, exact):
+    _, params, _, graph = setup
     k = 256
-    fm = make_feature_map(model, KernelConfig(kind="force_probe", sketch_dim=None, num_probes=k,
-                                              direction_batch_size=128, seed=3), params)
-    rows, mask = fm.apply(params, graph)
-    assert rows.shape[1] == k and bool(mask[:2].all()) and not bool(mask[2].any())
+    rows, mask = maps(kind="force_probe", sketch_dim=None, num_probes=k, direction_batch_size=128,
+                      seed=3).apply(params, graph)
+    assert rows.shape[1] == k and bool(mask[:N_REAL].all()) and not bool(mask[N_REAL].any())
     phi = np.asarray(exact[ForceFormulation.JACFWD].rows)
     rng = np.random.default_rng(0)
     p = phi.shape[-1]
     b = rng.normal(size=(p, p)) / np.sqrt(p)
     a_inv = np.linalg.inv(b @ b.T + 0.1 * np.eye(p))
-    for g in range(2):
+    for g in range(N_REAL):
         trace = np.trace(phi[g] @ a_inv @ phi[g].T)
-        samples = k * np.einsum("jd,de,je->j", np.asarray(rows[g]), a_inv, np.asarray(rows[g]))
+        r = np.asarray(rows[g])
+        samples = k * np.einsum("jd,de,je->j", r, a_inv, r)  # ‖t_jᵀΦ_F A^{-1/2}‖², one per draw
         se = samples.std(ddof=1) / np.sqrt(k)
         assert abs(samples.mean() - trace) < 4 * se, (g, samples.mean(), trace, se)
-        assert se < 0.5 * trace  # the check has power: the estimate is informative
-        # and the k-probe estimate itself (Σ_j row_j A⁻¹ row_jᵀ) is that same mean
-        est = np.einsum("jd,de,je->", np.asarray(rows[g]), a_inv, np.asarray(rows[g]))
-        assert np.isclose(est, samples.mean(), rtol=1e-10)
+        assert se < 0.5 * trace  # the check has power
+        assert np.isclose(np.einsum("jd,de,je->", r, a_inv, r), samples.mean(), rtol=1e-10)
 
 
-def test_probe_formulations_agree_and_rows_lie_in_force_row_space(setup, exact):
-    """Probe rows t_jᵀΦ_F/√k: every formulation gives the same rows (same tangents), and each
-    row is a combination of the exact rows of free coordinates only."""
-    model, params, atoms, graph = setup
-    k = 4
+def test_probe_formulations_agree_and_rows_lie_in_force_row_space(setup, maps, exact):
+    """All formulations give the same probe rows (same tangents), and every row is a
+    combination of the exact rows of free coordinates only."""
+    _, params, _, graph = setup
     phi = np.asarray(exact[ForceFormulation.JACFWD].rows)
     mask = np.asarray(exact[ForceFormulation.JACFWD].row_mask)
-    out = {}
-    for form in ForceFormulation:
-        fm = make_feature_map(model, KernelConfig(kind="force_probe", sketch_dim=None, num_probes=k,
-                                                  formulation=form, seed=5), params)
-        out[form] = np.asarray(fm.apply(params, graph).rows)
-    for form in (ForceFormulation.JVP, ForceFormulation.VJP):
-        assert rel(out[form], out[ForceFormulation.JACFWD]) < 1e-12
+    out = {form: np.asarray(maps(**PROBE, formulation=form).apply(params, graph).rows)
+           for form in (ForceFormulation.JVP, ForceFormulation.VJP)}
+    assert rel(out[ForceFormulation.VJP], out[ForceFormulation.JVP]) < 1e-12
     rows = out[ForceFormulation.JVP]
-    for g in range(2):
+    for g in range(N_REAL):
         free = phi[g][mask[g]]
         coef, *_ = np.linalg.lstsq(free.T, rows[g].T, rcond=None)
         assert rel(free.T @ coef, rows[g].T) < 1e-8
         assert np.linalg.norm(rows[g]) > 0
 
 
-def test_rotation_invariance_and_covariance(setup, exact):
-    model, params, _, _ = setup
-    a = water(fixed=False)
-    r = Rotation.from_euler("xyz", [0.3, -1.1, 2.0]).as_matrix()
-    b = a.copy()
-    b.positions = a.positions @ r.T
-    graph = batch_atoms([a, b], CUTOFF, elements=ELEMENTS)
-    e_fm = make_feature_map(model, KernelConfig(kind="energy", sketch_dim=64), params)
-    f_fm = make_feature_map(model, KernelConfig(kind="force_exact", sketch_dim=64), params)
-    e_rows = np.asarray(e_fm.apply(params, graph).rows)
-    assert rel(e_rows[1], e_rows[0]) < 1e-10
-    f_rows = np.asarray(f_fm.apply(params, graph).rows)
-    n = len(a)
+def test_rotation_invariance_and_covariance(setup, maps, exact):
+    """Structure 2 is structure 0 rotated by ROTATION."""
+    _, params, atoms, graph = setup
+    e_rows = np.asarray(maps(**ENERGY).apply(params, graph).rows)
+    assert rel(e_rows[2], e_rows[0]) < 1e-10
+    f_rows = np.asarray(exact[ForceFormulation.JVP].rows)
+    n = len(atoms[0])
     fa = f_rows[0, :3 * n].reshape(n, 3, -1)
-    fb = f_rows[1, :3 * n].reshape(n, 3, -1)
-    assert rel(fb, np.einsum("ab,ibd->iad", r, fa)) < 1e-10
+    fb = f_rows[2, :3 * n].reshape(n, 3, -1)
+    assert rel(fb, np.einsum("ab,ibd->iad", ROTATION, fa)) < 1e-10
     assert rel(fb, fa) > 1e-2  # the rows really rotate
-    spd = np.random.default_rng(1).normal(size=(64, 64))
-    a_inv = np.linalg.inv(spd @ spd.T + np.eye(64))
-    pv = [np.trace(f @ a_inv @ f.T) for f in (f_rows[0], f_rows[1])]
+    p = f_rows.shape[-1]
+    spd = np.random.default_rng(1).normal(size=(p, p)) / np.sqrt(p)
+    a_inv = np.linalg.inv(spd @ spd.T + np.eye(p))
+    pv = [np.trace(f @ a_inv @ f.T) for f in (f_rows[0], f_rows[2])]
     assert np.isclose(pv[0], pv[1], rtol=1e-10)
 
 
-@pytest.mark.parametrize("kind", ["energy", "force_exact", "force_probe", "embedding",
-                                  "last_layer"])
-def test_padding_never_changes_features(setup, kind):
-    model, params, atoms, _ = setup
-    fm = make_feature_map(model, KernelConfig(kind=kind, sketch_dim=32, num_probes=4), params)
-    target = atoms[0]
-    alone = next(iter(iterate_chunks([target], CUTOFF, max_graphs=1, elements=ELEMENTS)))
-    mixed = list(iterate_chunks([atoms[1], atoms[1], target], CUTOFF, max_graphs=5,
+@pytest.mark.parametrize("config", [ENERGY, dict(EXACT, formulation="jvp"),
+                                    dict(PROBE, formulation="jvp"), dict(kind="embedding"),
+                                    dict(kind="last_layer")], ids=lambda c: c["kind"])
+def test_padding_never_changes_features(setup, maps, config):
+    """Water in the shared chunk vs in a larger, differently padded chunk (other budgets,
+    other neighbours, empty graph slots)."""
+    _, params, atoms, graph = setup
+    fm = maps(**config)
+    mixed = list(iterate_chunks([atoms[1], atoms[1], atoms[1], atoms[0]], CUTOFF, max_graphs=6,
                                 max_nodes=40, max_edges=200, fixed_budget=True,
                                 elements=ELEMENTS))
-    assert len(mixed) == 1 and mixed[0].ids.tolist() == [0, 1, 2, -1, -1, -1]
-    r1, m1 = fm.apply(params, alone.graph)
-    r2, m2 = fm.apply(params, mixed[0].graph)
-    n = 3 * len(target) if kind == "force_exact" else r1.shape[1]
-    np.testing.assert_allclose(np.asarray(r2[2, :n]), np.asarray(r1[0, :n]), rtol=1e-12,
+    assert len(mixed) == 1 and mixed[0].ids.tolist() == [0, 1, 2, 3, -1, -1, -1]
+    assert graph_sizes(graph) == GraphSizes(8, 24)
+    r1, m1 = fm.apply(params, graph)
+    r2, m2 = fm.apply(params, mixed[0].graph, sizes=GraphSizes(12, 48))
+    n = 3 * len(atoms[0]) if config["kind"] == "force_exact" else r1.shape[1]
+    np.testing.assert_allclose(np.asarray(r2[3, :n]), np.asarray(r1[0, :n]), rtol=1e-12,
                                atol=1e-14)
-    np.testing.assert_array_equal(np.asarray(m2[2, :n]), np.asarray(m1[0, :n]))
-    assert not np.asarray(m2[2, n:]).any() and np.all(np.asarray(r2[2, n:]) == 0.0)
-    assert not np.asarray(m2[3:]).any() and np.all(np.asarray(r2[3:]) == 0.0)
+    np.testing.assert_array_equal(np.asarray(m2[3, :n]), np.asarray(m1[0, :n]))
+    assert not np.asarray(m2[3, n:]).any() and np.all(np.asarray(r2[3, n:]) == 0.0)
+    assert not np.asarray(m2[4:]).any() and np.all(np.asarray(r2[4:]) == 0.0)
 
 
-def test_parameter_filters(setup, energy_fm):
-    model, params, atoms, graph = setup
-    full = np.asarray(energy_fm.apply(params, graph).rows[:2, 0])
+def test_parameter_filters(setup, maps):
+    _, params, _, graph = setup
+    full = np.asarray(maps(**ENERGY).apply(params, graph).rows[:N_REAL, 0])
     all_sel = select_params(params, "all")
     offsets = dict(zip(all_sel.indices, np.cumsum((0,) + all_sel.sizes)[:-1]))
-    sizes = {}
+    found = {}
     for filt in ("readout", "last_interaction", ("radial_mlp",)):
         sel = select_params(params, filt)
         assert 0 < sel.num_params < all_sel.num_params
-        fm = make_feature_map(model, KernelConfig(kind="energy", sketch_dim=None, param_filter=filt),
-                              params)
+        fm = maps(**ENERGY, param_filter=filt)
         assert fm.num_params == fm.dim == sel.num_params
-        rows = np.asarray(fm.apply(params, graph).rows[:2, 0])
+        rows = np.asarray(fm.apply(params, graph).rows[:N_REAL, 0])
         cols = np.concatenate([np.arange(offsets[i], offsets[i] + s)
                                for i, s in zip(sel.indices, sel.sizes)])
-        assert rel(rows, full[:, cols]) < 1e-12  # the θ_s block of the full gradient
-        sizes[filt if isinstance(filt, str) else "radial"] = (sel, rows)
-    readout, rows = sizes["readout"]
+        assert rel(rows, full[:, cols]) < 1e-12  # exactly the θ_s block of the full gradient
+        found[filt if isinstance(filt, str) else "radial"] = (sel, rows)
+    readout, rows = found["readout"]
     assert readout.paths == ("params/readout/w[0,0] 8x0e,1x0e",)
-    assert all("interaction_0" in p for p in sizes["last_interaction"][0].paths)
-    assert all("radial_mlp" in p for p in sizes["radial"][0].paths)
+    assert all("interaction_0" in p for p in found["last_interaction"][0].paths)
+    assert all("radial_mlp" in p for p in found["radial"][0].paths)
     # last-layer kernel = readout-only energy NTK up to one constant
-    ll = make_feature_map(model, KernelConfig(kind="last_layer"), params)
-    z = np.asarray(ll.apply(params, graph).rows[:2, 0])
+    z = np.asarray(maps(kind="last_layer").apply(params, graph).rows[:N_REAL, 0])
     ratio = rows / z
     assert np.allclose(ratio, ratio.flat[0], rtol=1e-10) and ratio.flat[0] > 0
     with pytest.raises(ValueError):
@@ -254,51 +263,66 @@ def test_parameter_filters(setup, energy_fm):
         select_params(params, ("nothing-matches",))
 
 
-def test_embedding_pools(setup):
+def test_sketched_energy_rows_are_the_sketch_of_the_gradient(setup, maps):
+    _, params, _, graph = setup
+    full = np.asarray(maps(**ENERGY).apply(params, graph).rows[:N_REAL, 0])
+    fm = maps(kind="energy", sketch_dim=48, sketch_kind="rademacher", seed=7)
+    rows = np.asarray(fm.apply(params, graph).rows[:N_REAL, 0])
+    sel = select_params(params, "all")
+    from ntkal.kernels import make_sketch
+    sketch = make_sketch(sel, 48, kind="rademacher", seed=7)
+    s = np.concatenate([np.asarray(b) for b in sketch.blocks(jnp.float64)])
+    assert s.shape == (fm.num_params, 48) and np.allclose(np.abs(s), 1 / np.sqrt(48))
+    assert rel(rows, full @ s) < 1e-12
+
+
+def test_embedding_pools(setup, maps):
     model, params, atoms, graph = setup
-    out = model.apply(params, graph)
+    out = jax.jit(model.apply)(params, graph)
     n = np.asarray(graph.n_node)
-    fm = make_feature_map(model, KernelConfig(kind="embedding", pool="mean_sum"), params)
+    fm = maps(kind="embedding", pool="mean_sum")
     rows = np.asarray(fm.apply(params, graph).rows[:, 0])
     f = out.node_scalars.shape[1]
     assert fm.dim == 2 * f
     start = 0
-    for g, a in enumerate(atoms):
+    for g in range(N_REAL):
         h = np.asarray(out.node_scalars[start:start + n[g]])
         np.testing.assert_allclose(rows[g, :f], h.mean(0), rtol=1e-12)
         np.testing.assert_allclose(rows[g, f:], h.sum(0), rtol=1e-12)
         start += n[g]
+    assert np.all(rows[N_REAL] == 0.0)
 
 
-def test_joint_rows_and_default_weights(setup, energy_fm, exact):
-    model, params, atoms, graph = setup
-    base = KernelConfig(kind="joint", sketch_dim=None, joint_force="exact")
-    chunks = list(iterate_chunks(atoms, CUTOFF, max_graphs=2, elements=ELEMENTS))
-    cfg = default_joint_weights(model, base, params, chunks)
-    e = np.asarray(energy_fm.apply(params, graph).rows)
-    f = np.asarray(exact[ForceFormulation.JACFWD].rows)
-    assert np.isclose(cfg.w_force, np.sqrt((e[:2] ** 2).sum() / (f[:2] ** 2).sum()), rtol=1e-10)
-    fm = make_feature_map(model, dataclasses.replace(cfg, w_energy=0.5), params)
+def test_joint_rows_and_default_weights(setup, maps, exact):
+    _, params, atoms, graph = setup
+    fm = maps(kind="joint", sketch_dim=None, joint_force="exact", w_energy=0.5, w_force=2.0)
     rows, mask = fm.apply(params, graph)
+    e = np.asarray(maps(**ENERGY).apply(params, graph).rows)
+    f = np.asarray(exact[ForceFormulation.JACFWD].rows)
     assert rows.shape[1] == 1 + f.shape[1] == fm.num_rows(graph_sizes(graph))
     assert rel(rows[:, 0], 0.5 * e[:, 0]) < 1e-12
-    assert rel(rows[:, 1:], cfg.w_force * f) < 1e-12
+    assert rel(rows[:, 1:], 2.0 * f) < 1e-12
     np.testing.assert_array_equal(np.asarray(mask[:, 1:]),
                                   np.asarray(exact[ForceFormulation.JACFWD].row_mask))
+    chunks = list(iterate_chunks(atoms, CUTOFF, max_graphs=N_REAL, elements=ELEMENTS))
+    cfg = default_joint_weights(fm, params, chunks)
+    expect = np.sqrt((e[:N_REAL] ** 2).sum() / (f[:N_REAL] ** 2).sum())
+    assert cfg.w_energy == 1.0 and np.isclose(cfg.w_force, expect, rtol=1e-10)
+    with pytest.raises(ValueError):
+        default_joint_weights(maps(**ENERGY), params, chunks)
 
 
-def test_featurize_streams_ids_and_salted_probes(setup):
-    model, params, atoms, _ = setup
-    fm = make_feature_map(model, KernelConfig(kind="force_probe", sketch_dim=16, num_probes=2),
-                          params)
-    stream = [water(), water()]
-    chunks = iterate_chunks(stream, CUTOFF, max_graphs=2, elements=ELEMENTS)
+def test_featurize_streams_ids_and_salted_probes(setup, maps):
+    _, params, atoms, graph = setup
+    fm = maps(**PROBE, formulation="jvp")
+    chunks = list(iterate_chunks(atoms, CUTOFF, max_graphs=N_REAL, elements=ELEMENTS))
     (ids, common), = list(featurize(fm, params, chunks))
-    assert ids.tolist() == [0, 1, -1]
-    np.testing.assert_array_equal(np.asarray(common.rows[0]), np.asarray(common.rows[1]))
-    chunks = iterate_chunks(stream, CUTOFF, max_graphs=2, elements=ELEMENTS)
+    assert ids.tolist() == [0, 1, 2, -1]
+    np.testing.assert_array_equal(np.asarray(common.rows), np.asarray(fm.apply(params, graph).rows))
     (_, salted), = list(featurize(fm, params, chunks, salt_from_ids=True))
-    assert rel(salted.rows[0], salted.rows[1]) > 1e-3
+    np.testing.assert_array_equal(np.asarray(salted.rows[0]), np.asarray(common.rows[0]))  # salt 0
+    for g in (1, 2):
+        assert rel(salted.rows[g], common.rows[g]) > 1e-3
 
 
 def test_config_validation():
