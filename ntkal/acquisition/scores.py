@@ -117,7 +117,8 @@ def whiten(chunk: FeatureChunk, chol_inv_t: jnp.ndarray, sigma: jnp.ndarray) -> 
             f"feature dimension mismatch: posterior has d={d}, rows have shape {chunk.rows.shape}"
         )
     x = masked_rows(chunk, chol_inv_t.dtype)
-    return sigma * jnp.einsum("nrd,de->nre", x, chol_inv_t)
+    n, r, _ = x.shape
+    return sigma * (x.reshape(n * r, d) @ chol_inv_t).reshape(n, r, d)
 
 
 @jax.jit

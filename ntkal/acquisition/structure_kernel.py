@@ -46,7 +46,7 @@ def kernel_diag(x: jnp.ndarray, kind: StructureKernel) -> jnp.ndarray:
     """``k(x, x)`` for a block ``x`` of shape ``(n, r, d)`` -> ``(n,)``."""
     kind = StructureKernel(kind)
     if kind is StructureKernel.TRACE:
-        return jnp.sum(x * x, axis=(1, 2))
+        return jnp.sum((x * x).reshape(x.shape[0], -1), axis=1)
     g = jnp.einsum("nrd,nsd->nrs", x, x)
     return jnp.sum(g * g, axis=(1, 2))
 
@@ -54,17 +54,19 @@ def kernel_diag(x: jnp.ndarray, kind: StructureKernel) -> jnp.ndarray:
 def kernel_to(x: jnp.ndarray, c: jnp.ndarray, kind: StructureKernel) -> jnp.ndarray:
     """``k(x_n, c)`` for ``x`` ``(n, r, d)`` and one structure ``c`` ``(r, d)`` -> ``(n,)``."""
     kind = StructureKernel(kind)
+    n, r, d = x.shape
     if kind is StructureKernel.TRACE:
-        return jnp.einsum("nrd,rd->n", x, c)
-    g = jnp.einsum("nrd,sd->nrs", x, c)
-    return jnp.sum(g * g, axis=(1, 2))
+        return x.reshape(n, r * d) @ c.reshape(r * d)  # plain GEMV (einsum lowers poorly on CPU)
+    g = x.reshape(n * r, d) @ c.T
+    return jnp.sum((g * g).reshape(n, -1), axis=1)
 
 
 def kernel_cross(x: jnp.ndarray, c: jnp.ndarray, kind: StructureKernel) -> jnp.ndarray:
     """``k(x_n, c_t)`` for ``x`` ``(n, r, d)`` and ``c`` ``(t, r, d)`` -> ``(n, t)`` (one matmul)."""
     kind = StructureKernel(kind)
+    n, r, d = x.shape
     if kind is StructureKernel.TRACE:
-        return jnp.einsum("nrd,trd->nt", x, c)
+        return x.reshape(n, r * d) @ c.reshape(c.shape[0], r * d).T
     g = jnp.einsum("nrd,tsd->ntrs", x, c)
     return jnp.sum(g * g, axis=(2, 3))
 
