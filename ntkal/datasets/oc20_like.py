@@ -58,7 +58,7 @@ __all__ = ["OC20LikeConfig", "OC20_LIKE_SIZES", "generate_oc20_like", "is_source
            "ID_METALS", "OOD_METALS", "ID_ADSORBATES", "OOD_ADSORBATES", "FACETS",
            "OC20_SPLITS", "gas_references"]
 
-VERSION = 1
+VERSION = 2
 ID_METALS = ("Cu", "Ag", "Au", "Ni", "Pt")
 OOD_METALS = ("Pd", "Al")
 ID_ADSORBATES = ("H", "O", "C", "N", "CO", "N2", "O2")

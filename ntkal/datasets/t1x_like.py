@@ -50,7 +50,7 @@ from ntkal.datasets.t1x import write_t1x
 __all__ = ["T1xLikeConfig", "T1X_LIKE_SIZES", "generate_t1x_like", "REACTANTS",
            "LEVEL_OF_THEORY", "T1X_SPLITS", "bond_graph", "h_transfer_candidates"]
 
-VERSION = 1
+VERSION = 2
 LEVEL_OF_THEORY = "GFN2-xTB"
 T1X_SPLITS = ("train", "val", "test")
 # Closed-shell C/H/N/O molecules (ASE g2 names), smallest first.
