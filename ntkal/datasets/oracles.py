@@ -98,6 +98,8 @@ def _thread_limit(n: int | None):
     try:
         from threadpoolctl import ThreadpoolController
     except ImportError:
+        ThreadpoolController = None
+    if ThreadpoolController is None:
         yield
         return
     if not _CONTROLLER:

@@ -66,6 +66,8 @@ def _single_threaded(preload: tuple[str, ...] = ()):
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
+        threadpool_limits = None
+    if threadpool_limits is None:
         yield
         return
     for mod in preload:
