@@ -27,7 +27,10 @@ Deep Batch Active Learning for Regression"):
   :math:`\\rho = 1 / ((\\mu + \\sigma^2)(1 + \\sqrt{\\sigma^2/(\\mu+\\sigma^2)}))`:
   ``O(n r^2 d)`` per pick, memory ``O(n r d)``.  Scores use the
   :class:`ScoreConfig` reduction (trace by default).  Training data enter
-  through the posterior.
+  through the posterior.  Alternatively (``maxdet_impl="kernel"``, the
+  default when ``budget r <= d``) ``z`` stays fixed and a blocked pivoted
+  Cholesky factor ``c`` (``n x r x budget r``) is grown, with posterior
+  covariance ``z_a z_b^T - c_a c_b^T`` -- bmdal's kernel-space MaxDet.
 ``maxdist``
   Greedy farthest point: argmax of the squared distance to the nearest centre.
 ``lcmd``
@@ -120,7 +123,7 @@ def maxdet_update(z: jnp.ndarray, z_s: jnp.ndarray, noise_var, row_var=None):
 
 
 def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, budget, n_global,
-          kernel, score_config, use_posterior):
+          kernel, score_config, use_posterior, maxdet_impl):
     nl = x.shape[0]
     off = local_offset(nl)
     gidx_local = off + jnp.arange(nl, dtype=jnp.int32)
@@ -158,15 +161,41 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, bu
     if method == "maxdet":
         noise_var = sigma * sigma
 
-        def body(t, carry):
-            z_, v_ = carry[3:]
+        v0 = jnp.sum(z * z, -1)
+        r, d = z.shape[1], z.shape[2]
+        kernel_space = maxdet_impl == "kernel" or (maxdet_impl == "auto" and budget * r <= d)
+        if not kernel_space:  # update the whitened rows in place: memory O(n r d)
+
+            def body(t, carry):
+                z_, v_ = carry[3:]
+                crit = reduce_rows(v_, row_ok, score_config)
+                carry, g = record(carry, t, crit, crit)
+                z_s = gather_picked(z_, g)
+                return carry[:3] + maxdet_update(z_, z_s, noise_var, v_)
+
+            out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0, z, v0))
+            return out[1], out[2]
+
+        # kernel space (blocked pivoted Cholesky, as bmdal's MaxDet): z stays fixed,
+        # c holds the factor columns, k_post(a, b) = z_a.z_b - c_a.c_b; memory O(n r budget r)
+        zf = z.reshape(nl * r, d)
+
+        def body_k(t, carry):
+            c, v_ = carry[3:]
             crit = reduce_rows(v_, row_ok, score_config)
             carry, g = record(carry, t, crit, crit)
-            z_s = gather_picked(z_, g)
-            return carry[:3] + maxdet_update(z_, z_s, noise_var, v_)
+            z_s, c_s = gather_picked(z, g), gather_picked(c, g)  # (r, d), (r, budget r)
+            cf = c.reshape(nl * r, budget * r)
+            kc = zf @ z_s.T - cf @ c_s.T  # (n r, r) current posterior covariance with S
+            k_ss = z_s @ z_s.T - c_s @ c_s.T
+            chol = jnp.linalg.cholesky(0.5 * (k_ss + k_ss.T) + noise_var * jnp.eye(r, dtype=dt))
+            new = jax.scipy.linalg.solve_triangular(chol, kc.T, lower=True).T  # (n r, r)
+            c = jax.lax.dynamic_update_slice_in_dim(c, new.reshape(nl, r, r), t * r, axis=2)
+            v_ = jnp.maximum(v_ - jnp.sum(new * new, -1).reshape(nl, r), 0.0)
+            return carry[:3] + (c, v_)
 
-        v0 = jnp.sum(z * z, -1)
-        out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0, z, v0))
+        c0 = jnp.zeros((nl, r, budget * r), dt)
+        out = jax.lax.fori_loop(0, budget, body_k, (sel0, picks0, scores0, c0, v0))
         return out[1], out[2]
 
     # distance-based methods
@@ -230,9 +259,10 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, bu
 
 
 @functools.lru_cache(maxsize=64)
-def _compiled(method, budget, n_global, kernel, score_config, use_posterior, mesh):
+def _compiled(method, budget, n_global, kernel, score_config, use_posterior, maxdet_impl, mesh):
     core = functools.partial(_core, method=method, budget=budget, n_global=n_global, kernel=kernel,
-                             score_config=score_config, use_posterior=use_posterior)
+                             score_config=score_config, use_posterior=use_posterior,
+                             maxdet_impl=maxdet_impl)
     sh, rep = sharded(POOL_AXIS), replicated()
     return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(sh, sh, sh, rep, rep, rep, rep, rep, rep),
                                  out_specs=(rep, rep), check_vma=False))
@@ -250,6 +280,7 @@ def select_batch(
     score_config: ScoreConfig = ScoreConfig(),
     mesh=None,
     dtype=None,
+    maxdet_impl: str = "auto",
 ) -> Selection:
     """Select ``budget`` candidates with ``method`` (see module docstring).
 
@@ -266,6 +297,10 @@ def select_batch(
       score_config: reduction used by ``maxdiag``/``maxdet``.
       mesh: 1-D pool mesh (default: all devices).
       dtype: compute dtype (default float64 if x64 is enabled else float32).
+      maxdet_impl: ``"feature"`` (update whitened rows, memory ``O(n r d)``),
+        ``"kernel"`` (blocked pivoted Cholesky, memory ``O(n r^2 budget)``,
+        fewer passes over the data) or ``"auto"`` (kernel if ``budget r <= d``).
+        Same picks up to rounding.
 
     Returns:
       :class:`Selection` with ``(budget,)`` indices, ids and per-pick scores.
@@ -311,7 +346,10 @@ def select_batch(
     else:
         chol_inv_t, sigma = jnp.eye(d, dtype=dt), jnp.ones((), dt)
     key = jax.random.PRNGKey(0) if key is None else key
-    fn = _compiled(method, int(budget), x.shape[0], kernel, score_config, posterior is not None, mesh)
+    if maxdet_impl not in ("auto", "feature", "kernel"):
+        raise ValueError(f"maxdet_impl must be 'auto', 'feature' or 'kernel', got {maxdet_impl!r}")
+    fn = _compiled(method, int(budget), x.shape[0], kernel, score_config, posterior is not None,
+                   maxdet_impl, mesh)
     idx, scores = fn(x, m, i, t_rows, t_mask, t_ids, key, chol_inv_t, sigma)
     return Selection(idx, jnp.asarray(ids)[idx], scores)
 
@@ -323,9 +361,31 @@ def make_selector(method: str, **hparams):
     return functools.partial(select_batch, method, **hparams)
 
 
-select_random = make_selector("random")
-select_maxdiag = make_selector("maxdiag")
-select_maxdet = make_selector("maxdet")
-select_maxdist = make_selector("maxdist")
-select_lcmd = make_selector("lcmd")
-select_kmeanspp = make_selector("kmeanspp")
+def select_random(candidates: FeatureChunk, *, budget: int, key, **kwargs) -> Selection:
+    """Uniform random picks without replacement; see :func:`select_batch`."""
+    return select_batch("random", candidates, budget=budget, key=key, **kwargs)
+
+
+def select_maxdiag(candidates: FeatureChunk, *, budget: int, posterior: Posterior, **kwargs) -> Selection:
+    """Top-``budget`` posterior variance (no updates); see :func:`select_batch`."""
+    return select_batch("maxdiag", candidates, budget=budget, posterior=posterior, **kwargs)
+
+
+def select_maxdet(candidates: FeatureChunk, *, budget: int, posterior: Posterior = None, **kwargs) -> Selection:
+    """Greedy max-PV with rank-``r`` posterior updates (MaxDet); see :func:`select_batch`."""
+    return select_batch("maxdet", candidates, budget=budget, posterior=posterior, **kwargs)
+
+
+def select_maxdist(candidates: FeatureChunk, *, budget: int, **kwargs) -> Selection:
+    """Greedy farthest-point (MaxDist); see :func:`select_batch`."""
+    return select_batch("maxdist", candidates, budget=budget, **kwargs)
+
+
+def select_lcmd(candidates: FeatureChunk, *, budget: int, **kwargs) -> Selection:
+    """Largest-cluster maximum distance (LCMD); see :func:`select_batch`."""
+    return select_batch("lcmd", candidates, budget=budget, **kwargs)
+
+
+def select_kmeanspp(candidates: FeatureChunk, *, budget: int, key=None, **kwargs) -> Selection:
+    """k-means++ seeding (sampling proportional to squared distance); see :func:`select_batch`."""
+    return select_batch("kmeanspp", candidates, budget=budget, key=key, **kwargs)

@@ -100,14 +100,15 @@ def _ref_distance_selector(method, rows, train, budget, kernel="trace", key=None
 # ------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("r,reduction", [(1, "total"), (4, "mean")])
-def test_maxdet_equals_bruteforce_posterior_recompute(r, reduction):
+@pytest.mark.parametrize("r,reduction,impl", [(1, "total", "kernel"), (1, "total", "feature"),
+                                               (4, "mean", "kernel"), (4, "max", "feature")])
+def test_maxdet_equals_bruteforce_posterior_recompute(r, reduction, impl):
     d, s2 = 6, 0.2
     rows, mask = _rows(0, 25, r, d)
     t_rows, t_mask = _rows(1, 4, r, d)
     post = fit_posterior([chunk_from_arrays(t_rows, t_mask)], d, noise_var=s2)
     sel = select_maxdet(chunk_from_arrays(rows, mask), budget=8, posterior=post,
-                        score_config=ScoreConfig(reduction=reduction))
+                        score_config=ScoreConfig(reduction=reduction), maxdet_impl=impl)
     ref_picks, ref_scores = _ref_maxdet(rows, mask, t_rows, t_mask, s2, 8, reduction)
     assert list(np.asarray(sel.indices)) == ref_picks
     np.testing.assert_allclose(np.asarray(sel.scores), ref_scores, rtol=1e-8)
