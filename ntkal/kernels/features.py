@@ -30,8 +30,11 @@ Row layouts (``FeatureRows.rows`` is ``(n_graph, r, d)``, ``row_mask`` ``(n_grap
 feature is computed on the structure's own padded subgraph (:func:`split_graphs`), so no
 feature depends on what else is in the chunk or how it is padded.
 
-Derivative directions are evaluated ``direction_batch_size`` at a time with
-``lax.map(batch_size=...)``; graphs ``graph_batch_size`` at a time (``None`` = vmap).
+Derivative directions are evaluated ``direction_batch_size`` at a time (probe tangents with
+``lax.map(batch_size=...)``; exact rows by a while loop over batches of the *free real*
+coordinates only, so padding atom slots and fixed atoms cost nothing); graphs
+``graph_batch_size`` at a time (``None`` = vmap). The last graph slot of a chunk (always
+padding) is skipped.
 """
 
 from __future__ import annotations
@@ -150,15 +153,33 @@ def make_ntk_apply(fns: NTKFunctions, config: KernelConfig, kind: str) -> Callab
 
     def exact_rows(p, lg, blocks, m):
         mask = _force_mask(lg, m)
+        row_mask = jnp.repeat(mask, 3)
         if formulation is ForceFormulation.JACFWD:
             rows = fns.jacobian(p, lg, blocks)[:m].reshape(3 * m, -1)
-        else:
-            def one(index):
-                t = jax.nn.one_hot(index, 3 * (m + 1), dtype=lg.nodes["positions"].dtype)
-                return fns.directional(p, lg, t.reshape(m + 1, 3), blocks)
-            rows = batched_map(one, jnp.arange(3 * m), config.direction_batch_size)
-        row_mask = jnp.repeat(mask, 3)
-        return jnp.where(row_mask[:, None], rows, 0.0), row_mask
+            return jnp.where(row_mask[:, None], rows, 0.0), row_mask
+        dtype = lg.nodes["positions"].dtype
+        # Only the free real coordinates are differentiated: their indices come first in
+        # `order`, and a while loop runs ceil(n_dirs / B) steps of B directions each.
+        n_rows = 3 * m
+        batch = n_rows if config.direction_batch_size is None else min(
+            int(config.direction_batch_size), n_rows)
+        steps = -(-n_rows // batch)
+        order = jnp.nonzero(row_mask, size=steps * batch, fill_value=n_rows)[0]
+        n_dirs = jnp.sum(row_mask)
+
+        def one(index):
+            t = jax.nn.one_hot(index, 3 * (m + 1), dtype=dtype)
+            return fns.directional(p, lg, t.reshape(m + 1, 3), blocks)
+
+        def body(state):
+            step, rows = state
+            idx = jax.lax.dynamic_slice(order, (step * batch,), (batch,))
+            new = jax.vmap(one)(idx)
+            return step + 1, rows.at[idx].set(new, mode="drop")
+
+        rows = jnp.zeros((n_rows, fns.sketch.dim), jnp.result_type(dtype, *fns.selection.take(p)))
+        _, rows = jax.lax.while_loop(lambda st: st[0] * batch < n_dirs, body, (0, rows))
+        return rows, row_mask
 
     def probe_rows(p, lg, blocks, m, salt):
         key = jax.random.fold_in(probe_key, salt)
@@ -200,8 +221,12 @@ def make_ntk_apply(fns: NTKFunctions, config: KernelConfig, kind: str) -> Callab
         n_graph = graph.n_node.shape[0]
         salt = (jnp.zeros((n_graph,), jnp.uint32) if salt is None
                 else jnp.asarray(salt).astype(jnp.uint32))
-        rows, mask = batched_map(lambda xs: per_graph(params, blocks, m, xs[0], xs[1]),
-                                 (local, salt), config.graph_batch_size)
+        # The last slot of every chunk is padding (ntkal.data layout): never differentiated.
+        real = jax.tree_util.tree_map(lambda x: x[:-1], (local, salt))
+        rows, mask = batched_map(lambda xs: per_graph(params, blocks, m, xs[0], xs[1]), real,
+                                 config.graph_batch_size)
+        rows = jnp.concatenate([rows, jnp.zeros_like(rows[:1])])
+        mask = jnp.concatenate([mask, jnp.zeros_like(mask[:1])])
         return FeatureRows(rows, mask)
 
     return apply

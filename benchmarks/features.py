@@ -1,0 +1,271 @@
+"""Per-structure cost of NTK feature maps, and probe-vs-exact force PV rank correlation.
+
+Model: the default ``ModelConfig`` (hidden ``64x0e + 32x1o + 16x2e``, 2 layers, lmax 2,
+cutoff 5 Å, Cu/Pt, P = 77,968 parameters in ``params["net"]``). Structures: EMT-labelled
+Cu/Pt fcc(111) slabs from ``ntkal.data.toy`` (bottom layer fixed), 3×3×3 (N = 27) and
+3×4×6 (N = 72). Sketch d = 256 (Gaussian), parameter filter "all".
+
+Rows (one chunk of ``--chunk-size`` structures per call, jitted, best of ``--repeats``
+calls after a warm-up call that includes compilation; "ratio" is to the forces row):
+
+* energy, forces — ``model.energy`` and ``energy_and_forces_fn`` on the chunk;
+* energy-NTK — φ_E = Sᵀ∇_θE, ntkal's per-graph split + vmap;
+* energy-NTK (chunk jacrev) — the alternative: ``jax.jacrev`` of the whole chunk's energies
+  then the same sketch (shown to justify the split);
+* exact force-NTK (jvp / vjp) — 3·N_free directions, ``direction_batch_size`` 32;
+* probe force-NTK k = 4, 8, 16 — forward-over-reverse along k Rademacher tangents;
+* joint — [φ_E ; Φ_F^(8)].
+
+Spearman: PV scores tr(Φ A⁻¹ Φᵀ) with A = Σ_train ΦᵀΦ + σ²I (exact force rows of
+``--spearman-train`` training structures, σ² = 1e-3 · tr(ΦᵀΦ)/d), exact Φ vs k-probe rows,
+over ``--spearman`` 12-atom slabs (2×2×3). "independent" salts the probe tangents with the
+structure id; "common" uses the same tangents for every structure.
+
+Usage::
+
+    python benchmarks/features.py --quick      # N = 27 only, Spearman on 40 structures
+    python benchmarks/features.py              # N = 27 and 72, Spearman on 100 structures
+    python benchmarks/features.py --chunk-size 16 --dtype float32   # throughput (GPU script)
+
+Measured (CPU, 2 shared cores — load average 5–9 from other jobs, so absolute times are
+inflated and noisy; float32), command ``python benchmarks/features.py``:
+
+MEASURED_PLACEHOLDER
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import resource
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkal.data import iterate_chunks
+from ntkal.data.toy import cu_pt_slab_frames
+from ntkal.kernels import KernelConfig, featurize, make_feature_map, ntk_functions
+from ntkal.models import ModelConfig, build_model, count_parameters, energy_and_forces_fn
+
+SIZES = {27: (3, 3, 3), 72: (3, 4, 6), 12: (2, 2, 3)}
+
+
+def block(x):
+    return jax.tree_util.tree_map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready")
+                                  else a, x)
+
+
+def timeit(fn, repeats):
+    """(compile+first call s, best of ``repeats`` timed calls s)."""
+    t0 = time.perf_counter()
+    block(fn())
+    first = time.perf_counter() - t0
+    reps = 1 if first > 20 else repeats
+    best = math.inf
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        block(fn())
+        best = min(best, time.perf_counter() - t0)
+    return first, best
+
+
+def chunk_of(frames, cutoff, elements):
+    return next(iter(iterate_chunks(frames, cutoff, max_graphs=len(frames), elements=elements)))
+
+
+def jacrev_energy_ntk(model, params, config):
+    """Alternative energy-NTK: jacrev of the whole chunk's energy vector, then the sketch."""
+    fns = ntk_functions(model, config, params)
+
+    def apply(p, graph):
+        sel = fns.selection
+        jac = jax.jacrev(lambda theta: model.energy(sel.put(p, theta), graph))(sel.take(p))
+        blocks = fns.sketch.blocks(jnp.result_type(*sel.take(p))) if fns.sketch.hoist else None
+        return jax.vmap(lambda *leaves: fns.sketch.project(list(leaves), blocks))(*jac)
+
+    return jax.jit(apply)
+
+
+def cost_table(model, params, args):
+    cfg = model.config
+    ef = jax.jit(energy_and_forces_fn(model.energy))
+    energy = jax.jit(model.energy)
+    base = KernelConfig(sketch_dim=args.sketch_dim, direction_batch_size=args.direction_batch,
+                        graph_batch_size=args.graph_batch)
+    specs = [("energy-NTK", dataclasses.replace(base, kind="energy"))]
+    if not args.skip_exact:
+        for form in args.formulations:
+            specs.append((f"exact force-NTK ({form})",
+                          dataclasses.replace(base, kind="force_exact", formulation=form)))
+    for k in args.probes:
+        specs.append((f"probe force-NTK k={k}", dataclasses.replace(base, kind="force_probe",
+                                                                   num_probes=k)))
+    specs.append(("joint (energy + probe-8)", dataclasses.replace(base, kind="joint",
+                                                                 num_probes=8)))
+    results = []
+    for n_atoms in args.atoms:
+        frames = list(cu_pt_slab_frames(args.chunk_size, seed=1, size=SIZES[n_atoms]))
+        n_free = int(sum(len(a) - len(a.constraints[0].get_indices()) for a in frames)
+                     / len(frames))
+        chunk = chunk_of(frames, cfg.cutoff, cfg.elements)
+        graph = jax.tree_util.tree_map(jnp.asarray, chunk.graph)
+        c = args.chunk_size
+        rows = []
+
+        def add(name, fn, skip=False):
+            if skip:
+                return
+            first, best = timeit(fn, args.repeats)
+            rows.append((name, best / c, first))
+            print(f"  N={n_atoms} {name}: {1e3 * best / c:.2f} ms/structure "
+                  f"(first call {first:.1f} s)", file=sys.stderr, flush=True)
+
+        add("energy", lambda: energy(params, graph))
+        add("forces", lambda: ef(params, graph))
+        for name, kc in specs:
+            if "exact" in name and n_atoms > args.exact_max_atoms:
+                continue
+            fm = make_feature_map(model, kc, params)
+            add(name, lambda fm=fm: fm.apply(params, chunk.graph))
+            if name == "energy-NTK":
+                alt = jacrev_energy_ntk(model, params, kc)
+                add("energy-NTK (chunk jacrev)", lambda: alt(params, graph))
+        results.append((n_atoms, n_free, rows))
+    return results
+
+
+def spearman(a, b):
+    ra = np.argsort(np.argsort(a))
+    rb = np.argsort(np.argsort(b))
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def pv_correlation(model, params, args):
+    cfg = model.config
+    n_total = args.spearman_train + args.spearman
+    frames = list(cu_pt_slab_frames(n_total, seed=7, size=SIZES[12]))
+    base = KernelConfig(sketch_dim=args.sketch_dim, direction_batch_size=args.direction_batch)
+    exact = make_feature_map(model, dataclasses.replace(base, kind="force_exact"), params)
+
+    def rows_of(fm, atoms, salt):
+        out = []
+        chunks = iterate_chunks(atoms, cfg.cutoff, max_graphs=args.pv_chunk, elements=cfg.elements)
+        for ids, fr in featurize(fm, params, chunks, salt_from_ids=salt):
+            real = ids >= 0
+            out.append(np.asarray(jnp.where(fr.row_mask[..., None], fr.rows, 0.0))[real])
+        return out
+
+    t0 = time.perf_counter()
+    train = np.concatenate([r.reshape(-1, r.shape[-1])
+                            for r in rows_of(exact, frames[:args.spearman_train], False)])
+    gram = train.T.astype(np.float64) @ train.astype(np.float64)
+    sigma2 = 1e-3 * np.trace(gram) / gram.shape[0]
+    a_inv = np.linalg.inv(gram + sigma2 * np.eye(gram.shape[0]))
+
+    def pv(rows):
+        return np.concatenate([np.einsum("grd,de,gre->g", r, a_inv, r) for r in rows])
+
+    test = frames[args.spearman_train:]
+    exact_pv = pv(rows_of(exact, test, False))
+    t_exact = time.perf_counter() - t0
+    out = []
+    for k in args.probes:
+        fm = make_feature_map(model, dataclasses.replace(base, kind="force_probe", num_probes=k),
+                              params)
+        t0 = time.perf_counter()
+        ind = pv(rows_of(fm, test, True))
+        t_probe = time.perf_counter() - t0
+        com = pv(rows_of(fm, test, False))
+        out.append((k, spearman(exact_pv, ind), spearman(exact_pv, com),
+                    float(np.median(np.abs(ind / exact_pv - 1)))))
+    return out, len(test), t_exact, t_probe
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="N=27 only, short Spearman run")
+    p.add_argument("--atoms", type=int, nargs="+", default=None, choices=sorted(SIZES))
+    p.add_argument("--chunk-size", type=int, default=1, help="structures per call")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--sketch-dim", type=int, default=256)
+    p.add_argument("--direction-batch", type=int, default=32)
+    p.add_argument("--graph-batch", type=int, default=None)
+    p.add_argument("--formulations", nargs="+", default=["jvp", "vjp"])
+    p.add_argument("--probes", type=int, nargs="+", default=[4, 8, 16])
+    p.add_argument("--skip-exact", action="store_true")
+    p.add_argument("--exact-max-atoms", type=int, default=1000)
+    p.add_argument("--spearman", type=int, default=None, help="test structures (0 = skip)")
+    p.add_argument("--spearman-train", type=int, default=16)
+    p.add_argument("--pv-chunk", type=int, default=8)
+    args = p.parse_args(argv)
+    if args.atoms is None:
+        args.atoms = [27] if args.quick else [27, 72]
+    if args.spearman is None:
+        args.spearman = 40 if args.quick else 100
+    if args.dtype == "float64":
+        jax.config.update("jax_enable_x64", True)
+
+    config = ModelConfig()
+    model = build_model(config)
+    frames = list(cu_pt_slab_frames(1, seed=0, size=SIZES[args.atoms[0]]))
+    params = model.init(jax.random.key(0), chunk_of(frames, config.cutoff, config.elements).graph)
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, args.dtype), params)
+    device = jax.devices()[0]
+    print(f"# device {device.platform}:{device.device_kind}, jax {jax.__version__}, {args.dtype}, "
+          f"P = {count_parameters(params):,}, d = {args.sketch_dim}, chunk = {args.chunk_size}, "
+          f"direction batch = {args.direction_batch}")
+    print("# command: python benchmarks/features.py " + " ".join(sys.argv[1:] if argv is None
+                                                                   else argv))
+
+    results = cost_table(model, params, args)
+    print()
+    print("| feature | " + " | ".join(f"N={n} ({f} free) ms/str | ratio | str/s" for n, f, _ in results)
+          + " |")
+    print("|---|" + "---|---|---|" * len(results))
+    names = [name for name, _, _ in results[0][2]]
+    for name in names:
+        cells = []
+        for _, _, rows in results:
+            table = {r[0]: r for r in rows}
+            if name not in table:
+                cells.append("— | — | —")
+                continue
+            force = table["forces"][1]
+            t = table[name][1]
+            cells.append(f"{1e3 * t:.1f} | {t / force:.1f} | {1 / t:.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    for n, f, rows in results:
+        table = {r[0]: r for r in rows}
+        for name in table:
+            if name.startswith("exact"):
+                print(f"# N={n}: {name} = {table[name][1] / table['forces'][1] / (3 * n):.2f} "
+                      f"× 3N force calls (target ≤ 1); {table[name][1] / table['forces'][1] / (3 * f):.2f}"
+                      f" × 3·N_free")
+    print("# first-call (compile + run) seconds: " + "; ".join(
+        f"N={n} " + ", ".join(f"{name} {first:.0f}" for name, _, first in rows)
+        for n, _, rows in results))
+
+    if args.spearman > 0:
+        corr, n_test, t_exact, t_probe = pv_correlation(model, params, args)
+        print()
+        print(f"Spearman(probe-k PV, exact PV) over {n_test} 12-atom slabs "
+              f"(train {args.spearman_train}; exact features {t_exact:.0f} s):")
+        print("| k | independent probes | common probes | median |PV_k/PV − 1| |")
+        print("|---|---|---|---|")
+        for k, ind, com, err in corr:
+            print(f"| {k} | {ind:.3f} | {com:.3f} | {err:.3f} |")
+
+    if device.platform == "cpu":
+        print(f"# peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+    else:
+        stats = device.memory_stats() or {}
+        print(f"# peak device memory {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
