@@ -206,7 +206,7 @@ class Oracle:
 def calculator_oracle(make_calculator: Callable[..., Calculator], name: str, *,
                       ladder: tuple[RetryStep, ...] | None = None,
                       retry_on: tuple[type[BaseException], ...] = (CalculationFailed,),
-                      compute_forces: bool = True) -> Oracle:
+                      compute_forces: bool = True, max_threads: int | None = None) -> Oracle:
     """Oracle around any ASE calculator factory (e.g. a user's DFT calculator).
 
     Example:
@@ -214,7 +214,8 @@ def calculator_oracle(make_calculator: Callable[..., Calculator], name: str, *,
       >>> oracle = calculator_oracle(lambda **kw: EMT(), "emt")
     """
     kw = {} if ladder is None else {"ladder": ladder}
-    return Oracle(make_calculator, name, retry_on=retry_on, compute_forces=compute_forces, **kw)
+    return Oracle(make_calculator, name, retry_on=retry_on, compute_forces=compute_forces,
+                  max_threads=max_threads, **kw)
 
 
 def emt_oracle() -> Oracle:
