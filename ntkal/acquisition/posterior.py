@@ -32,6 +32,7 @@ import warnings
 from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
+from scipy.linalg import solve_triangular  # scipy is a dependency of jax
 
 from ntkal.acquisition._chunk import FeatureChunk
 
@@ -210,10 +211,5 @@ def fit_posterior(
 
 
 def _solve_lower(lower: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Solve ``L X = B`` for lower-triangular ``L`` (numpy only, no scipy)."""
-    try:
-        from scipy.linalg import solve_triangular  # optional, faster and exact
-
-        return solve_triangular(lower, b, lower=True)
-    except ImportError:  # pragma: no cover - scipy ships with jax
-        return np.linalg.solve(lower, b)
+    """Solve ``L X = B`` for lower-triangular ``L``."""
+    return solve_triangular(lower, b, lower=True)

@@ -189,7 +189,8 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, bu
             kc = zf @ z_s.T - cf @ c_s.T  # (n r, r) current posterior covariance with S
             k_ss = z_s @ z_s.T - c_s @ c_s.T
             chol = jnp.linalg.cholesky(0.5 * (k_ss + k_ss.T) + noise_var * jnp.eye(r, dtype=dt))
-            new = jax.scipy.linalg.solve_triangular(chol, kc.T, lower=True).T  # (n r, r)
+            linv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(r, dtype=dt), lower=True)
+            new = kc @ linv.T  # (n r, r) new factor columns; r x r solve + GEMM
             c = jax.lax.dynamic_update_slice_in_dim(c, new.reshape(nl, r, r), t * r, axis=2)
             v_ = jnp.maximum(v_ - jnp.sum(new * new, -1).reshape(nl, r), 0.0)
             return carry[:3] + (c, v_)
