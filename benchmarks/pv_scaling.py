@@ -83,7 +83,11 @@ import subprocess
 import sys
 import time
 
-import numpy as np
+# the d x d posterior algebra is small; multithreaded OpenBLAS fights XLA's
+# thread pool for the cores.  Applies to the worker subprocesses too.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
 
 N_TRAIN = 200
 M_SHORT = 1000
