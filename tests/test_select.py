@@ -1,0 +1,107 @@
+"""``ntkal select`` end to end on tiny extxyz files (tiny model, one feature compile)."""
+
+import argparse
+import json
+
+import ase.io
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from ntkal.data import InvalidStructureError, batch_atoms
+from ntkal.data.toy import cu_pt_slab_frames
+from ntkal.models import build_model, save_checkpoint
+from ntkal.select import add_select_arguments, main_select, select_from_files
+
+N_POOL, N_TRAIN, BUDGET = 14, 4, 5
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("select")
+    config = tiny_config()
+    model = build_model(config)
+    train = list(cu_pt_slab_frames(N_TRAIN, seed=1))
+    pool = list(cu_pt_slab_frames(N_POOL, seed=2))
+    params = model.init(jax.random.key(0), batch_atoms(train[:2], config.cutoff, elements=config.elements))
+    save_checkpoint(root / "model.msgpack", params, config)
+    for atoms in train + pool:
+        atoms.info.pop("adsorbate_info", None)  # a dict; extxyz cannot store it
+    ase.io.write(root / "train.extxyz", train)
+    ase.io.write(root / "pool.extxyz", pool)
+    return root
+
+
+@pytest.fixture(scope="module")
+def picked(files):
+    args = add_select_arguments(argparse.ArgumentParser()).parse_args([
+        "--model", str(files / "model.msgpack"), "--pool", str(files / "pool.extxyz"),
+        "--train", str(files / "train.extxyz"), "--budget", str(BUDGET), "--kernel", "joint",
+        "--out", str(files / "out" / "picked.extxyz"), "--sketch-dim", "32", "--num-probes", "2",
+        "--shortlist", "8", "--chunk-size", "4", "--no-progress"])
+    assert main_select(args) == 0
+    return files / "out" / "picked.extxyz"
+
+
+def test_writes_exactly_budget_pool_structures(files, picked):
+    pool = ase.io.read(files / "pool.extxyz", index=":")
+    out = ase.io.read(picked, index=":")
+    assert len(out) == BUDGET
+    ids = [a.info["pool_id"] for a in out]
+    assert len(set(ids)) == BUDGET and all(0 <= i < N_POOL for i in ids)
+    for atoms in out:
+        ref = pool[atoms.info["pool_id"]]
+        np.testing.assert_array_equal(atoms.numbers, ref.numbers)
+        np.testing.assert_allclose(atoms.positions, ref.positions, atol=1e-8)
+        np.testing.assert_allclose(atoms.cell.array, ref.cell.array, atol=1e-8)
+        assert np.isfinite(atoms.info["score"]) and atoms.info["pv"] > 0
+        assert atoms.info["system_id"] == ref.info["system_id"]  # the pool frame's own info survives
+
+
+def test_summary_json(picked):
+    summary = json.loads(picked.with_name("picked.summary.json").read_text())
+    out = ase.io.read(picked, index=":")
+    assert summary["budget"] == BUDGET and summary["n_pool"] == N_POOL and summary["n_train"] == N_TRAIN
+    assert summary["kernel"] == "joint" and summary["selector"] == "lcmd"
+    assert summary["ids"] == [a.info["pool_id"] for a in out]
+    assert summary["scores"] == pytest.approx([a.info["score"] for a in out])
+    assert summary["w_force"] > 0 and summary["timings"]["total_s"] > 0
+    assert not list(picked.parent.glob(".*tmp"))  # no temporary files left behind
+
+
+def test_budget_larger_than_pool_is_rejected(files):
+    with pytest.raises(ValueError, match=f"budget {N_POOL + 1} exceeds the pool's {N_POOL} structures"):
+        select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz",
+                          N_POOL + 1, out_path=files / "never.extxyz", progress=False)
+    assert not (files / "never.extxyz").exists()
+
+
+def test_unknown_kernel_and_empty_pool(files):
+    with pytest.raises(ValueError, match="unknown kernel 'nope'"):
+        select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz", 1,
+                          kernel="nope", out_path=files / "never.extxyz")
+    (files / "empty.extxyz").write_text("")
+    with pytest.raises(ValueError, match="no structures"):
+        select_from_files(files / "model.msgpack", files / "empty.extxyz", files / "train.extxyz", 1,
+                          out_path=files / "never.extxyz", progress=False)
+
+
+def test_bad_frame_names_file_and_frame(files):
+    frames = list(cu_pt_slab_frames(5, seed=3))
+    for atoms in frames:
+        atoms.info.pop("adsorbate_info", None)
+    frames[3].positions[1] = frames[3].positions[0] + 0.05  # two atoms 0.05 Å apart
+    bad = files / "bad_pool.extxyz"
+    ase.io.write(bad, frames)
+    with pytest.raises(InvalidStructureError, match=r"bad_pool\.extxyz, frame 3\).*Å apart") as err:
+        select_from_files(files / "model.msgpack", bad, files / "train.extxyz", 2,
+                          out_path=files / "never.extxyz", progress=False)
+    assert err.value.frame == 3 and err.value.source.endswith("bad_pool.extxyz")
+
+    frames = frames[:3]
+    frames[2].numbers[0] = 79  # gold: unknown to the model
+    ase.io.write(bad, frames)
+    with pytest.raises(InvalidStructureError, match=r"frame 2\).*Au"):
+        select_from_files(files / "model.msgpack", bad, files / "train.extxyz", 2,
+                          out_path=files / "never.extxyz", progress=False)
