@@ -21,7 +21,9 @@ Row groups: pass ``row_groups`` (``(r,)`` ints in ``[0, G)``) to reduce each
 group separately, then combine with ``group_weights`` (``(G,)``, default
 ones): ``score = sum_g w_g * reduce_{i in g} v_i``.  For joint features
 (row 0 = energy, rows 1.. = forces) ``row_groups = [0, 1, 1, ...]`` with
-``reduction="mean"`` gives ``pv_energy + mean_atoms pv_force``.
+``reduction="mean"`` gives ``pv_energy + mean_rows pv_force``; add
+``row_units`` (``ScoreConfig``) to reduce over atoms (sum of an atom's x, y, z
+rows) instead of over rows.
 
 All functions here are pure ``jax.numpy`` and safe under ``jit`` and
 ``shard_map``; the posterior enters as an explicit array argument so it can be
@@ -62,6 +64,13 @@ class ScoreConfig:
       reduction: ``"total"``, ``"mean"`` or ``"max"`` (see module docstring).
       row_groups: ``None`` or a tuple of ``r`` ints in ``[0, n_groups)``.
       group_weights: ``None`` (ones) or a tuple of ``n_groups`` floats.
+      row_units: ``None`` (every row its own unit) or a tuple of ``r`` unit ids
+        (e.g. the atom index of each force row): the variances of a unit's
+        valid rows are summed first and the reduction then runs over units,
+        e.g. ``row_units = (0,0,0, 1,1,1, ...)`` with ``"mean"``/``"max"``
+        gives the mean / max over atoms of the per-atom trace (x+y+z).  All
+        rows of a unit must share a group; a unit counts as valid if any of
+        its rows is.
 
     Changing any field recompiles the jitted scorers (they are static).
     """
@@ -69,6 +78,7 @@ class ScoreConfig:
     reduction: str = "total"
     row_groups: Optional[tuple] = None
     group_weights: Optional[tuple] = None
+    row_units: Optional[tuple] = None
 
     def __post_init__(self):
         if self.reduction not in _REDUCTIONS:
@@ -81,6 +91,17 @@ class ScoreConfig:
             object.__setattr__(self, "group_weights", tuple(float(w) for w in self.group_weights))
             if self.row_groups is None or len(self.group_weights) != self.n_groups:
                 raise ValueError("group_weights needs row_groups with one weight per group")
+        if self.row_units is not None:
+            object.__setattr__(self, "row_units", tuple(int(u) for u in self.row_units))
+            if min(self.row_units) < 0:
+                raise ValueError("row_units must be non-negative")
+            if self.row_groups is not None:
+                if len(self.row_groups) != len(self.row_units):
+                    raise ValueError("row_units and row_groups must both have r entries")
+                seen = {}
+                for u, g in zip(self.row_units, self.row_groups):
+                    if seen.setdefault(u, g) != g:
+                        raise ValueError(f"rows of unit {u} belong to different groups")
 
     @property
     def n_groups(self) -> int:
@@ -138,6 +159,16 @@ def reduce_rows(values: jnp.ndarray, row_mask: jnp.ndarray, config: ScoreConfig)
     groups = np.zeros(r, np.int32) if config.row_groups is None else np.asarray(config.row_groups)
     if groups.shape != (r,):
         raise ValueError(f"row_groups has {groups.shape[0]} entries but features have r={r} rows")
+    if config.row_units is not None:  # sum rows into units (e.g. atoms), then reduce over units
+        units = np.asarray(config.row_units)
+        if units.shape != (r,):
+            raise ValueError(f"row_units has {units.shape[0]} entries but features have r={r} rows")
+        uniq, first = np.unique(units, return_index=True)
+        to_unit = jnp.asarray(units[:, None] == uniq[None, :], values.dtype)  # (r, U)
+        values = jnp.where(row_mask, values, 0) @ to_unit
+        row_mask = (row_mask.astype(values.dtype) @ to_unit) > 0
+        groups = groups[first]
+        r = len(uniq)
     n_groups = config.n_groups
     onehot = jnp.asarray(groups[:, None] == np.arange(n_groups)[None, :])  # (r, G)
     member = row_mask[:, :, None] & onehot[None]  # (n, r, G)

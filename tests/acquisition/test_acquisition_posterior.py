@@ -71,6 +71,26 @@ def test_row_groups_joint_energy_plus_mean_force():
         np.testing.assert_allclose(scores[i], ref, rtol=1e-8)
 
 
+@pytest.mark.parametrize("reduction", ["mean", "max"])
+def test_per_atom_units_joint_features(reduction):
+    """Joint rows [E, x1,y1,z1, x2,y2,z2, x3,y3,z3]: energy + mean/max over valid atoms."""
+    d, s2, n_atoms = 4, 0.2, 3
+    r = 1 + 3 * n_atoms
+    (tr, tm), (pr, _) = _problem(8, 3, 5, r, d, pad_frac=0.0)
+    atom_ok = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 1], [1, 1, 0]], bool)
+    pm = np.concatenate([np.ones((5, 1), bool), np.repeat(atom_ok, 3, axis=1)], axis=1)
+    pr = np.where(pm[..., None], pr, 123.0)
+    post = fit_posterior([chunk_from_arrays(tr, tm)], d, noise_var=s2)
+    cfg = ScoreConfig(reduction=reduction, row_groups=(0,) + (1,) * (r - 1),
+                      row_units=(0,) + tuple(1 + np.arange(r - 1) // 3))
+    scores = np.asarray(pv_scores(chunk_from_arrays(pr, pm), *posterior_arrays(post), cfg))
+    for i in range(5):
+        full = np.diag(_brute_cov(tr, tm, pr[i], np.ones(r, bool), s2))
+        per_atom = full[1:].reshape(n_atoms, 3).sum(1)[atom_ok[i]]
+        ref = full[0] + (per_atom.mean() if reduction == "mean" else per_atom.max())
+        np.testing.assert_allclose(scores[i], ref, rtol=1e-8)
+
+
 def test_chunked_posterior_and_scores_equal_unchunked():
     d, r = 6, 3
     (tr, tm), (pr, pm) = _problem(3, 11, 23, r, d)
