@@ -7,8 +7,9 @@ The results file (written by the experiment runner) holds::
      "picks": [{"method", "seed", "round", "id", "score", "force_mae_before"}, ...]}
 
 * :func:`plot_learning_curves` — one panel per test split; x = labels used, y = a metric;
-  one line per method (per ``(method, label)`` when rows carry a ``label``), the mean over
-  seeds with a min–max band.
+  one line per method (per ``(method, label)`` when rows carry a ``label``: named by the
+  label when it starts with the method, else ``method [label]``), the mean over seeds with a
+  min–max band.
 * :func:`plot_calibration` — each pick's acquisition score (posterior variance for the NTK
   methods) against the realised force MAE (eV/Å) of the model that scored it, per method,
   with Spearman's ρ in the legend. Picks without a finite score (random, round 0) are left
@@ -31,6 +32,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after selecting the backend)
+from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
@@ -84,11 +86,13 @@ class CalibrationPlot(NamedTuple):
 
 
 def _line_name(row: dict) -> str:
+    """The label when it already names the method (``joint-lcmd-d256``), else ``method [label]``."""
     method = str(row.get("method", "?"))
     label = row.get("label")
-    if label is None or str(label) == method:
+    if label is None or str(label) == "":
         return method
-    return f"{method} [{label}]"
+    label = str(label)
+    return label if label.startswith(method) else f"{method} [{label}]"
 
 
 def _finite(value) -> bool:
@@ -107,7 +111,8 @@ def aggregate_curves(rows: Iterable[dict], metric: str = "force_mae") -> dict:
       metric: the y value.
 
     Returns:
-      ``{split: {line name: Curve}}``; a line name is the method, or ``"method [label]"``.
+      ``{split: {line name: Curve}}``; a line name is the method, the label when it starts
+      with the method (as sweep labels do), or ``"method [label]"``.
       Non-finite values are skipped.
 
     Raises:
@@ -229,6 +234,7 @@ def plot_calibration(picks: Sequence[dict], out_png: str | os.PathLike, *, score
         positive &= bool((x > 0).all())
     if positive:
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within a decade
     ax.set_xlabel(f"acquisition {score_key} (posterior variance for NTK kernels)")
     ax.set_ylabel(METRIC_LABELS.get(error_key.replace("_before", ""), error_key) + " before labelling")
     ax.set_title("PV vs realised error (Spearman ρ)")

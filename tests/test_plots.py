@@ -63,6 +63,8 @@ def test_aggregate_groups_by_label():
     curves = aggregate_curves(rows)["id"]
     assert sorted(curves) == ["joint [d=256]", "joint [d=64]"]
     assert curves["joint [d=64]"].mean[0] == 2.0 and curves["joint [d=256]"].mean[0] == 4.0
+    rows = [{**row, "label": "joint-lcmd-" + row["label"]} for row in rows]
+    assert sorted(aggregate_curves(rows)["id"]) == ["joint-lcmd-d=256", "joint-lcmd-d=64"]
     with pytest.raises(KeyError, match="no_such_metric"):
         aggregate_curves(rows, "no_such_metric")
 
