@@ -10,8 +10,8 @@ The results file (written by the experiment runner) holds::
   one line per method (per ``(method, label)`` when rows carry a ``label``: named by the
   label when it starts with the method, else ``method [label]``), the mean over seeds with a
   min–max band.
-* :func:`plot_calibration` — each pick's acquisition score (posterior variance for the NTK
-  methods) against the realised force MAE (eV/Å) of the model that scored it, per method,
+* :func:`plot_calibration` — each pick's posterior variance (``pv``; else its acquisition
+  ``score``, the selector's criterion) against the realised force MAE (eV/Å) of the model that scored it, per method,
   with Spearman's ρ in the legend. Picks without a finite score (random, round 0) are left
   out.
 
@@ -235,9 +235,10 @@ def plot_calibration(picks: Sequence[dict], out_png: str | os.PathLike, *, score
     if positive:
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide within a decade
-    ax.set_xlabel(f"acquisition {score_key} (posterior variance for NTK kernels)")
+    ax.set_xlabel("posterior variance of the pick (relative)" if score_key == "pv"
+                  else f"acquisition {score_key} (selector criterion at pick time)")
     ax.set_ylabel(METRIC_LABELS.get(error_key.replace("_before", ""), error_key) + " before labelling")
-    ax.set_title("PV vs realised error (Spearman ρ)")
+    ax.set_title(f"{'PV' if score_key == 'pv' else score_key} vs realised error (Spearman ρ)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -272,7 +273,8 @@ def plot_results(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
 
     Returns:
       Paths of the PNGs written: ``learning_curves_<metric>.png`` per metric and
-      ``calibration.png`` when some pick has a finite score.
+      ``calibration.png`` when some pick has a finite score. The calibration x value is the
+      pick's ``pv`` (posterior variance) when any pick records one, else its ``score``.
     """
     results_path = Path(results_path)
     if results_path.is_dir():
@@ -284,8 +286,11 @@ def plot_results(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
     for metric in metrics:
         if any(metric in row for row in rows):
             written.append(plot_learning_curves(rows, out_dir / f"learning_curves_{metric}.png", metric))
-    if calibration_stats(picks):
-        cal = plot_calibration(picks, out_dir / "calibration.png")
+    # Prefer the posterior variance of each pick ("pv") when recorded: "score" is the
+    # selector's own criterion (a squared distance for lcmd/maxdist), not the PV.
+    score_key = "pv" if any(_finite(p.get("pv")) for p in picks) else "score"
+    if calibration_stats(picks, score_key=score_key):
+        cal = plot_calibration(picks, out_dir / "calibration.png", score_key=score_key)
         written.append(cal.path)
         if log is not None:
             for label in cal.labels:

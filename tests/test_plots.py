@@ -109,6 +109,15 @@ def test_plot_results_and_cli(results, tmp_path, capsys):
     assert "calibration joint: ρ =" in out and (tmp_path / "cli" / "calibration.png").exists()
 
 
+def test_plot_results_prefers_pv(results, tmp_path, capsys):
+    picks = [{**p, "pv": -p["force_mae_before"]} for p in results["picks"] if np.isfinite(p["score"])]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"rows": results["rows"], "picks": picks}))
+    plot_results(path, log=print)
+    out = capsys.readouterr().out
+    assert "joint: ρ = -1.000" in out and "energy: ρ = -1.000" in out
+
+
 def test_plot_results_nothing_to_plot(tmp_path):
     path = tmp_path / "r.json"
     path.write_text(json.dumps({"rows": [], "picks": []}))
