@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import io
 import json
 import time
 from pathlib import Path
@@ -34,6 +35,8 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import ase
 import ase.io
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.constraints import FixAtoms
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -389,11 +392,38 @@ def _pick_errors(ctx: LoopContext, params, structures: Sequence[Structure]) -> l
 
 # --- persistence ----------------------------------------------------------------------------
 
+def _atoms_record(atoms: ase.Atoms) -> dict:
+    """Lossless arrays of a labelled structure (extxyz text rounds positions and labels)."""
+    from ntkal.data import labels_of
+    energy, forces = labels_of(atoms)
+    fixed = np.zeros(len(atoms), bool)
+    for constraint in atoms.constraints:
+        if isinstance(constraint, FixAtoms):
+            fixed[constraint.index] = True
+    return {"numbers": np.asarray(atoms.numbers), "positions": np.asarray(atoms.positions),
+            "cell": np.asarray(atoms.cell.array), "pbc": np.asarray(atoms.pbc), "tags": atoms.get_tags(),
+            "fixed": fixed, "energy": np.asarray(np.nan if energy is None else energy, np.float64),
+            "forces": np.asarray(forces if forces is not None else np.zeros((0, 3)), np.float64),
+            "info": json.dumps({k: v for k, v in atoms.info.items() if isinstance(v, (str, int, float, bool))})}
+
+
+def _atoms_from_record(record: dict) -> ase.Atoms:
+    atoms = ase.Atoms(numbers=record["numbers"], positions=record["positions"], cell=record["cell"],
+                      pbc=record["pbc"], tags=record["tags"])
+    if np.any(record["fixed"]):
+        atoms.set_constraint(FixAtoms(mask=np.asarray(record["fixed"], bool)))
+    energy = float(record["energy"])
+    forces = np.asarray(record["forces"]).reshape(-1, 3)
+    atoms.calc = SinglePointCalculator(atoms, energy=None if np.isnan(energy) else energy,
+                                       forces=forces if len(forces) == len(atoms) else None)
+    atoms.info.update(json.loads(record["info"]))
+    return atoms
+
+
 def save_state(directory: str | Path, state: LoopState, labelled_atoms: Sequence[ase.Atoms]) -> None:
-    """Atomically write ``state.msgpack`` and ``labelled.extxyz`` under ``directory``."""
+    """Atomically write ``state.msgpack`` (everything, lossless) and ``labelled.extxyz`` (for people)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    import io
     buffer = io.StringIO()
     ase.io.write(buffer, list(labelled_atoms), format="extxyz")
     atomic_write_bytes(directory / "labelled.extxyz", buffer.getvalue().encode())
@@ -404,6 +434,7 @@ def save_state(directory: str | Path, state: LoopState, labelled_atoms: Sequence
         "key": np.asarray(state.key),
         "rows": json.dumps(state.rows),
         "picks": json.dumps(state.picks),
+        "atoms": {str(k): _atoms_record(a) for k, a in enumerate(labelled_atoms)},
     }
     atomic_write_bytes(directory / "state.msgpack", serialization.msgpack_serialize(payload))
 
@@ -415,9 +446,10 @@ def load_state(directory: str | Path) -> tuple[LoopState, list] | None:
         return None
     payload = serialization.msgpack_restore((directory / "state.msgpack").read_bytes())
     labelled = np.asarray(payload["labelled"], np.int64).reshape(-1)
-    atoms = ase.io.read(directory / "labelled.extxyz", index=":") if labelled.size else []
+    records = payload.get("atoms") or {}
+    atoms = [_atoms_from_record(records[str(k)]) for k in range(len(records))]
     if len(atoms) != labelled.size:
-        raise ValueError(f"{directory}: labelled.extxyz holds {len(atoms)} structures, state expects "
+        raise ValueError(f"{directory}/state.msgpack: holds {len(atoms)} labelled structures, expected "
                          f"{labelled.size}")
     state = LoopState(int(payload["round"]), labelled, payload["params"], np.asarray(payload["key"]),
                       json.loads(payload["rows"]), json.loads(payload["picks"]))

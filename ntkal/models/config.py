@@ -17,7 +17,7 @@ class ModelConfig:
     Every field is static: changing one builds a different model (and recompiles).
 
     Attributes:
-      elements: atomic numbers the model knows, in embedding order.
+      elements: atomic numbers (or symbols) the model knows, in embedding order.
       cutoff: radial cutoff (Å); the neighbour list must use the same value.
       hidden_irreps: node-feature irreps of each interaction block (e3nn notation).
       num_layers: number of interaction (message-passing) blocks.
@@ -43,7 +43,7 @@ class ModelConfig:
     energy_scale: float = 1.0
 
     def __post_init__(self):
-        elements = tuple(int(z) for z in self.elements)
+        elements = tuple(ase.data.atomic_numbers[z] if isinstance(z, str) else int(z) for z in self.elements)
         object.__setattr__(self, "elements", elements)
         if not elements or len(set(elements)) != len(elements):
             raise ValueError(f"elements must be a non-empty list of distinct atomic numbers, got {elements}")

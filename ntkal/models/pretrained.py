@@ -1,0 +1,40 @@
+"""Pretrained checkpoints shipped with ntkal (``ntkal/pretrained/<name>.msgpack``).
+
+Each has a model card ``<name>.md`` beside it (data, hyper-parameters, seed, command and
+measured errors). They are produced by ``experiments/pretrain.py``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ntkal.models.checkpoint import load_checkpoint
+
+__all__ = ["load_pretrained", "pretrained_names", "PRETRAINED_DIR"]
+
+PRETRAINED_DIR = Path(__file__).resolve().parent.parent / "pretrained"
+
+
+def pretrained_names() -> tuple[str, ...]:
+    """Names of the shipped checkpoints."""
+    return tuple(sorted(p.stem for p in PRETRAINED_DIR.glob("*.msgpack")))
+
+
+def load_pretrained(name_or_path: str):
+    """Load a shipped checkpoint by name, or any checkpoint by path.
+
+    Returns:
+      ``(model, params, metadata)`` as :func:`ntkal.models.load_checkpoint`.
+
+    Raises:
+      FileNotFoundError: neither a shipped name nor an existing file; lists the names.
+    """
+    path = Path(name_or_path)
+    if path.suffix != ".msgpack" or not path.exists():
+        candidate = PRETRAINED_DIR / f"{name_or_path}.msgpack"
+        if candidate.exists():
+            path = candidate
+        elif not path.exists():
+            raise FileNotFoundError(f"no pretrained checkpoint {name_or_path!r}: not a file and not one of "
+                                    f"{pretrained_names()}")
+    return load_checkpoint(path)

@@ -1,0 +1,109 @@
+"""The active-learning loop: end-to-end rounds, kill-and-resume equality, input checks."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from ntkal.data import batch_atoms
+from ntkal.data.toy import cu_pt_slab_frames
+from ntkal.kernels import KernelConfig
+from ntkal.loop import LoopConfig, load_state, make_context, run_loop
+from ntkal.models import build_model
+from ntkal.train import TrainConfig
+
+TIME_KEYS = {"select_s", "label_s", "finetune_s", "evaluate_s"}
+
+
+@pytest.fixture(scope="module")
+def setup():
+    config = tiny_config()
+    model = build_model(config)
+    pool = list(cu_pt_slab_frames(40, seed=11))
+    tests = {"id": list(cu_pt_slab_frames(8, seed=12)), "hot": list(cu_pt_slab_frames(8, seed=13, rattle=(0.25, 0.3)))}
+    params = model.init(jax.random.key(0), batch_atoms(pool[:2], config.cutoff))
+    return model, params, pool, tests
+
+
+def loop_config(method="joint", selector="lcmd", **kw):
+    settings = dict(kernel=KernelConfig(kind="joint", sketch_dim=32, num_probes=4, w_force=0.0),
+                    initial=6, batch=4, rounds=2, shortlist=16, committee_size=2,
+                    train=TrainConfig(max_epochs=2, batch_size=4))
+    return LoopConfig(method=method, selector=selector, **{**settings, **kw})
+
+
+def strip_times(rows):
+    return [{k: v for k, v in row.items() if k not in TIME_KEYS} for row in rows]
+
+
+def counting_oracle(calls):
+    def oracle(atoms_list):
+        calls.append(len(atoms_list))
+        return list(atoms_list)
+    return oracle
+
+
+def test_two_rounds_end_to_end(setup):
+    model, params, pool, tests = setup
+    calls = []
+    ctx = make_context(model, params, pool, tests, counting_oracle(calls), loop_config(rounds=1), progress=False)
+    state = run_loop(ctx, None, log=None)
+    assert state.round == 2 and calls == [6, 4]
+    assert len(state.labelled) == 10 and len(set(state.labelled.tolist())) == 10
+    assert set(state.labelled.tolist()) <= set(range(len(pool)))
+    assert {(r["round"], r["split"]) for r in state.rows} == {(0, "id"), (0, "hot"), (1, "id"), (1, "hot")}
+    assert [r["n_labels"] for r in state.rows if r["split"] == "id"] == [6, 10]
+    for row in state.rows:
+        assert np.isfinite(row["force_mae"]) and row["force_rmse"] >= row["force_mae"] > 0
+    # Kernel picks carry their posterior-variance scores; the initial random picks have none.
+    picks = [p for p in state.picks if p["round"] == 1]
+    assert len(picks) == 4 and all(np.isfinite(p["score"]) and p["score"] >= 0 for p in picks)
+    assert all(np.isnan(p["score"]) for p in state.picks if p["round"] == 0)
+
+
+@pytest.mark.parametrize("method, selector", [("joint", "lcmd"), ("committee", "lcmd")])
+def test_kill_and_resume_gives_identical_run(setup, tmp_path, method, selector):
+    model, params, pool, tests = setup
+    config = loop_config(method, selector)
+    ctx = make_context(model, params, pool, tests, lambda a: list(a), config, progress=False)
+    full = run_loop(ctx, tmp_path / "full", log=None)
+
+    calls = []
+    ctx2 = ctx._replace(oracle=counting_oracle(calls))
+    partial = run_loop(ctx2, tmp_path / "resumed", stop_after=2, log=None)  # "killed" after round 1
+    assert partial.round == 2
+    resumed = run_loop(ctx2, tmp_path / "resumed", log=None)
+    assert calls == [6, 4, 4]  # finished rounds are not labelled again
+    assert resumed.labelled.tolist() == full.labelled.tolist()
+    assert strip_times(resumed.rows) == strip_times(full.rows)
+    assert [p["id"] for p in resumed.picks] == [p["id"] for p in full.picks]
+    np.testing.assert_array_equal([p["score"] for p in resumed.picks], [p["score"] for p in full.picks])
+    for a, b in zip(jax.tree_util.tree_leaves(resumed.params), jax.tree_util.tree_leaves(full.params)):
+        assert np.array_equal(np.asarray(a), np.asarray(b))
+    saved, atoms = load_state(tmp_path / "resumed")
+    assert saved.round == 3 and len(atoms) == len(saved.labelled) == 14
+
+
+def test_every_method_and_selector_runs(setup):
+    model, params, pool, tests = setup
+    for method, selector in [("energy", "maxdet"), ("embedding", "maxdist"), ("last_layer", "maxdiag")]:
+        config = dataclasses.replace(loop_config(method, selector), rounds=1)
+        ctx = make_context(model, params, pool, {"id": tests["id"]}, lambda a: list(a), config, progress=False)
+        state = run_loop(ctx, None, log=None)
+        assert len(set(state.labelled.tolist())) == 10, method
+
+
+def test_budget_larger_than_pool_is_rejected(setup):
+    model, params, pool, tests = setup
+    with pytest.raises(ValueError, match="pool holds only 40"):
+        make_context(model, params, pool, tests, lambda a: a,
+                     dataclasses.replace(loop_config(), initial=35, batch=10, rounds=1), progress=False)
+
+
+def test_bad_loop_config():
+    with pytest.raises(ValueError, match="method"):
+        LoopConfig(method="bogus")
+    with pytest.raises(ValueError, match="featurize_with"):
+        LoopConfig(featurize_with="never")
