@@ -181,7 +181,7 @@ def test_merge_topk_ties_go_to_smaller_id():
     st = ShortlistState(jnp.full((3,), -jnp.inf), jnp.full((3,), -1, jnp.int32),
                         jnp.zeros((3, 1, d)), jnp.zeros((3, 1), bool), jnp.zeros((), jnp.int32))
     c = FeatureChunk(jnp.ones((5, 1, d)), jnp.ones((5, 1), bool), jnp.array([9, 4, 7, 1, -1], jnp.int32))
-    out = merge_topk(st, c, jnp.array([1.0, 1.0, 2.0, 1.0, 5.0]))
+    out = jax.jit(merge_topk)(st, c, jnp.array([1.0, 1.0, 2.0, 1.0, 5.0]))
     assert list(np.asarray(out.ids)) == [7, 1, 4]
 
 

@@ -170,7 +170,7 @@ def test_kmeanspp_samples_proportional_to_squared_distance():
     centre = np.zeros((1, 1, 2))
     d2 = np.sum(rows[:, 0] ** 2, axis=1)
     cands, train = chunk_from_arrays(rows), chunk_from_arrays(centre)
-    n = 200
+    n = 120
     counts = np.zeros(4)
     for k in jax.random.split(jax.random.PRNGKey(0), n):
         counts[int(select_kmeanspp(cands, budget=1, key=k, train=train).indices[0])] += 1
@@ -240,3 +240,18 @@ def test_qbc_force_disagreement_definition():
     assert np.all(got_max >= got - 1e-12)
     with pytest.raises(ValueError, match="at least 2 models"):
         qbc_force_disagreement(f[:1], mask)
+
+
+def test_second_call_does_not_recompile(caplog):
+    import logging
+
+    from ntkal.acquisition.selectors import _compiled
+
+    rows, mask = _rows(14, 16, 2, 3)
+    select_maxdist(chunk_from_arrays(rows, mask), budget=6)
+    before = _compiled.cache_info()
+    with jax.log_compiles(True), caplog.at_level(logging.DEBUG):
+        select_maxdist(chunk_from_arrays(rows[::-1].copy(), mask[::-1].copy()), budget=6)
+    after = _compiled.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 1
+    assert not [r for r in caplog.records if "_core" in r.getMessage() and "ompil" in r.getMessage()]
