@@ -40,6 +40,9 @@ def cached_build(cache_dir: str | os.PathLike, key: str,
             return final, json.load(fh)
     os.makedirs(cache_dir, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=cache_dir)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the dataset is shared
     try:
         manifest = build(tmp)
         with open(os.path.join(tmp, MANIFEST), "w") as fh:
