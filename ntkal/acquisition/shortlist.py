@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkal.acquisition._chunk import FeatureChunk, pad_chunk
+from ntkal.acquisition._chunk import FeatureChunk
 from ntkal.acquisition.posterior import Posterior
 from ntkal.acquisition.scores import ScoreConfig, compute_dtype, posterior_arrays, pv_scores
 from ntkal.acquisition.sharding import POOL_AXIS, make_pool_mesh, replicated, sharded
@@ -145,8 +145,8 @@ def streaming_shortlist(
 
       * ``init(r, d) -> ShortlistState`` (empty),
       * ``update(chunk, state) -> state``: scores the chunk (padded to a
-        multiple of the device count) and merges it.  Not jitted itself (it
-        pads in numpy); the sharded kernel inside is jitted once per chunk shape.
+        multiple of the device count) and merges it.  Device arrays stay on
+        device; the sharded kernel inside is jitted once per chunk shape.
     """
     if m <= 0:
         raise ValueError(f"shortlist size m must be positive, got {m}")
@@ -170,18 +170,24 @@ def streaming_shortlist(
         )
 
     def update(chunk: FeatureChunk, state: ShortlistState) -> ShortlistState:
-        rows = np.asarray(chunk.rows)
-        if rows.ndim != 3 or rows.shape[-1] != d:
+        shape = tuple(np.shape(chunk.rows))
+        if len(shape) != 3 or shape[-1] != d:
             raise ValueError(
-                f"feature dimension mismatch: posterior has d={d}, chunk rows have shape {rows.shape}"
+                f"feature dimension mismatch: posterior has d={d}, chunk rows have shape {shape}"
             )
-        if rows.shape[1] != state.rows.shape[1]:
-            raise ValueError(f"row count mismatch: shortlist has r={state.rows.shape[1]}, chunk has r={rows.shape[1]}")
-        n = rows.shape[0]
-        target = max(n_dev, -(-n // n_dev) * n_dev)
-        c = pad_chunk(FeatureChunk(rows.astype(dt), np.asarray(chunk.row_mask, bool),
-                                   np.asarray(chunk.ids, np.int32)), target)
-        return kernel(state, c, chol_inv_t, sigma)
+        if shape[1] != state.rows.shape[1]:
+            raise ValueError(f"row count mismatch: shortlist has r={state.rows.shape[1]}, chunk has r={shape[1]}")
+        # stay on device when the feature map produced device arrays: pad with jnp
+        n = shape[0]
+        pad = max(n_dev, -(-n // n_dev) * n_dev) - n
+        rows = jnp.asarray(chunk.rows, dt)
+        mask = jnp.asarray(chunk.row_mask, bool)
+        ids = jnp.asarray(chunk.ids, jnp.int32)
+        if pad:
+            rows = jnp.pad(rows, ((0, pad), (0, 0), (0, 0)))
+            mask = jnp.pad(mask, ((0, pad), (0, 0)))
+            ids = jnp.pad(ids, (0, pad), constant_values=-1)
+        return kernel(state, FeatureChunk(rows, mask, ids), chol_inv_t, sigma)
 
     return ShortlistFns(init, update)
 
