@@ -57,3 +57,19 @@ def test_energy_only_oracle_has_no_forces():
     out = calculator_oracle(lambda **kw: EMT(), "emt", compute_forces=False).label(
         [Atoms("Cu2", positions=[(0, 0, 0), (0, 0, 2.5)])])
     assert "forces" not in out[0].calc.results and np.isfinite(out[0].get_potential_energy())
+
+
+def test_large_sizes_guarantee_50k_oc20_frames_and_bad_names_raise(tmp_path):
+    from ntkal.datasets import generate, load_split
+    from ntkal.datasets.oc20_like import OC20_LIKE_SIZES
+
+    cfg = OC20_LIKE_SIZES["large"]
+    # rattled copies + MD frames (observers fire at step 0 too) alone, relaxations extra
+    assert sum(cfg.n_systems.values()) * (cfg.n_rattle + cfg.md_steps // cfg.md_every + 1) >= 50_000
+    with pytest.raises(ValueError, match="unknown generator"):
+        generate("oc21", "tiny", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown size"):
+        generate("oc20_like", "huge", cache_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="unknown split"):
+        next(load_split("oc20_like", "val_ood", size="tiny", cache_dir=str(tmp_path)))
+    assert list(tmp_path.iterdir()) == []  # nothing generated for bad arguments
