@@ -4,17 +4,21 @@ Reactions are elementary intramolecular H-transfers (1,2- and 1,3-shifts) of
 small closed-shell C/H/N/O molecules from ASE's g2 set: an H bonded to donor
 D is moved next to acceptor A, the product is relaxed with GFN2-xTB and kept
 only if its bond graph (ASE natural cutoffs x 1.2) is exactly the intended
-one. Each reaction is an NEB of 8 moving images + 2 endpoints (IDPP
-interpolation, ASE ``NEBOptimizer`` ODE, fmax 0.05 eV/Å); every iteration is
-recorded and sub-sampled with the T1x rule: an iteration is kept once the
-cumulative NEB residual (fmax, eV/Å) since the last kept one reaches 0.1
-(the first and last iterations are always kept; endpoints are stored once).
-The ``transition_state`` is the highest-energy image of the final path (no
-climbing image); reactions whose highest image is an endpoint (no barrier,
-e.g. an unstable product) are rejected and listed in the manifest failures.
-Splits are assigned after generation, among the formulas that produced
-reactions, so every split is non-empty. Frames with a pair closer than 0.6 Å, |F| > 30 eV/Å or
-E − E_reactant > 15 eV are dropped (counted in the manifest).
+one; symmetry duplicates (same reactant, same product energy to 1 meV) are
+skipped. Each reaction is an NEB of 8 moving images + 2 endpoints (IDPP
+interpolation, improved tangent, ASE ``NEBOptimizer`` ODE, fmax 0.05 eV/Å);
+every iteration is recorded and sub-sampled with the T1x rule: an iteration
+is kept once the cumulative NEB residual (fmax, eV/Å) since the last kept one
+reaches 0.1 (the first and last iterations are always kept; endpoints are
+stored once). The ``transition_state`` is the highest-energy image of the
+final path (no climbing image); reactions whose highest image is an endpoint
+(no barrier, e.g. an unstable product) are rejected. Frames with a pair
+closer than 0.6 Å, |F| > 30 eV/Å or E − E_reactant > 15 eV are dropped
+(counted per reaction in the manifest).
+
+Stored labels are fresh single points through :func:`~ntkal.datasets.xtb_oracle`
+(its retry ladder applies), not the values of the calculators reused along
+the NEB/MD (whose SCF restarts shift forces by ~1e-5 eV/Å).
 
 Near-equilibrium frames (the pretraining *source*) are short Langevin runs
 (300 K, 0.5 fs) from each relaxed reactant and product, written to a second
@@ -22,8 +26,11 @@ file ``near_equilibrium.h5`` in the same layout (groups ``/data/<formula>/
 eq<NNNN>`` without reactant/TS/product subgroups) with the same split links.
 
 Splits are by formula (``train``/``val``/``test`` SoftLinks to
-``/data/<formula>``). Level-of-theory prefix: ``"GFN2-xTB"``; energies eV,
-forces eV/Å. Requires ``tblite`` and ``OMP_NUM_THREADS=1`` (see oracles).
+``/data/<formula>``), assigned after generation among the formulas that
+produced reactions, so every split is non-empty. Every rejected candidate is
+listed with its reason in ``manifest["failures"]``. Level-of-theory prefix:
+``"GFN2-xTB"``; energies eV, forces eV/Å. Requires ``tblite``; BLAS/OpenMP
+pools are limited to one thread while generating (see :mod:`.oracles`).
 """
 
 from __future__ import annotations
