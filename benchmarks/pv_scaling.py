@@ -31,18 +31,20 @@ All on the 2-core CPU of the dev box, shared with other jobs (load average
 4-10 while these ran, so single timings are noisy by up to ~2x), jax 0.10.2,
 float32 scoring; 2026-11-26.
 
-``python benchmarks/pv_scaling.py --quick``::
+``python benchmarks/pv_scaling.py --quick`` (final code)::
 
        d  r     n_P |  gen s stream s lcmd s ntkal s  RSS MB  dRSS |  naive s  RSS MB
-     256  1    1000 |   0.00     0.04   0.03    0.07     348    10 |     0.47      50
-     256  1    4000 |   0.06     0.03   0.01    0.04     352    17 |     1.20     132
-     256  1   16000 |   0.10     0.10   0.03    0.13     350    25 |    11.65    1144
-     256  9    1000 |   0.05     0.17   0.18    0.35     404    38 |     5.21     457
-     256  9    4000 |   0.23     0.29   0.20    0.49     420    46 |    21.06    1594
-     256  9   16000 |   0.91     0.96   0.16    1.13     415    48 |   (skip)       -
+     256  1    1000 |   0.01     0.03   0.02    0.05     345    12 |     0.04      49
+     256  1    4000 |   0.05     0.07   0.04    0.11     380    26 |     0.60     130
+     256  1   16000 |   0.11     0.13   0.03    0.15     347    20 |     9.19    1132
+     slope: total 0.39, stream 0.53 (largest two sizes 0.45)
+     256  9    1000 |   0.04     0.13   0.14    0.27     423    52 |     4.03     456
+     256  9    4000 |   0.23     0.27   0.17    0.44     422    50 |    18.12    1562
+     256  9   16000 |   0.93     1.06   0.15    1.21     402    34 |   (skip)       -
+     slope: total 0.54, stream 0.77 (largest two sizes 0.98)
 
 ``--sizes 1000,10000,100000,200000 --dims 256 --rs 1 --naive-max-gb 1``
-(before the reshape-GEMM change, same streaming code)::
+(earlier code: same streaming path, pre-OpenBLAS-pinning)::
 
      256  1    1000 |   0.01     0.04   0.03    0.07     347    19 |     0.46      50
      256  1   10000 |   0.04     0.07   0.02    0.10     352    25 |     4.74     500
@@ -50,14 +52,14 @@ float32 scoring; 2026-11-26.
      256  1  200000 |   1.03     0.90   0.02    0.91     356    30 |   (skip)       -
      slope: total 0.52, stream 0.62 (1k-10k dominated by fixed per-call cost)
 
-``--sizes 10000,100000,200000 --dims 512 --rs 1 --naive-max-gb 0.5``::
+``--sizes 10000,100000,200000 --dims 512 --rs 1 --naive-max-gb 0.5`` (earlier code)::
 
      512  1   10000 |   0.10     0.19   0.04    0.24     395    51 |     4.28     510
      512  1  100000 |   1.55     1.65   0.05    1.70     411    52 |   (skip)       -
      512  1  200000 |   1.98     2.54   0.05    2.59     403    58 |   (skip)       -
      slope: total 0.81, stream 0.88 (largest two sizes 0.62)
 
-``--sizes 16000,64000 --dims 256 --rs 9 --naive-max-gb 0``::
+``--sizes 16000,64000 --dims 256 --rs 9 --naive-max-gb 0`` (earlier code)::
 
      256  9   16000 |   0.70     0.62   0.12    0.74     411    26 |   (skip)       -
      256  9   64000 |   2.87     2.85   0.10    2.95     458    81 |   (skip)       -

@@ -68,7 +68,7 @@ from ntkal.acquisition._chunk import FeatureChunk, Selection, masked_rows
 from ntkal.acquisition.posterior import Posterior
 from ntkal.acquisition.scores import ScoreConfig, compute_dtype, posterior_arrays, reduce_rows, whiten
 from ntkal.acquisition.sharding import (
-    POOL_AXIS, gather_picked, global_argmax, local_offset, make_pool_mesh, pad_to_multiple,
+    POOL_AXIS, gather_picked, global_argmax, local_offset, make_pool_mesh,
     replicated, sharded,
 )
 from ntkal.acquisition.structure_kernel import StructureKernel, kernel_cross, kernel_diag, sq_dist_to
@@ -313,10 +313,10 @@ def select_batch(
     if method not in SELECTORS:
         raise ValueError(f"unknown selector {method!r}; choose from {SELECTORS}")
     kernel = StructureKernel(kernel).value
-    rows = np.asarray(candidates.rows)
-    if rows.ndim != 3:
-        raise ValueError(f"candidate rows must be (n, r, d), got shape {rows.shape}")
-    n, r, d = rows.shape
+    shape = tuple(np.shape(candidates.rows))
+    if len(shape) != 3:
+        raise ValueError(f"candidate rows must be (n, r, d), got shape {shape}")
+    n, r, d = shape
     ids = np.asarray(candidates.ids, np.int32)
     n_valid = int(np.sum(ids >= 0))
     if n_valid == 0:
@@ -340,8 +340,11 @@ def select_batch(
             raise ValueError(f"train rows shape {t_rows.shape} incompatible with candidates (r={r}, d={d})")
         t_mask, t_ids = np.asarray(train.row_mask, bool), np.asarray(train.ids, np.int32)
     mesh = make_pool_mesh() if mesh is None else mesh
-    x, m, i = pad_to_multiple([rows.astype(dt), np.asarray(candidates.row_mask, bool), ids],
-                              mesh.devices.size, [0, False, -1])
+    # pad on device (the shortlist usually lives there) to a multiple of the device count
+    pad = max(mesh.devices.size, -(-n // mesh.devices.size) * mesh.devices.size) - n
+    x = jnp.pad(jnp.asarray(candidates.rows, dt), ((0, pad), (0, 0), (0, 0)))
+    m = jnp.pad(jnp.asarray(candidates.row_mask, bool), ((0, pad), (0, 0)))
+    i = jnp.pad(jnp.asarray(ids), (0, pad), constant_values=-1)
     if posterior is not None:
         chol_inv_t, sigma = posterior_arrays(posterior, dt)
     else:
