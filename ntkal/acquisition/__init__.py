@@ -29,7 +29,9 @@ from ntkal.acquisition.sharding import (
 from ntkal.acquisition.shortlist import (
     ShortlistFns, ShortlistState, merge_topk, shortlist_pool, streaming_shortlist,
 )
-from ntkal.acquisition.structure_kernel import StructureKernel, kernel_diag, kernel_to, sq_dist_to
+from ntkal.acquisition.structure_kernel import (
+    StructureKernel, kernel_cross, kernel_diag, kernel_to, sq_dist_to,
+)
 
 __all__ = [
     "FeatureChunk", "Selection", "chunk_from_arrays", "graph_mask", "iterate_chunks",
@@ -43,5 +45,5 @@ __all__ = [
     "select_lcmd", "select_maxdet", "select_maxdiag", "select_maxdist", "select_random",
     "POOL_AXIS", "gather_picked", "global_argmax", "initialize_distributed", "make_pool_mesh",
     "ShortlistFns", "ShortlistState", "merge_topk", "shortlist_pool", "streaming_shortlist",
-    "StructureKernel", "kernel_diag", "kernel_to", "sq_dist_to",
+    "StructureKernel", "kernel_cross", "kernel_diag", "kernel_to", "sq_dist_to",
 ]
