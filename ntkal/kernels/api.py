@@ -27,7 +27,9 @@ class FeatureMap(NamedTuple):
       num_params: P_s for NTK kinds (0 for activation kernels).
       apply_padded: ``apply_padded(params, graph, sizes, salt=None) -> FeatureRows`` —
         jitted, pure; ``sizes`` (:class:`GraphSizes`) is static (changing it recompiles).
-        ``salt`` (n_graph,) ints decorrelates probe tangents across structures.
+        ``salt`` (n_graph,) ints decorrelates probe tangents across structures. A hoisted
+        sketch (see ``KernelConfig.hoist_sketch``) is drawn once by ``make_feature_map`` and
+        held by the map (P_s·d entries); a streamed one is redrawn leaf by leaf in each call.
       apply: ``apply(params, graph, *, sizes=None, salt=None) -> FeatureRows`` — the same, with
         ``sizes`` chosen from a concrete chunk by :func:`graph_sizes` when omitted.
       num_rows: ``num_rows(sizes) -> r``.
@@ -73,7 +75,17 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
                           lambda sizes=None: 1)
 
     fns = ntk_functions(model, config, params)
-    apply_padded = jax.jit(make_ntk_apply(fns, config, kind), static_argnames=("sizes",))
+    inner = jax.jit(make_ntk_apply(fns, config, kind), static_argnames=("sizes",))
+    # A hoisted sketch is drawn once, here, and passed to every call as an argument (not a
+    # compile-time constant): drawing P_s×d normals per chunk would cost more than the
+    # energy-NTK features themselves.
+    blocks = None
+    if fns.sketch.hoist:
+        dtype = jnp.result_type(*fns.selection.take(params))
+        blocks = jax.jit(fns.sketch.blocks, static_argnums=0)(dtype)
+
+    def apply_padded(params, graph, sizes, salt=None):
+        return inner(params, graph, sizes=sizes, salt=salt, blocks=blocks)
 
     def apply(params, graph, *, sizes: GraphSizes | None = None, salt=None) -> FeatureRows:
         if sizes is None:

@@ -141,8 +141,9 @@ def _force_mask(lg, m: int):
 
 
 def make_ntk_apply(fns: NTKFunctions, config: KernelConfig, kind: str) -> Callable:
-    """``apply(params, graph, sizes, salt) -> FeatureRows`` for an NTK ``kind`` (jittable;
-    ``sizes`` static)."""
+    """``apply(params, graph, sizes, salt=None, blocks=None) -> FeatureRows`` for an NTK
+    ``kind`` (jittable; ``sizes`` static). ``blocks``: precomputed sketch blocks
+    (``sketch.blocks(dtype)``), drawn inside the call when omitted."""
     formulation = ForceFormulation(config.formulation)
     k = int(config.num_probes)
     probe_key = jax.random.fold_in(jax.random.key(config.seed), 0x9E3779B9 & 0x7FFFFFFF)
@@ -212,11 +213,14 @@ def make_ntk_apply(fns: NTKFunctions, config: KernelConfig, kind: str) -> Callab
         w_f = jnp.asarray(config.w_force, frows.dtype)
         return (jnp.concatenate([w_e * erow, w_f * frows]), jnp.concatenate([emask, fmask]))
 
-    def apply(params, graph: jraph.GraphsTuple, sizes: GraphSizes, salt=None):
+    def apply(params, graph: jraph.GraphsTuple, sizes: GraphSizes, salt=None, blocks=None):
         local = split_graphs(graph, sizes)
         leaves = fns.selection.take(params)
         dtype = jnp.result_type(*leaves)
-        blocks = fns.sketch.blocks(dtype) if fns.sketch.hoist else None
+        if blocks is not None:
+            blocks = [jnp.asarray(b).astype(dtype) for b in blocks]
+        elif fns.sketch.hoist:
+            blocks = fns.sketch.blocks(dtype)
         m = int(sizes.max_atoms)
         n_graph = graph.n_node.shape[0]
         salt = (jnp.zeros((n_graph,), jnp.uint32) if salt is None
