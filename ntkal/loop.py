@@ -52,7 +52,7 @@ from ntkal.models import MLIP, atomic_write_bytes, energy_and_forces_fn
 from ntkal.train import TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
 
 __all__ = ["LoopConfig", "LoopState", "LoopContext", "make_context", "init_state", "run_round",
-           "run_loop", "save_state", "load_state", "METHODS"]
+           "run_loop", "save_state", "load_state", "scale_training_features", "METHODS"]
 
 METHODS = ("random", "committee") + KINDS
 
@@ -122,7 +122,9 @@ class LoopState(NamedTuple):
       params: current fine-tuned model parameters.
       key: (2,) uint32 raw PRNG key of the run.
       rows: metric records, one per (round, test split).
-      picks: one record per picked structure: round, pool id, acquisition score.
+      picks: one record per picked structure: round, pool id, the selector's score at pick
+        time, its posterior variance ``pv`` (kernel methods; NaN otherwise) and the force MAE
+        (eV/Å) of the model that scored it, ``force_mae_before``.
     """
 
     round: int
@@ -242,6 +244,31 @@ class _Ref:
         self.value = value
 
 
+def scale_training_features(train: FeatureChunk, *, joint_auto: bool):
+    """Joint weights and scale of training features, as used before forming the posterior.
+
+    With ``joint_auto`` (rows = [φ_E; Φ_F] with unit weights) the force rows are multiplied by
+    the trace-equalising w_F, w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖²_F over the training set (the rule of
+    :func:`ntkal.kernels.default_joint_weights`). Then every row is divided by
+    ``scale`` = sqrt(mean per-structure trace ‖Φ(x)‖²_F), so the mean kernel diagonal of the
+    training set is 1 and σ² is relative to it.
+
+    Returns:
+      ``(train_scaled, weights (1, r, 1) or None, scale, w_force or None)``; apply
+      ``rows * weights / scale`` to pool features.
+    """
+    valid = np.asarray(train.ids) >= 0
+    weights, w_force = None, None
+    if joint_auto:
+        sq = np.asarray(jnp.sum(train.rows ** 2, axis=-1))[valid]
+        w_force = float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
+        weights = jnp.asarray([1.0] + [w_force] * (train.rows.shape[1] - 1))[None, :, None]
+        train = train._replace(rows=train.rows * weights.astype(train.rows.dtype))
+    trace = np.asarray(jnp.sum(train.rows ** 2, axis=(1, 2)))[valid]
+    scale = float(np.sqrt(max(trace.mean(), 1e-30)))
+    return train._replace(rows=train.rows / scale), weights, scale, w_force
+
+
 def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, key, budget: int):
     cfg = ctx.config
     params = ctx.pretrained if cfg.featurize_with == "pretrained" else state.params
@@ -251,17 +278,7 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
         kcfg = dataclasses.replace(kcfg, w_energy=1.0, w_force=1.0)
     fmap = _feature_map(ctx.model, kcfg, ctx.pretrained_ref)
     train_all = _concat(list(_feature_chunks(fmap, params, ctx.pool, state.labelled, ctx)))
-    valid = np.asarray(train_all.ids) >= 0
-    weights = None
-    if joint_auto:
-        # Trace-equalising weight (as ntkal.kernels.default_joint_weights): w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖².
-        sq = np.asarray(jnp.sum(train_all.rows ** 2, axis=-1))[valid]
-        w_force = float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
-        weights = jnp.asarray([1.0] + [w_force] * (train_all.rows.shape[1] - 1))[None, :, None]
-        train_all = train_all._replace(rows=train_all.rows * weights.astype(train_all.rows.dtype))
-    trace = np.asarray(jnp.sum(train_all.rows ** 2, axis=(1, 2)))[valid]
-    scale = float(np.sqrt(max(trace.mean(), 1e-30)))
-    train_all = train_all._replace(rows=train_all.rows / scale)
+    train_all, weights, scale, _ = scale_training_features(train_all, joint_auto=joint_auto)
     posterior = fit_posterior([train_all], fmap.dim, noise_var=cfg.noise_var)
     pool_chunks = _feature_chunks(fmap, params, ctx.pool, unlabelled, ctx, scale, weights)
     if ctx.progress:
@@ -273,7 +290,9 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
     selection = select_batch(cfg.selector, short.as_chunk(), budget=budget, key=key, posterior=posterior,
                              train=train_all if cfg.selector in ("lcmd", "maxdist", "kmeanspp") else None,
                              score_config=score_config)
-    return np.asarray(selection.ids, np.int64), np.asarray(selection.scores, np.float64)
+    pv = np.asarray(short.values)[np.asarray(selection.indices)]
+    return (np.asarray(selection.ids, np.int64), np.asarray(selection.scores, np.float64),
+            pv.astype(np.float64))
 
 
 def _committee_picks(state: LoopState, ctx: LoopContext, labelled_structures, unlabelled, key, budget):
@@ -338,6 +357,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     unlabelled = np.setdiff1d(np.arange(len(ctx.pool)), state.labelled)
     t = time.perf_counter()
     budget = cfg.initial if r == 0 else cfg.batch
+    pv = np.full((budget,), np.nan)
     if r == 0 or cfg.method == "random":
         ids = np.sort(np.asarray(jax.random.choice(key, unlabelled, (budget,), replace=False), np.int64))
         scores = np.full((budget,), np.nan)
@@ -345,7 +365,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
         ids, scores = _committee_picks(state, ctx, _labelled_structures(ctx, labelled_atoms), unlabelled,
                                        key, budget)
     else:
-        ids, scores = _kernel_picks(state, ctx, unlabelled, key, budget)
+        ids, scores, pv = _kernel_picks(state, ctx, unlabelled, key, budget)
     times["select_s"] = time.perf_counter() - t
     if len(set(ids.tolist())) != len(ids) or np.isin(ids, state.labelled).any():
         raise RuntimeError(f"round {r}: selector returned duplicate or already-labelled ids {ids}")
@@ -372,8 +392,9 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     times["evaluate_s"] = time.perf_counter() - t
     rows = list(state.rows) + [{"round": r, "n_labels": int(len(labelled)), "split": name, **m, **times}
                                for name, m in metrics.items()]
-    picks = list(state.picks) + [{"round": r, "id": int(i), "score": float(s), "force_mae_before": float(e)}
-                                 for i, s, e in zip(ids, scores, errors_before)]
+    picks = list(state.picks) + [{"round": r, "id": int(i), "score": float(s), "pv": float(v),
+                                  "force_mae_before": float(e)}
+                                 for i, s, v, e in zip(ids, scores, pv, errors_before)]
     return LoopState(r + 1, labelled, params, state.key, rows, picks), labelled_atoms
 
 

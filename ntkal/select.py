@@ -55,7 +55,8 @@ from ntkal.data import (EmptyInputError, InvalidStructureError, atoms_to_structu
                         iterate_chunks)
 from ntkal.kernels import KINDS, KernelConfig, make_feature_map
 from ntkal.kernels.split import GraphSizes
-from ntkal.models import atomic_write_bytes, load_checkpoint
+from ntkal.loop import scale_training_features
+from ntkal.models import atomic_write_bytes, load_pretrained
 
 __all__ = ["SelectSummary", "select_from_files", "add_select_arguments", "main_select",
            "read_frames", "scan_sizes"]
@@ -167,24 +168,6 @@ def _concat(chunks: list[FeatureChunk]) -> FeatureChunk:
     return FeatureChunk(*(jnp.concatenate([getattr(c, f) for c in chunks]) for f in FeatureChunk._fields))
 
 
-def _scale_training(train: FeatureChunk, joint_auto: bool):
-    """Trace-equalising joint weights and the mean-trace scale of the training features.
-
-    Returns:
-      ``(train_scaled, weights (1, r, 1) or None, scale, w_force or None)``.
-    """
-    valid = np.asarray(train.ids) >= 0
-    weights, w_force = None, None
-    if joint_auto:  # w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖² over the training set
-        sq = np.asarray(jnp.sum(train.rows ** 2, axis=-1))[valid]
-        w_force = float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
-        weights = jnp.asarray([1.0] + [w_force] * (train.rows.shape[1] - 1))[None, :, None]
-        train = train._replace(rows=train.rows * weights.astype(train.rows.dtype))
-    trace = np.asarray(jnp.sum(train.rows ** 2, axis=(1, 2)))[valid]
-    scale = float(np.sqrt(max(trace.mean(), 1e-30)))
-    return train._replace(rows=train.rows / scale), weights, scale, w_force
-
-
 def _summary_path(out_path: Path) -> Path:
     return out_path.with_name(out_path.stem + ".summary.json")
 
@@ -252,7 +235,7 @@ def select_from_files(
     out_path = Path(out_path)
     timings = {}
 
-    model, params, _ = load_checkpoint(model_path)
+    model, params, _ = load_pretrained(str(model_path))
     cutoff, elements = model.config.cutoff, model.config.elements
 
     t = time.perf_counter()
@@ -270,7 +253,7 @@ def select_from_files(
 
     t = time.perf_counter()
     train = _concat(list(_feature_chunks(fmap, params, train_path, **featurise)))
-    train, weights, scale, w_force = _scale_training(train, joint_auto=kernel == "joint")
+    train, weights, scale, w_force = scale_training_features(train, joint_auto=kernel == "joint")
     posterior = fit_posterior([train], fmap.dim, noise_var=noise_var)
     timings["train_features_s"] = time.perf_counter() - t
 
@@ -347,7 +330,7 @@ def _write_picked(pool_path, out_path: Path, ids: np.ndarray, scores: np.ndarray
 
 def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``ntkal select`` options to ``parser`` (a subcommand parser)."""
-    parser.add_argument("--model", required=True, help="ntkal checkpoint (.msgpack)")
+    parser.add_argument("--model", required=True, help="ntkal checkpoint (.msgpack) or a shipped pretrained name")
     parser.add_argument("--pool", required=True, help="candidate structures (any ASE-readable file)")
     parser.add_argument("--train", required=True, help="training structures (define the posterior)")
     parser.add_argument("--budget", required=True, type=int, help="number of structures to pick")

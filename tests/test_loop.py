@@ -60,6 +60,7 @@ def test_two_rounds_end_to_end(setup):
     # Kernel picks carry their posterior-variance scores; the initial random picks have none.
     picks = [p for p in state.picks if p["round"] == 1]
     assert len(picks) == 4 and all(np.isfinite(p["score"]) and p["score"] >= 0 for p in picks)
+    assert all(np.isfinite(p["pv"]) and p["pv"] >= 0 for p in picks)
     assert all(np.isnan(p["score"]) for p in state.picks if p["round"] == 0)
 
 

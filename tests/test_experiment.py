@@ -1,0 +1,127 @@
+"""Experiment configs: sweep expansion, error messages, results files, an end-to-end sweep."""
+
+import csv
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import tiny_config
+from ntkal.data import batch_atoms
+from ntkal.data.toy import cu_pt_slab_frames
+from ntkal.experiment import ConfigError, load_sweep, results_table, run_sweep
+from ntkal.models import build_model, save_checkpoint
+
+BASE = """
+name = "t"
+seeds = [0, 1]
+[model]
+checkpoint = "ckpt.msgpack"
+[data]
+dataset = "oc20_like"
+tests = ["val_id", "val_ood_ads"]
+[loop]
+method = ["random", "energy", "joint"]
+selector = ["lcmd", "maxdet"]
+rounds = 1
+[kernel]
+sketch_dim = [32, 64]
+"""
+
+
+def write(tmp_path, text, name="c.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_sweep_expands_cartesian_product_and_merges_irrelevant_axes(tmp_path):
+    points = load_sweep(write(tmp_path, BASE))
+    # random ignores selector and sketch_dim: 1 point; energy, joint: 2 selectors x 2 sketch dims each.
+    per_seed = 1 + 2 * 2 * 2
+    assert len(points) == 2 * per_seed
+    assert {p.loop.seed for p in points} == {0, 1}
+    combos = {(p.loop.method, p.loop.selector, p.loop.kernel.sketch_dim) for p in points
+              if p.loop.method != "random"}
+    assert combos == {(m, s, d) for m in ("energy", "joint") for s in ("lcmd", "maxdet") for d in (32, 64)}
+    # list-valued fields stay lists, not sweep axes
+    assert all(p.data.tests == ("val_id", "val_ood_ads") for p in points)
+    assert len({p.label for p in points}) == per_seed
+
+
+def test_list_of_lists_sweeps_a_list_field(tmp_path):
+    text = BASE.replace('tests = ["val_id", "val_ood_ads"]', 'tests = [["val_id"], ["val_ood_ads"]]')
+    text = text.replace('method = ["random", "energy", "joint"]', 'method = "random"').replace("seeds = [0, 1]", "seeds = [0]")
+    assert sorted(p.data.tests for p in load_sweep(write(tmp_path, text))) == [("val_id",), ("val_ood_ads",)]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t: t.replace("rounds = 1", "roundz = 1"), r"line 12: unknown key 'roundz' in \[loop\]"),
+    (lambda t: t.replace('method = ["random", "energy", "joint"]', 'method = "bogus"'), r"line 10: .*method"),
+    (lambda t: t.replace("sketch_dim = [32, 64]", "sketch_dim = [32, 64"), "invalid TOML"),
+    (lambda t: t.replace('checkpoint = "ckpt.msgpack"', ""), r"missing \[model\] checkpoint"),
+    (lambda t: t + "\n[extra]\nx = 1\n", "unknown top-level key or table 'extra'"),
+])
+def test_config_errors_name_file_and_line(tmp_path, edit, message):
+    path = write(tmp_path, edit(BASE), "bad.toml")
+    with pytest.raises(ConfigError, match=message) as info:
+        load_sweep(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    config = tiny_config(elements=("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
+    model = build_model(config)
+    params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.msgpack"
+    save_checkpoint(path, params, config)
+    return path
+
+
+def test_sweep_runs_end_to_end_and_writes_results(tmp_path, checkpoint):
+    text = f"""
+name = "e2e"
+seeds = [0]
+out = "{tmp_path / 'out'}"
+[model]
+checkpoint = "{checkpoint}"
+[data]
+dataset = "oc20_like"
+size = "tiny"
+cache_dir = "{tmp_path / 'cache'}"
+pool = ["train:24"]
+tests = ["val_id", "val_ood_cat"]
+max_test = 6
+[loop]
+method = ["random", "energy"]
+selector = "maxdet"
+initial = 4
+batch = 3
+rounds = 1
+shortlist = 8
+[kernel]
+sketch_dim = 16
+[train]
+max_epochs = 1
+batch_size = 4
+"""
+    results = run_sweep(write(tmp_path, text), progress=False, log=None)
+    assert [r.config.loop.method for r in results] == ["random", "energy"]
+    data = json.loads((tmp_path / "out" / "results.json").read_text())
+    with open(tmp_path / "out" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == len(data["rows"]) == 2 * 2 * 2  # methods x rounds x splits
+    assert {r["split"] for r in rows} == {"val_id", "val_ood_cat"}
+    assert all(float(r["force_mae"]) > 0 for r in rows)
+    picks = [p for p in data["picks"] if p["method"] == "energy" and p["round"] == 1]
+    assert len(picks) == 3 and len({p["id"] for p in picks}) == 3
+    table = results_table(data["rows"])
+    assert "energy-maxdet-d16" in table and "random" in table
+    # Both methods share round 0 (same seed ⇒ same initial set).
+    first = {p["method"]: sorted(p["id"] for p in data["picks"] if p["round"] == 0 and p["method"] == p["method"])
+             for p in data["picks"]}
+    r0 = {m: sorted(p["id"] for p in data["picks"] if p["round"] == 0 and p["method"] == m) for m in first}
+    assert r0["random"] == r0["energy"]
+    np.testing.assert_equal(len(r0["random"]), 4)
