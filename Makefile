@@ -17,10 +17,10 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 demo: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python experiments/demo_finetune.py
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/ntkal run experiments/configs/quickstart.toml
 
 test: $(STAMP)
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q
+	OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs data_cache

@@ -38,8 +38,13 @@ ELEMENTS = {
     "oc20_like": ("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"),
     "t1x_like": ("H", "C", "N", "O"),
 }
-MODEL = dict(hidden_irreps="32x0e + 8x1o + 4x2e", num_layers=2, lmax=2, num_radial=8, radial_hidden=32,
-             readout_hidden=16, cutoff=4.5)
+MODEL = dict(hidden_irreps="32x0e + 8x1o", num_layers=2, lmax=2, num_radial=8, radial_hidden=32,
+             readout_hidden=16, cutoff=4.0)
+
+
+def split_by_frame(atoms, fraction, rng):
+    held = set(rng.choice(len(atoms), max(1, int(round(fraction * len(atoms)))), replace=False).tolist())
+    return [a for k, a in enumerate(atoms) if k not in held], [a for k, a in enumerate(atoms) if k in held]
 
 
 def split_by_system(atoms, fraction, rng):
@@ -62,6 +67,10 @@ def main() -> None:
     parser.add_argument("--cache-dir", default="data_cache")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "ntkal" / "pretrained")
     parser.add_argument("--name", default=None)
+    parser.add_argument("--val-split", choices=("system", "frame"), default=None,
+                        help="hold out whole systems or random frames (default: system for oc20_like, frame for "
+                             "t1x_like, whose few source molecules make a by-molecule hold-out stop training "
+                             "after 2 epochs)")
     args = parser.parse_args()
     name = args.name or args.dataset
     t0 = time.perf_counter()
@@ -71,7 +80,9 @@ def main() -> None:
                                       cache_dir=args.cache_dir))
     if len(source) > args.max_frames:
         source = [source[i] for i in np.sort(rng.choice(len(source), args.max_frames, replace=False))]
-    train_atoms, val_atoms = split_by_system(source, 0.1, rng)
+    val_split = args.val_split or ("system" if args.dataset == "oc20_like" else "frame")
+    splitter = split_by_system if val_split == "system" else split_by_frame
+    train_atoms, val_atoms = splitter(source, 0.1, rng)
     config = ModelConfig(elements=ELEMENTS[args.dataset], **MODEL)
     to_structures = lambda atoms: [s for _, s in structures_from_atoms(atoms, config.cutoff,
                                                                        elements=config.elements)]
@@ -112,7 +123,7 @@ def main() -> None:
              f"{', '.join(config.symbols)}.", "",
              f"- **Data**: `{args.dataset}` generator, size `{args.size}`, seed {args.seed}; the `pretrain` "
              f"(source) split, {len(train)} training frames and {len(val)} held-out frames "
-             f"(split by system; stored in `{name}.val.extxyz.xz`).",
+             f"(split by {val_split}; stored in `{name}.val.extxyz.xz`).",
              f"- **Model config**: `{json.dumps(config.to_dict())}`",
              f"- **Training**: {train_config}; best epoch {result.best_epoch} of {len(result.history)}.",
              f"- **Command**: `{command}` ({wall:.0f} s on a 2-core CPU).", "",

@@ -182,7 +182,8 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
             tables[section][key] = tuple(value) if isinstance(value, list) else value
         try:
             data = DataConfig(**tables["data"])
-            kernel = KernelConfig(**tables["kernel"])
+            # w_force = 0 means "trace-equalising weight, recomputed each round" (see LoopConfig).
+            kernel = KernelConfig(**{"w_force": 0.0, **tables["kernel"]})
             train = TrainConfig(**tables["train"])
             loop = LoopConfig(**tables["loop"], kernel=kernel, train=train)
         except (TypeError, ValueError) as err:
