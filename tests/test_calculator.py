@@ -8,7 +8,7 @@ import pytest
 from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from ntkal.calculator import NTKALCalculator
 from ntkal.data import batch_atoms
 from ntkal.data.toy import cu_pt_slab_frames

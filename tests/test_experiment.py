@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from ntkal.data import batch_atoms
 from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.experiment import ConfigError, load_sweep, results_table, run_sweep

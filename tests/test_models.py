@@ -8,7 +8,7 @@ from ase import Atoms
 from hypothesis import given, settings, strategies as st
 from scipy.spatial.transform import Rotation
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from ntkal.data import atoms_to_structure, batch_structures
 from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.models import (build_model, count_parameters, energy_and_forces_fn, load_checkpoint,

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from ntkal.data import InvalidStructureError, batch_atoms
 from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.models import build_model, save_checkpoint

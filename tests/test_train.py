@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import tiny_config
+from tiny_models import tiny_config
 from ntkal.data import structures_from_atoms
 from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.models import (adapt_config, build_model, fit_reference_energies, load_checkpoint,

@@ -77,8 +77,9 @@ def maps(setup):
 
 
 ENERGY = dict(kind="energy", sketch_dim=None)
-EXACT = dict(kind="force_exact", sketch_dim=None, direction_batch_size=5)
-PROBE = dict(kind="force_probe", sketch_dim=None, num_probes=4, seed=5)
+# graph_batch_size exercises lax.map over graphs (1: one per step; 2: with a remainder)
+EXACT = dict(kind="force_exact", sketch_dim=None, direction_batch_size=5, graph_batch_size=1)
+PROBE = dict(kind="force_probe", sketch_dim=None, num_probes=4, seed=5, graph_batch_size=2)
 
 
 @pytest.fixture(scope="module")
