@@ -15,9 +15,10 @@
 # `python -m zipfile -e` into a private folder on PYTHONPATH (jraph cannot be imported from a
 # zip on PYTHONPATH, and no pip is needed). Packages already importable are left alone.
 #
-# Stages (each bounded by `timeout`; total device time ~8–10 min incl. compiles):
+# Stages (each bounded by `timeout`: 330 + 120 + 180 s at most, compiles included):
 #   1. N=72 Cu/Pt slabs, 16 structures per chunk: energy, forces, energy-NTK, exact
-#      force-NTK (vjp, jvp; one graph per lax.map step), probe k=4/8/16, joint  -> str/s
+#      force-NTK (vjp; FORMULATIONS="vjp jvp" adds jvp; one graph per lax.map step),
+#      probe k=4/8/16, joint  -> str/s
 #   2. N=72, one structure per call: energy-NTK, probe-8 and exact (the baselines)
 #   3. Spearman of probe-k vs exact force PV on 500 27-atom slabs (k = 4, 8, 16)
 # Every stage prints the peak device memory (jax memory_stats) at its end.
@@ -71,14 +72,16 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 BENCH=("$PY" benchmarks/features.py --dtype float32 --sketch-dim 256 --direction-batch 64)
 
 echo "== stage 1: N=72, 16 structures per chunk =="
-timeout 300 "${BENCH[@]}" --atoms 72 --chunk-size 16 --exact-graph-batch 1 --repeats 3 \
-  --formulations vjp jvp --probes 4 8 16 --spearman 0 || echo "stage 1 failed or timed out ($?)"
+# shellcheck disable=SC2086
+timeout 330 "${BENCH[@]}" --atoms 72 --chunk-size 16 --exact-graph-batch 1 --repeats 3 \
+  --formulations ${FORMULATIONS:-vjp} --probes 4 8 16 --spearman 0 \
+  || echo "stage 1 failed or timed out ($?)"
 
 echo "== stage 2: N=72, one structure per call =="
-timeout 150 "${BENCH[@]}" --atoms 72 --chunk-size 1 --repeats 5 --formulations vjp \
+timeout 120 "${BENCH[@]}" --atoms 72 --chunk-size 1 --repeats 5 --formulations vjp \
   --probes 8 --spearman 0 || echo "stage 2 failed or timed out ($?)"
 
 echo "== stage 3: Spearman, 500 structures =="
-timeout 240 "${BENCH[@]}" --atoms 27 --skip-table --spearman 500 --spearman-train 32 \
+timeout 180 "${BENCH[@]}" --atoms 27 --skip-table --spearman 500 --spearman-train 32 \
   --spearman-atoms 27 --pv-chunk 16 --exact-graph-batch 1 --probes 4 8 16 \
   || echo "stage 3 failed or timed out ($?)"
