@@ -94,6 +94,14 @@ def test_batch_layout_and_masks():
     assert list(g.n_node[:3]) == [12, 12, 12] and g.n_node[3] == 0
     assert g.globals["has_energy"][:3].all() and not g.globals["has_energy"][3:].any()
     np.testing.assert_allclose(g.nodes["forces"][12:24], structures[1].forces)
+    # Graph g's nodes and edges are contiguous, in slot order, and its edges stay inside its nodes
+    # (ntkal.kernels.split_graphs relies on this).
+    node_start = np.concatenate([[0], np.cumsum(g.n_node)[:-1]])
+    edge_start = np.concatenate([[0], np.cumsum(g.n_edge)[:-1]])
+    for k in range(3):
+        e = slice(edge_start[k], edge_start[k] + g.n_edge[k])
+        assert np.all((g.senders[e] >= node_start[k]) & (g.senders[e] < node_start[k] + g.n_node[k]))
+        assert np.all((g.receivers[e] >= node_start[k]) & (g.receivers[e] < node_start[k] + g.n_node[k]))
     # Padded edges point at the last (padding) node.
     n_real = g.n_edge[:-1].sum()
     assert np.all(g.senders[n_real:] == g.nodes["positions"].shape[0] - 1)
