@@ -45,7 +45,7 @@ from tqdm.auto import tqdm
 
 from ntkal.acquisition import (FeatureChunk, ScoreConfig, fit_posterior, qbc_force_disagreement,
                                select_batch, shortlist_pool)
-from ntkal.data import Chunk, Structure, batch_structures, bucket, structures_from_atoms
+from ntkal.data import Structure, batch_structures, bucket, structures_from_atoms
 from ntkal.kernels import KINDS, KernelConfig, make_feature_map
 from ntkal.kernels.split import GraphSizes
 from ntkal.models import MLIP, atomic_write_bytes, energy_and_forces_fn

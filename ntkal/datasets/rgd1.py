@@ -19,6 +19,7 @@ from ase import Atoms
 from ase.data import atomic_numbers as _Z
 from ase.units import Hartree
 
+from ntkal.datasets._hdf5 import open_hdf5
 from ntkal.datasets._errors import DatasetFormatError
 from ntkal.datasets._frames import attach_labels, check_labels
 
@@ -59,12 +60,7 @@ def read_rgd1(path: str | os.PathLike, *, image_kinds: Sequence[str] = ("reactan
       DatasetFormatError: naming the file and group on missing keys or bad shapes.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise DatasetFormatError(path, None, "file does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DatasetFormatError(path, None, f"not a readable HDF5 file ({err})") from err
+    f = open_hdf5(path)
     frame = 0
     with f:
         for key in f.keys():

@@ -25,6 +25,7 @@ import h5py
 import numpy as np
 from ase import Atoms
 
+from ntkal.datasets._hdf5 import open_hdf5
 from ntkal.datasets._errors import DatasetFormatError
 from ntkal.datasets._frames import attach_labels, check_labels
 
@@ -115,12 +116,7 @@ def read_t1x(path: str | os.PathLike, split: str | None = "train", *,
     for k in image_kinds:
         if k not in IMAGE_KINDS:
             raise ValueError(f"unknown image kind {k!r}; expected one of {list(IMAGE_KINDS)}")
-    if not os.path.exists(path):
-        raise DatasetFormatError(path, None, "file does not exist")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as err:
-        raise DatasetFormatError(path, None, f"not a readable HDF5 file ({err})") from err
+    f = open_hdf5(path)
     with f:
         root_key = "data" if split is None else split
         if root_key not in f:

@@ -6,7 +6,6 @@ Every jit compile of an e3nn model costs seconds here, so the tests share one ch
 feature maps (one compile per map and chunk shape).
 """
 
-import dataclasses
 
 import ase.build
 import jax
