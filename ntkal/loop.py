@@ -295,9 +295,10 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
             pv.astype(np.float64))
 
 
-def _committee_picks(state: LoopState, ctx: LoopContext, labelled_structures, unlabelled, key, budget):
+def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, budget):
     cfg = ctx.config
     ef, _ = _jitted(ctx.model)
+    pool_chunks = list(_chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes))
     forces = []
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
     for member in range(cfg.committee_size):
@@ -306,12 +307,12 @@ def _committee_picks(state: LoopState, ctx: LoopContext, labelled_structures, un
         params = fit(ctx.model, ctx.pretrained, [labelled_structures[i] for i in sample], None, train_cfg,
                      progress=False).params
         member_forces = []
-        for chunk_ids, graph in _chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes):
+        for _, graph in pool_chunks:
             _, f = ef(params, graph)
             member_forces.append(_per_graph_forces(np.asarray(f), graph, ctx.sizes.max_atoms))
         forces.append(np.concatenate(member_forces))
     forces = np.stack(forces)  # (members, n_unlabelled_padded, max_atoms, 3)
-    ids = np.concatenate([c for c, _ in _chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes)])
+    ids = np.concatenate([chunk_ids for chunk_ids, _ in pool_chunks])
     mask = np.zeros(forces.shape[1:3], bool)
     for k, i in enumerate(ids):
         if i >= 0:
@@ -362,8 +363,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
         ids = np.sort(np.asarray(jax.random.choice(key, unlabelled, (budget,), replace=False), np.int64))
         scores = np.full((budget,), np.nan)
     elif cfg.method == "committee":
-        ids, scores = _committee_picks(state, ctx, _labelled_structures(ctx, labelled_atoms), unlabelled,
-                                       key, budget)
+        ids, scores = _committee_picks(ctx, _labelled_structures(ctx, labelled_atoms), unlabelled, key, budget)
     else:
         ids, scores, pv = _kernel_picks(state, ctx, unlabelled, key, budget)
     times["select_s"] = time.perf_counter() - t

@@ -11,12 +11,7 @@ from ntkal.acquisition import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _x64():
-    prev = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    yield
-    jax.config.update("jax_enable_x64", prev)
+pytestmark = pytest.mark.usefixtures("x64")  # float64 for the whole module (tests/conftest.py)
 
 
 def _rows(seed, n, r, d, pad_frac=0.3):
