@@ -18,9 +18,19 @@ Methods:
   A = ΦᵀΦ + σ²I; the pool is streamed through the posterior-variance scorer keeping the
   top ``shortlist``; ``selector`` picks the batch from the shortlist.
 
-Feature scale: before the posterior is formed, every feature row is divided by
-sqrt(mean per-structure trace ‖Φ(x)‖²_F over the labelled set), so ``noise_var`` is
-relative to the typical kernel diagonal and means the same for every kernel.
+Feature scale (``feature_norm``, see :mod:`ntkal.acquisition.normalize`): ``"mean_trace"``
+divides every row by sqrt(mean per-structure trace ‖Φ(x)‖²_F over the labelled set);
+``"median_trace"`` uses the median; ``"per_structure"`` normalises each structure's energy and
+force blocks to unit norm (a cosine kernel per block), so the score measures novelty of the
+feature direction, not the feature norm. ``noise_var`` is relative to that unit.
+
+Selector ``varred`` (expected reduction of the pool's total posterior variance) takes the
+whole unlabelled pool as its target set. ``max_force_quantile < 1`` excludes candidates whose
+predicted max |F| (by the featurising model) lies above that quantile of the pool's (a guard
+against picking hard outliers such as early relaxation frames).
+
+With ``featurize_with = "pretrained"`` the features of every pool structure are computed once
+per run and reused in every round (training features are rows of the same array).
 """
 
 from __future__ import annotations
@@ -43,8 +53,9 @@ import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
 
-from ntkal.acquisition import (FeatureChunk, ScoreConfig, fit_posterior, qbc_force_disagreement,
-                               select_batch, shortlist_pool)
+from ntkal.acquisition import (NORMALIZATIONS, FeatureChunk, ScoreConfig, apply_feature_scale,
+                               fit_feature_scale, fit_posterior, qbc_force_disagreement, select_batch,
+                               shortlist_pool, target_second_moment)
 from ntkal.data import Structure, batch_structures, bucket, structures_from_atoms
 from ntkal.kernels import KINDS, KernelConfig, make_feature_map
 from ntkal.kernels.split import GraphSizes
@@ -52,7 +63,8 @@ from ntkal.models import MLIP, atomic_write_bytes, energy_and_forces_fn
 from ntkal.train import TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
 
 __all__ = ["LoopConfig", "LoopState", "LoopContext", "make_context", "init_state", "run_round",
-           "run_loop", "save_state", "load_state", "scale_training_features", "METHODS"]
+           "run_loop", "save_state", "load_state", "scale_training_features", "replay_sample",
+           "round0_fingerprint", "METHODS"]
 
 METHODS = ("random", "committee") + KINDS
 
@@ -67,7 +79,11 @@ class LoopConfig:
       kernel: feature-map settings (its ``kind`` is overridden by ``method``); for
         ``joint`` with ``w_force <= 0`` the trace-equalising weight is computed each round.
       shortlist: m, structures kept by the streaming posterior-variance top-m.
-      noise_var: σ² relative to the mean kernel diagonal of the labelled set.
+      noise_var: σ² relative to the feature unit set by ``feature_norm``.
+      feature_norm: one of :data:`ntkal.acquisition.NORMALIZATIONS`.
+      max_force_quantile: outlier guard; candidates with predicted max |F| above this quantile
+        of the pool's are never picked (1.0 = off).
+      replay: pretraining structures (drawn once per run from ``seed``) added to every fine-tune.
       reduction: per-structure reduction of row variances (``total``, ``mean``, ``max``).
       initial: structures labelled at random in round 0.
       batch: structures acquired per round.
@@ -85,6 +101,9 @@ class LoopConfig:
     kernel: KernelConfig = KernelConfig(kind="joint", sketch_dim=256, num_probes=8, w_force=0.0)
     shortlist: int = 200
     noise_var: float = 1e-2
+    feature_norm: str = "mean_trace"
+    max_force_quantile: float = 1.0
+    replay: int = 0
     reduction: str = "total"
     initial: int = 20
     batch: int = 10
@@ -105,6 +124,12 @@ class LoopConfig:
             raise ValueError(f"finetune_from must be 'current' or 'pretrained', got {self.finetune_from!r}")
         if self.initial < 1 or self.batch < 1 or self.rounds < 0:
             raise ValueError("initial and batch must be >= 1, rounds >= 0")
+        if self.feature_norm not in NORMALIZATIONS:
+            raise ValueError(f"feature_norm must be one of {NORMALIZATIONS}, got {self.feature_norm!r}")
+        if not 0.0 < self.max_force_quantile <= 1.0:
+            raise ValueError(f"max_force_quantile must be in (0, 1], got {self.max_force_quantile}")
+        if self.replay < 0:
+            raise ValueError(f"replay must be >= 0, got {self.replay}")
         if self.method == "committee" and self.committee_size < 2:
             raise ValueError("committee_size must be >= 2")
 
@@ -149,6 +174,9 @@ class LoopContext(NamedTuple):
       config: the :class:`LoopConfig`.
       progress: show progress bars.
       pretrained_ref: identity-hashable handle on ``pretrained`` (cache key for feature maps).
+      replay: labelled pretraining structures replayed in every fine-tune (drawn once per run).
+      cache: per-run store of values that do not change between rounds (pretrained-parameter
+        pool features, predicted max forces); filled lazily, never saved.
     """
 
     model: MLIP
@@ -161,10 +189,13 @@ class LoopContext(NamedTuple):
     config: LoopConfig
     progress: bool
     pretrained_ref: Any
+    replay: Sequence[Structure] = ()
+    cache: dict | None = None
 
 
 def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests: dict,
-                 oracle: Callable, config: LoopConfig, *, progress: bool = True) -> LoopContext:
+                 oracle: Callable, config: LoopConfig, *, progress: bool = True,
+                 replay_atoms: Sequence[ase.Atoms] = (), cache: dict | None = None) -> LoopContext:
     """Validate and graph the pool and test sets once.
 
     Args:
@@ -174,6 +205,12 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
       tests: split name → iterable of labelled ``ase.Atoms``.
       oracle: labelling function.
       config: loop hyper-parameters.
+      replay_atoms: labelled source (pretraining) structures; ``config.replay`` of them are
+        drawn once, from ``config.seed``, and added to every fine-tune.
+      cache: a dict for values that depend only on the model, the pretrained parameters and the
+        pool (pretrained pool features, predicted max forces); pass one dict to the contexts of
+        several runs with the same model, parameters and pool (the seeds and methods of a sweep)
+        to compute them once. Default: a new dict.
     """
     cutoff, elements = model.config.cutoff, model.config.elements
     pool_atoms = list(pool_atoms)
@@ -185,8 +222,22 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         raise ValueError(f"the run needs {config.initial + config.batch * config.rounds} labels but "
                          f"the pool holds only {len(pool)} structures")
     sizes = GraphSizes(bucket(max(s.n_atoms for s in pool)), bucket(max(max(s.n_edges for s in pool), 1)))
+    replay = []
+    if config.replay:
+        replay_atoms = list(replay_atoms)
+        if len(replay_atoms) < config.replay:
+            raise ValueError(f"replay = {config.replay} but only {len(replay_atoms)} replay structures given")
+        pick = replay_sample(len(replay_atoms), config.replay, config.seed)
+        replay = [s for _, s in structures_from_atoms([replay_atoms[i] for i in pick], cutoff,
+                                                      elements=elements, require_labels=True)]
     return LoopContext(model, pretrained, pool, pool_atoms, tests, oracle, sizes, config, progress,
-                       _Ref(pretrained))
+                       _Ref(pretrained), replay, {} if cache is None else cache)
+
+
+def replay_sample(n_available: int, count: int, seed: int) -> np.ndarray:
+    """Indices of the replay sample: ``count`` of ``n_available``, drawn once per run from ``seed``."""
+    rng = np.random.default_rng([seed, 0x5EED])
+    return np.sort(rng.choice(n_available, count, replace=False))
 
 
 def init_state(ctx: LoopContext) -> LoopState:
@@ -269,27 +320,123 @@ def scale_training_features(train: FeatureChunk, *, joint_auto: bool):
     return train._replace(rows=train.rows / scale), weights, scale, w_force
 
 
+def _take(chunk: FeatureChunk, positions: np.ndarray, size: int | None = None) -> FeatureChunk:
+    """Rows of a host-side feature array at ``positions``, padded with empty slots to ``size``."""
+    positions = np.asarray(positions, np.int64)
+    pad = 0 if size is None else size - len(positions)
+    rows, mask, ids = chunk.rows[positions], chunk.row_mask[positions], chunk.ids[positions]
+    if pad > 0:
+        rows = np.concatenate([rows, np.zeros((pad,) + rows.shape[1:], rows.dtype)])
+        mask = np.concatenate([mask, np.zeros((pad,) + mask.shape[1:], bool)])
+        ids = np.concatenate([ids, np.full((pad,), -1, ids.dtype)])
+    return FeatureChunk(rows, mask, ids)
+
+
+def _pool_features(ctx: LoopContext, fmap, params, kcfg: KernelConfig) -> FeatureChunk:
+    """Features of every pool structure (host numpy, id = pool index), computed once per run."""
+    key = ("features", kcfg)
+    if key not in ctx.cache:
+        chunks = _feature_chunks(fmap, params, ctx.pool, np.arange(len(ctx.pool)), ctx)
+        if ctx.progress:
+            chunks = tqdm(chunks, total=-(-len(ctx.pool) // ctx.config.chunk_size),
+                          desc="featurise pool (once)", leave=False)
+        parts = [FeatureChunk(*(np.asarray(x) for x in c)) for c in chunks]
+        rows = np.concatenate([p.rows for p in parts])
+        mask = np.concatenate([p.row_mask for p in parts])
+        ids = np.concatenate([p.ids for p in parts])
+        keep = ids >= 0
+        ctx.cache[key] = FeatureChunk(rows[keep], mask[keep], ids[keep])
+    return ctx.cache[key]
+
+
+def _predicted_fmax(ctx: LoopContext, params, cache_key=None) -> np.ndarray:
+    """(n_pool,) max over free atoms of the predicted |F| (eV/Å) for every pool structure."""
+    if cache_key is not None and cache_key in ctx.cache:
+        return ctx.cache[cache_key]
+    ef, _ = _jitted(ctx.model)
+    out = np.zeros(len(ctx.pool))
+    for chunk_ids, graph in _chunks(ctx.pool, np.arange(len(ctx.pool)), ctx.config.chunk_size, ctx.sizes):
+        _, f = ef(params, graph)
+        f = np.linalg.norm(np.asarray(f), axis=-1)
+        start = 0
+        for i in chunk_ids:
+            if i < 0:
+                break
+            s = ctx.pool[i]
+            part = f[start:start + s.n_atoms][s.free]
+            out[i] = part.max() if part.size else 0.0
+            start += s.n_atoms
+    if cache_key is not None:
+        ctx.cache[cache_key] = out
+    return out
+
+
 def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, key, budget: int):
     cfg = ctx.config
-    params = ctx.pretrained if cfg.featurize_with == "pretrained" else state.params
+    pretrained_features = cfg.featurize_with == "pretrained"
+    params = ctx.pretrained if pretrained_features else state.params
     kcfg = cfg.kernel_config
-    joint_auto = kcfg.kind == "joint" and kcfg.w_force <= 0
-    if joint_auto:  # features with w_E = w_F = 1; the force block is reweighted below
+    joint = kcfg.kind == "joint"
+    joint_auto = joint and kcfg.w_force <= 0
+    per_structure = cfg.feature_norm == "per_structure"
+    if joint and (joint_auto or per_structure):  # unit weights; blocks reweighted below
         kcfg = dataclasses.replace(kcfg, w_energy=1.0, w_force=1.0)
     fmap = _feature_map(ctx.model, kcfg, ctx.pretrained_ref)
-    train_all = _concat(list(_feature_chunks(fmap, params, ctx.pool, state.labelled, ctx)))
-    train_all, weights, scale, _ = scale_training_features(train_all, joint_auto=joint_auto)
+    if pretrained_features:
+        everything = _pool_features(ctx, fmap, params, kcfg)
+        train_raw = _take(everything, state.labelled)
+        pool_raw = (_take(everything, unlabelled[k:k + cfg.chunk_size], cfg.chunk_size)
+                    for k in range(0, len(unlabelled), cfg.chunk_size))
+    else:
+        train_raw = _concat(list(_feature_chunks(fmap, params, ctx.pool, state.labelled, ctx)))
+        pool_raw = _feature_chunks(fmap, params, ctx.pool, unlabelled, ctx)
+    r = train_raw.rows.shape[1]
+    groups = weights = None
+    if joint:
+        groups = (0,) + (1,) * (r - 1)
+        if per_structure:
+            weights = (1.0, 1.0) if joint_auto else (cfg.kernel.w_energy, cfg.kernel.w_force)
+        elif joint_auto:
+            sq = np.asarray(jnp.sum(jnp.asarray(train_raw.rows) ** 2, axis=-1))[np.asarray(train_raw.ids) >= 0]
+            weights = (1.0, float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30))))
+    scale = fit_feature_scale(FeatureChunk(*(np.asarray(x) for x in train_raw)), cfg.feature_norm,
+                              row_groups=groups, group_weights=weights)
+    train_all = apply_feature_scale(train_raw, scale)
     posterior = fit_posterior([train_all], fmap.dim, noise_var=cfg.noise_var)
-    pool_chunks = _feature_chunks(fmap, params, ctx.pool, unlabelled, ctx, scale, weights)
-    if ctx.progress:
+
+    allowed = None
+    if cfg.max_force_quantile < 1.0:
+        fmax = _predicted_fmax(ctx, params, ("fmax",) if pretrained_features else None)
+        allowed = fmax <= np.quantile(fmax, cfg.max_force_quantile)
+    target = np.zeros((fmap.dim, fmap.dim)) if cfg.selector == "varred" else None
+
+    def scaled_chunks():
+        nonlocal target
+        for chunk in pool_raw:
+            chunk = apply_feature_scale(chunk, scale)
+            if target is not None:
+                target += target_second_moment([chunk], fmap.dim)
+            if allowed is not None:
+                ids = np.asarray(chunk.ids)
+                ok = (ids >= 0) & allowed[np.maximum(ids, 0)]
+                chunk = chunk._replace(ids=jnp.asarray(np.where(ok, ids, -1), jnp.int32))
+            yield FeatureChunk(jnp.asarray(chunk.rows), jnp.asarray(chunk.row_mask),
+                               jnp.asarray(chunk.ids, jnp.int32))
+
+    pool_chunks = scaled_chunks()
+    if ctx.progress and not pretrained_features:
         pool_chunks = tqdm(pool_chunks, total=-(-len(unlabelled) // cfg.chunk_size), desc="score pool",
                            leave=False)
-    m = max(min(cfg.shortlist, len(unlabelled)), budget)
+    n_allowed = len(unlabelled) if allowed is None else int(allowed[unlabelled].sum())
+    if n_allowed < budget:
+        raise ValueError(f"max_force_quantile = {cfg.max_force_quantile} leaves {n_allowed} candidates "
+                         f"for a batch of {budget}")
+    m = max(min(cfg.shortlist, n_allowed), budget)
     score_config = ScoreConfig(reduction=cfg.reduction)
     short = shortlist_pool(pool_chunks, posterior, m, score_config=score_config)
     selection = select_batch(cfg.selector, short.as_chunk(), budget=budget, key=key, posterior=posterior,
                              train=train_all if cfg.selector in ("lcmd", "maxdist", "kmeanspp") else None,
-                             score_config=score_config)
+                             score_config=score_config, target_gram=target)
     pv = np.asarray(short.values)[np.asarray(selection.indices)]
     return (np.asarray(selection.ids, np.int64), np.asarray(selection.scores, np.float64),
             pv.astype(np.float64))
@@ -305,7 +452,7 @@ def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, bud
         sample = rng.integers(0, len(labelled_structures), len(labelled_structures))
         train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 7919 * member + 1)
         params = fit(ctx.model, ctx.pretrained, [labelled_structures[i] for i in sample], None, train_cfg,
-                     progress=False).params
+                     replay=ctx.replay, progress=False).params
         member_forces = []
         for _, graph in pool_chunks:
             _, f = ef(params, graph)
@@ -382,7 +529,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     # Realised error of the model that scored the picks (for PV-vs-error calibration).
     errors_before = _pick_errors(ctx, state.params, train_structures[-len(ids):])
     train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * cfg.seed + r)
-    params = fit(ctx.model, start, train_structures, None, train_cfg, progress=False).params
+    params = fit(ctx.model, start, train_structures, None, train_cfg, replay=ctx.replay, progress=False).params
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -478,7 +625,8 @@ def load_state(directory: str | Path) -> tuple[LoopState, list] | None:
 
 
 def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: bool = True,
-             stop_after: int | None = None, log: Callable[[str], None] | None = print) -> LoopState:
+             stop_after: int | None = None, log: Callable[[str], None] | None = print,
+             shared_round0: str | Path | None = None) -> LoopState:
     """Run rounds 0..``rounds``, saving after each; resume from ``directory`` when possible.
 
     Args:
@@ -487,12 +635,21 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
       resume: continue from a saved state in ``directory``.
       stop_after: stop once this many rounds have completed in total (for tests).
       log: receives a one-line summary per round.
+      shared_round0: folder holding the state after round 0 shared by every method of a
+        paired study (same seed, data and fine-tuning: see :func:`round0_fingerprint`); it is
+        loaded instead of recomputed when present and written when computed.
     """
     loaded = load_state(directory) if (directory is not None and resume) else None
     state, labelled_atoms = loaded if loaded else (init_state(ctx), [])
     last = ctx.config.rounds
     while state.round <= last and (stop_after is None or state.round < stop_after):
-        state, labelled_atoms = run_round(state, ctx, labelled_atoms)
+        shared = load_state(shared_round0) if (state.round == 0 and shared_round0 is not None) else None
+        if shared is not None and shared[0].round == 1:
+            state, labelled_atoms = shared
+        else:
+            state, labelled_atoms = run_round(state, ctx, labelled_atoms)
+            if state.round == 1 and shared_round0 is not None:
+                save_state(shared_round0, state, labelled_atoms)
         if directory is not None:
             save_state(directory, state, labelled_atoms)
         if log:
@@ -500,3 +657,18 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
             summary = "  ".join(f"{row['split']} F-MAE {row['force_mae']:.4f}" for row in rows)
             log(f"[{ctx.config.method}] round {state.round - 1}: {len(state.labelled)} labels  {summary}")
     return state
+
+
+#: LoopConfig fields that round 0 (random initial set + first fine-tune) does not depend on.
+_NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "feature_norm",
+                  "max_force_quantile", "reduction", "batch", "rounds", "featurize_with",
+                  "committee_size", "chunk_size")
+
+
+def round0_fingerprint(config: LoopConfig, *extra) -> str:
+    """A hash of everything round 0 depends on (``config`` minus the method's settings, plus
+    ``extra``, e.g. the data and checkpoint): equal fingerprints ⇒ identical round-0 states."""
+    import hashlib
+    base = LoopConfig()
+    same = dataclasses.replace(config, **{f: getattr(base, f) for f in _NOT_IN_ROUND0})
+    return hashlib.sha256(repr((same,) + extra).encode()).hexdigest()[:16]

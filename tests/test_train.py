@@ -1,4 +1,7 @@
-"""Fine-tuning: learning on EMT Cu/Pt slabs, determinism, checkpoint reload."""
+"""Fine-tuning: learning on EMT Cu/Pt slabs, determinism, checkpoint reload, hold-out, schedules, replay."""
+
+import dataclasses
+import logging
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,8 @@ from ntkal.data import structures_from_atoms
 from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.models import (adapt_config, build_model, fit_reference_energies, load_checkpoint,
                           save_checkpoint)
-from ntkal.train import TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
+from ntkal.train import (TrainConfig, evaluate, fit, holdout_split, learning_rate_at, make_batches,
+                         make_error_sums_fn, replay_indices)
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +78,137 @@ def test_empty_training_set_is_an_error(data):
     model, params, _, _ = data
     with pytest.raises(ValueError, match="empty"):
         fit(model, params, [], None, TrainConfig(max_epochs=1))
+
+
+# --- hold-out, schedules, replay, compile sharing -------------------------------------------------
+
+
+def _dense(train):
+    """The training structures with > 256 edges: any ≥ 8 of them pad to the budget of the tests above.
+
+    Fits on them therefore re-use the step compiled there (one e3nn compile costs ~20 s here).
+    """
+    dense = [s for s in train if s.n_edges > 256]
+    assert len(dense) >= 24 and max(s.n_edges for s in dense) * 8 <= 3072
+    return dense
+
+
+def test_holdout_split_is_seeded_disjoint_and_covering():
+    a_train, a_val = holdout_split(20, 0.2, seed=1)
+    b_train, b_val = holdout_split(20, 0.2, seed=1)
+    _, c_val = holdout_split(20, 0.2, seed=2)
+    assert np.array_equal(a_train, b_train) and np.array_equal(a_val, b_val)
+    assert not np.array_equal(a_val, c_val)
+    assert len(a_val) == 4 and len(a_train) == 16
+    assert not set(a_train) & set(a_val) and sorted([*a_train, *a_val]) == list(range(20))
+    assert len(holdout_split(10, 0.01, seed=0)[1]) == 1  # at least one
+    assert len(holdout_split(4, 0.99, seed=0)[1]) == 3  # at least one left to train on
+    for n in range(4):
+        train_idx, val_idx = holdout_split(n, 0.5, seed=0)
+        assert list(train_idx) == list(range(n)) and len(val_idx) == 0
+    assert len(holdout_split(20, 0.0, seed=0)[1]) == 0
+    with pytest.raises(ValueError, match="fraction"):
+        holdout_split(10, 1.0, seed=0)
+
+
+def test_learning_rate_schedules():
+    const = TrainConfig(learning_rate=1e-2, max_epochs=10)
+    assert all(learning_rate_at(const, t) == 1e-2 for t in (0, 0.5, 3, 10))
+    cos = TrainConfig(learning_rate=1e-2, max_epochs=10, schedule="cosine", min_lr_ratio=0.1)
+    values = [learning_rate_at(cos, t) for t in np.linspace(0, 10, 21)]
+    assert values[0] == pytest.approx(1e-2) and values[-1] == pytest.approx(1e-3)
+    assert values[10] == pytest.approx(0.5 * (1e-2 + 1e-3))
+    assert all(np.diff(values) < 0)
+    assert learning_rate_at(cos, 50) == pytest.approx(1e-3)  # clipped past the end
+    warm = TrainConfig(learning_rate=1e-2, max_epochs=10, schedule="warmup_cosine", warmup_epochs=2,
+                       min_lr_ratio=0.05)
+    ramp = [learning_rate_at(warm, t) for t in (0, 1, 2, 6, 10)]
+    assert ramp[0] == pytest.approx(5e-4) and ramp[1] == pytest.approx(0.5 * (5e-4 + 1e-2))
+    assert ramp[2] == pytest.approx(1e-2) == max(learning_rate_at(warm, t) for t in np.linspace(0, 10, 101))
+    assert ramp[3] == pytest.approx(0.5 * (5e-4 + 1e-2)) and ramp[4] == pytest.approx(5e-4)
+    # No epochs left after the warmup: stay at the peak.
+    assert learning_rate_at(dataclasses.replace(warm, max_epochs=2), 2) == pytest.approx(1e-2)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(schedule="linear"), "schedule"), (dict(min_lr_ratio=1.5), "min_lr_ratio"),
+    (dict(warmup_epochs=-1), "warmup_epochs"), (dict(val_fraction=1.0), "val_fraction"),
+    (dict(val_fraction=-0.1), "val_fraction"), (dict(replay_weight=-1.0), "replay_weight"),
+    (dict(batch_size=0), "batch_size"),
+])
+def test_train_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        TrainConfig(**kwargs)
+
+
+def test_replay_indices():
+    assert list(replay_indices(3, 1.0, seed=0, epoch=0)) == [0, 1, 2]
+    assert sorted(replay_indices(3, 2.0, seed=0, epoch=5)) == [0, 0, 1, 1, 2, 2]
+    assert len(replay_indices(3, 0.0, seed=0, epoch=0)) == 0
+    half = [replay_indices(10, 1.5, seed=0, epoch=e) for e in range(3)]
+    assert all(len(h) == 15 and np.all(np.bincount(h, minlength=10) >= 1) for h in half)
+    assert not np.array_equal(half[0], half[1])
+    assert np.array_equal(half[0], replay_indices(10, 1.5, seed=0, epoch=0))
+
+
+def test_fit_with_holdout_returns_best_validation_params(data):
+    model, params, train, _ = data
+    train = _dense(train)
+    config = TrainConfig(max_epochs=3, batch_size=8, learning_rate=5e-3, val_fraction=0.25, patience=100,
+                         seed=1)
+    result = fit(model, params, train[:16], None, config, progress=False)
+    assert (result.n_train, result.n_holdout, result.n_replay) == (12, 4, 0)
+    assert len(result.history) == 3
+    assert all(h["val_n_structures"] == 4 and h["lr"] == 5e-3 for h in result.history)
+    val_losses = [h["val_loss"] for h in result.history]
+    assert result.best_epoch == int(np.argmin(val_losses))
+    # The returned parameters are those after epoch best_epoch: a run stopped there ends on them.
+    again = fit(model, params, train[:16], None, dataclasses.replace(config, max_epochs=result.best_epoch + 1),
+                progress=False)
+    leaves = jax.tree_util.tree_leaves
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(result.params), leaves(again.params)))
+    # An explicit validation set takes precedence over the hold-out.
+    explicit = fit(model, params, train[:8], train[8:12], dataclasses.replace(config, max_epochs=1),
+                   progress=False)
+    assert (explicit.n_train, explicit.n_holdout) == (8, 0)
+
+
+def test_replay_lowers_error_on_replay_structures(data):
+    model, params, train, _ = data
+    train = _dense(train)
+    fine_tune, replay = train[:8], train[8:16]
+    config = TrainConfig(max_epochs=5, batch_size=8, learning_rate=1e-2, seed=0, patience=100)
+    # ``val=replay`` only records the replay-set errors after every epoch (with the shared compiled sums).
+    without = fit(model, params, fine_tune, replay, config, progress=False)
+    with_replay = fit(model, params, fine_tune, replay, config, replay=replay, progress=False)
+    assert (with_replay.n_train, with_replay.n_holdout, with_replay.n_replay) == (8, 0, 8)
+    assert (without.n_train, without.n_holdout, without.n_replay) == (8, 0, 0)
+    err_without = without.history[-1]["val_force_mae"]
+    err_with = with_replay.history[-1]["val_force_mae"]
+    assert err_with < 0.8 * err_without, (err_with, err_without)
+
+
+def test_fits_of_different_sizes_and_schedules_share_one_compiled_step(data, caplog):
+    from ntkal.train.fit import _compiled
+
+    model, params, train, _ = data
+    train = _dense(train)
+    fit(model, params, train[:8], None, TrainConfig(max_epochs=1, batch_size=8), progress=False)
+    before = _compiled.cache_info()
+    other = TrainConfig(max_epochs=2, batch_size=8, learning_rate=1e-3, schedule="warmup_cosine",
+                        warmup_epochs=1, seed=5, patience=3, replay_weight=0.5)
+    with jax.log_compiles(True), caplog.at_level(logging.WARNING):
+        result = fit(model, params, train[8:20], None, other, replay=train[20:24], progress=False)
+        n_fit = len(caplog.records)
+
+        @jax.jit
+        def step(x):  # positive control: a fresh compile of a function named like the train step
+            return x + 1
+
+        step(np.ones(2))
+    after = _compiled.cache_info()
+    assert after.misses == before.misses and after.hits == before.hits + 1
+    compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(step)")]
+    control = [r.getMessage() for r in caplog.records[n_fit:] if r.getMessage().startswith("Compiling jit(step)")]
+    assert control and compiles == control, compiles
+    assert [h["lr"] for h in result.history] == [pytest.approx(5e-5), pytest.approx(1e-3)]

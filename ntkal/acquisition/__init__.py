@@ -12,6 +12,9 @@ from ntkal.acquisition._chunk import (
     FeatureChunk, Selection, chunk_from_arrays, graph_mask, iterate_chunks, masked_rows, pad_chunk,
 )
 from ntkal.acquisition.committee import qbc_force_disagreement
+from ntkal.acquisition.normalize import (
+    NORMALIZATIONS, FeatureScale, apply_feature_scale, fit_feature_scale, structure_traces,
+)
 from ntkal.acquisition.posterior import (
     Posterior, PosteriorConfig, PosteriorFns, PrecisionState, cholesky_with_jitter,
     feature_posterior, fit_posterior,
@@ -21,6 +24,7 @@ from ntkal.acquisition.scores import (
 )
 from ntkal.acquisition.selectors import (
     SELECTORS, make_selector, maxdet_update, select_batch, select_kmeanspp, select_lcmd,
+    target_second_moment, varred_gains,
     select_maxdet, select_maxdiag, select_maxdist, select_random,
 )
 from ntkal.acquisition.sharding import (
@@ -37,12 +41,14 @@ __all__ = [
     "FeatureChunk", "Selection", "chunk_from_arrays", "graph_mask", "iterate_chunks",
     "masked_rows", "pad_chunk",
     "qbc_force_disagreement",
+    "NORMALIZATIONS", "FeatureScale", "apply_feature_scale", "fit_feature_scale", "structure_traces",
     "Posterior", "PosteriorConfig", "PosteriorFns", "PrecisionState", "cholesky_with_jitter",
     "feature_posterior", "fit_posterior",
     "ScoreConfig", "compute_dtype", "posterior_arrays", "pv_rows", "pv_scores", "reduce_rows",
     "whiten",
     "SELECTORS", "make_selector", "maxdet_update", "select_batch", "select_kmeanspp",
     "select_lcmd", "select_maxdet", "select_maxdiag", "select_maxdist", "select_random",
+    "target_second_moment", "varred_gains",
     "POOL_AXIS", "gather_picked", "global_argmax", "initialize_distributed", "make_pool_mesh",
     "ShortlistFns", "ShortlistState", "merge_topk", "shortlist_pool", "streaming_shortlist",
     "StructureKernel", "kernel_cross", "kernel_diag", "kernel_to", "sq_dist_to",

@@ -31,6 +31,22 @@ Deep Batch Active Learning for Regression"):
   default when ``budget r <= d``) ``z`` stays fixed and a blocked pivoted
   Cholesky factor ``c`` (``n x r x budget r``) is grown, with posterior
   covariance ``z_a z_b^T - c_a c_b^T`` -- bmdal's kernel-space MaxDet.
+``varred``
+  Expected reduction of the *total* posterior variance over a target set U
+  (the pool, or a user-given set): greedy I-optimal design. With whitened
+  rows ``z`` and the target's whitened second moment
+  :math:`G = \\sum_{u \\in U} z_u^\\top z_u` (``d x d``, accumulated chunk by
+  chunk, so U is never stored), observing candidate ``x`` lowers
+  :math:`\\sum_u \\mathrm{tr}\\,\\Sigma(u)` by
+
+  .. math:: \\Delta(x) = \\mathrm{tr}\\big((z_x z_x^\\top + \\sigma^2 I)^{-1} z_x G z_x^\\top\\big).
+
+  After each pick the MaxDet update ``z <- z M`` (``M`` symmetric, see above)
+  is applied to the candidates and ``G <- M G M`` to the target, so later
+  picks see the conditioned posterior. Unlike max-PV it prefers candidates
+  whose uncertainty is *shared* with many targets (representative ones) over
+  isolated outliers; a density-weighted max-PV falls out as its first pick.
+  Needs ``posterior`` and ``target_gram`` (:func:`target_second_moment`).
 ``maxdist``
   Greedy farthest point: argmax of the squared distance to the nearest centre.
 ``lcmd``
@@ -84,11 +100,13 @@ __all__ = [
     "select_lcmd",
     "select_kmeanspp",
     "maxdet_update",
+    "target_second_moment",
+    "varred_gains",
 ]
 
-SELECTORS = ("random", "maxdiag", "maxdet", "maxdist", "lcmd", "kmeanspp")
+SELECTORS = ("random", "maxdiag", "maxdet", "varred", "maxdist", "lcmd", "kmeanspp")
 _NEEDS_KEY = ("random", "kmeanspp")
-_NEEDS_POSTERIOR = ("maxdiag", "maxdet")
+_NEEDS_POSTERIOR = ("maxdiag", "maxdet", "varred")
 _DISTANCE = ("maxdist", "lcmd", "kmeanspp")
 _TRAIN_BLOCK = 256
 
@@ -122,7 +140,39 @@ def maxdet_update(z: jnp.ndarray, z_s: jnp.ndarray, noise_var, row_var=None):
     return z_new, jnp.maximum(row_var - jnp.sum(ke * ke / tot, axis=-1), 0.0)
 
 
-def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, budget, n_global,
+def target_second_moment(chunks, dim: int) -> np.ndarray:
+    """``Φ_Uᵀ Φ_U`` (``(d, d)`` float64) over the valid rows of an iterable of chunks.
+
+    The raw (unwhitened) second moment of a target set U; :func:`select_batch` whitens it
+    with the posterior (``G = σ² L⁻¹ Φ_UᵀΦ_U L⁻ᵀ``). Streams: memory ``O(d²)``.
+    """
+    out = np.zeros((dim, dim), np.float64)
+    for chunk in chunks:
+        rows = np.asarray(chunk.rows, np.float64)
+        keep = np.asarray(chunk.row_mask, bool) & (np.asarray(chunk.ids) >= 0)[:, None]
+        x = rows[keep]
+        out += x.T @ x
+    return out
+
+
+def varred_gains(z: jnp.ndarray, gram: jnp.ndarray, noise_var, row_ok: jnp.ndarray) -> jnp.ndarray:
+    """Total-variance reduction over the target of observing each candidate, ``(n,)``.
+
+    Args:
+      z: ``(n, r, d)`` whitened candidate rows.
+      gram: ``(d, d)`` whitened target second moment ``G``.
+      noise_var: σ².
+      row_ok: ``(n, r)`` valid rows (invalid rows are ignored: they are observed by nobody).
+    """
+    n, r, d = z.shape
+    zm = jnp.where(row_ok[..., None], z, 0.0)
+    zg = (zm.reshape(n * r, d) @ gram).reshape(n, r, d)
+    b = jnp.einsum("nid,njd->nij", zg, zm)  # z G zᵀ
+    k = jnp.einsum("nid,njd->nij", zm, zm) + noise_var * jnp.eye(r, dtype=z.dtype)[None]
+    return jnp.trace(jnp.linalg.solve(k, b), axis1=-2, axis2=-1)
+
+
+def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, tgram, *, method, budget, n_global,
           kernel, score_config, use_posterior, maxdet_impl):
     nl = x.shape[0]
     off = local_offset(nl)
@@ -156,6 +206,28 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, *, method, bu
             return record(carry, t, crit, crit)[0]
 
         out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0))
+        return out[1], out[2]
+
+    if method == "varred":
+        noise_var = sigma * sigma
+        # whitened target moment G = σ² L⁻¹ M L⁻ᵀ = chol_inv_t-transformed (row convention)
+        g0 = noise_var * (chol_inv_t.T @ tgram @ chol_inv_t)
+
+        def body_v(t, carry):
+            z_, g_ = carry[3:]
+            crit = varred_gains(z_, g_, noise_var, row_ok)
+            carry, gp = record(carry, t, crit, crit)
+            z_s = gather_picked(z_, gp)
+            gram = z_s @ z_s.T
+            mu, e = jnp.linalg.eigh(0.5 * (gram + gram.T))
+            mu = jnp.maximum(mu, 0.0)
+            tot = mu + noise_var
+            rho = 1.0 / (tot * (1.0 + jnp.sqrt(noise_var / tot)))
+            m_ = jnp.eye(z_s.shape[1], dtype=dt) - z_s.T @ ((e * rho) @ e.T) @ z_s  # (d, d), symmetric
+            z_new = (z_.reshape(-1, z_.shape[-1]) @ m_).reshape(z_.shape)
+            return carry[:3] + (z_new, m_ @ g_ @ m_)
+
+        out = jax.lax.fori_loop(0, budget, body_v, (sel0, picks0, scores0, z, g0))
         return out[1], out[2]
 
     if method == "maxdet":
@@ -265,7 +337,7 @@ def _compiled(method, budget, n_global, kernel, score_config, use_posterior, max
                              score_config=score_config, use_posterior=use_posterior,
                              maxdet_impl=maxdet_impl)
     sh, rep = sharded(POOL_AXIS), replicated()
-    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(sh, sh, sh, rep, rep, rep, rep, rep, rep),
+    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(sh, sh, sh, rep, rep, rep, rep, rep, rep, rep),
                                  out_specs=(rep, rep), check_vma=False))
 
 
@@ -282,6 +354,7 @@ def select_batch(
     mesh=None,
     dtype=None,
     maxdet_impl: str = "auto",
+    target_gram=None,
 ) -> Selection:
     """Select ``budget`` candidates with ``method`` (see module docstring).
 
@@ -302,6 +375,9 @@ def select_batch(
         ``"kernel"`` (blocked pivoted Cholesky, memory ``O(n r^2 budget)``,
         fewer passes over the data) or ``"auto"`` (kernel if ``budget r <= d``).
         Same picks up to rounding.
+      target_gram: ``varred`` only: ``(d, d)`` raw second moment ``Φ_UᵀΦ_U`` of the target
+        set in the same (scaled) feature space as the candidates
+        (:func:`target_second_moment`).
 
     Returns:
       :class:`Selection` with ``(budget,)`` indices, ids and per-pick scores.
@@ -329,6 +405,10 @@ def select_batch(
         raise ValueError(f"selector {method!r} needs a posterior (fit_posterior([], d, noise_var=...) for the prior)")
     if posterior is not None and posterior.dim != d:
         raise ValueError(f"feature dimension mismatch: posterior has d={posterior.dim}, candidates have d={d}")
+    if method == "varred" and target_gram is None:
+        raise ValueError("selector 'varred' needs target_gram (target_second_moment(pool_chunks, d))")
+    if target_gram is not None and np.shape(target_gram) != (d, d):
+        raise ValueError(f"target_gram must be ({d}, {d}), got {np.shape(target_gram)}")
     if train is not None and method not in _DISTANCE:
         raise ValueError(f"train features only apply to {_DISTANCE}; for {method!r} put them in the posterior")
     dt = compute_dtype(dtype)
@@ -354,7 +434,8 @@ def select_batch(
         raise ValueError(f"maxdet_impl must be 'auto', 'feature' or 'kernel', got {maxdet_impl!r}")
     fn = _compiled(method, int(budget), x.shape[0], kernel, score_config, posterior is not None,
                    maxdet_impl, mesh)
-    idx, scores = fn(x, m, i, t_rows, t_mask, t_ids, key, chol_inv_t, sigma)
+    tgram = jnp.zeros((d, d), dt) if target_gram is None else jnp.asarray(target_gram, dt)
+    idx, scores = fn(x, m, i, t_rows, t_mask, t_ids, key, chol_inv_t, sigma, tgram)
     return Selection(idx, jnp.asarray(ids)[idx], scores)
 
 

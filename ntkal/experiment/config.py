@@ -49,6 +49,7 @@ class DataConfig:
       max_test: at most this many structures per test split (random, seeded); 0 = all.
       oracle: ``"stored"`` (the reference labels computed when the dataset was generated
         by the same calculator), ``"emt"`` or ``"xtb"`` (recompute).
+      replay_split: split the loop's ``replay`` sample is drawn from (the pretraining data).
     """
 
     dataset: str = "oc20_like"
@@ -60,6 +61,7 @@ class DataConfig:
     tests: tuple[str, ...] = ("val_id",)
     max_test: int = 0
     oracle: str = "stored"
+    replay_split: str = "pretrain"
 
     def __post_init__(self):
         for name in ("pool", "tests"):
@@ -189,8 +191,11 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
         except (TypeError, ValueError) as err:
             key = next((k for k in _keys_in(str(err)) if _line_of(text, k)), None)
             _fail(source, text, key, str(err))
-        if loop.method in ("random", "committee"):  # kernel/selector are irrelevant
-            loop = dataclasses.replace(loop, kernel=KernelConfig(), selector="lcmd")
+        if loop.method in ("random", "committee"):  # kernel/selector/score settings are irrelevant
+            base = LoopConfig()
+            loop = dataclasses.replace(loop, kernel=KernelConfig(), selector="lcmd", **{
+                f: getattr(base, f) for f in ("shortlist", "noise_var", "feature_norm",
+                                              "max_force_quantile", "reduction", "featurize_with")})
         point = ExperimentConfig(name=str(raw["name"]), checkpoint=str(model["checkpoint"]), data=data,
                                  loop=loop, out=str(raw.get("out", f"runs/{raw['name']}")), source=source)
         if point not in seen:
@@ -220,4 +225,15 @@ def sweep_label(config: ExperimentConfig) -> str:
             parts.append(f"k{k.num_probes}")
         if loop.method == "joint" and k.w_force > 0:
             parts.append(f"wf{k.w_force:g}")
+        norm = {"median_trace": "med", "per_structure": "cos"}.get(loop.feature_norm)
+        if norm:
+            parts.append(norm)
+        if loop.noise_var != LoopConfig.noise_var:
+            parts.append(f"s{loop.noise_var:g}")
+        if loop.max_force_quantile < 1:
+            parts.append(f"fq{loop.max_force_quantile:g}")
+        if loop.featurize_with == "pretrained":
+            parts.append("pre")
+    if loop.replay:
+        parts.append(f"rp{loop.replay}")
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", "-".join(str(p) for p in parts))

@@ -12,7 +12,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from ntkal.experiment.config import DataConfig, ExperimentConfig, load_sweep
-from ntkal.loop import make_context, run_loop
+from ntkal.loop import make_context, round0_fingerprint, run_loop
 from ntkal.models import atomic_write_bytes, load_pretrained
 
 __all__ = ["Results", "run", "run_sweep", "load_data", "make_oracle", "write_results"]
@@ -88,11 +88,22 @@ def _columns(config: ExperimentConfig) -> dict:
         "selector": loop.selector if kernel_used else "", "sketch_dim": k.sketch_dim if kernel_used else "",
         "num_probes": k.num_probes if kernel_used else "", "seed": loop.seed, "dataset": config.data.dataset,
         "size": config.data.size,
+        "feature_norm": loop.feature_norm if kernel_used else "",
+        "noise_var": loop.noise_var if kernel_used else "", "replay": loop.replay,
     }
 
 
+def load_replay(data: DataConfig, *, progress: bool = True) -> list:
+    """Labelled source structures for replay (the whole ``data.replay_split``)."""
+    from ntkal import datasets
+
+    return list(datasets.load_split(data.dataset, data.replay_split, size=data.size, seed=data.seed,
+                                    cache_dir=data.cache_dir, progress=progress))
+
+
 def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume: bool = True,
-        progress: bool = True, log: Callable[[str], None] | None = print) -> Results:
+        progress: bool = True, log: Callable[[str], None] | None = print,
+        shared_round0: str | Path | None = None, cache: dict | None = None) -> Results:
     """Run one sweep point end to end.
 
     Args:
@@ -101,13 +112,17 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
       resume: continue from a saved state in ``directory``.
       progress: progress bars.
       log: one-line summaries.
+      shared_round0: folder for the round-0 state shared by the methods of a paired study.
+      cache: per-pool cache shared by points with the same checkpoint and data (see
+        :func:`ntkal.loop.make_context`).
     """
     t0 = time.perf_counter()
     model, params, _ = load_pretrained(config.checkpoint)
     pool, tests = load_data(config.data, progress=progress)
+    replay = load_replay(config.data, progress=progress) if config.loop.replay else ()
     ctx = make_context(model, params, pool, tests, make_oracle(config.data.oracle), config.loop,
-                       progress=progress)
-    state = run_loop(ctx, directory, resume=resume, log=log)
+                       progress=progress, replay_atoms=replay, cache=cache)
+    state = run_loop(ctx, directory, resume=resume, log=log, shared_round0=shared_round0)
     columns = _columns(config)
     rows = [{**columns, **row} for row in state.rows]
     picks = [{**columns, **pick} for pick in state.picks]
@@ -134,15 +149,22 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
               log: Callable[[str], None] | None = print) -> list[Results]:
     """Run every point of the config at ``path``; results are rewritten after each point.
 
-    Each point keeps its resumable state in ``<out>/points/<label>-seed<k>/``.
+    Each point keeps its resumable state in ``<out>/points/<label>-seed<k>/``. Points whose
+    round 0 is identical (same seed, data, checkpoint and fine-tuning: a paired study) share it
+    through ``<out>/points/_round0-seed<k>-<fingerprint>/``: it is computed once.
     """
     points = load_sweep(path)
     out_dir = Path(out or points[0].out)
     results = []
+    caches: dict = {}  # (checkpoint, data) -> per-pool cache shared by the points using that pool
     for k, point in enumerate(points):
         if log:
             log(f"== point {k + 1}/{len(points)}: {point.label} seed {point.loop.seed}")
         directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
-        results.append(run(point, directory=directory, resume=resume, progress=progress, log=log))
+        fingerprint = round0_fingerprint(point.loop, point.checkpoint, point.data)
+        shared = out_dir / "points" / f"_round0-seed{point.loop.seed}-{fingerprint}"
+        cache = caches.setdefault((point.checkpoint, point.data), {})
+        results.append(run(point, directory=directory, resume=resume, progress=progress, log=log,
+                           shared_round0=shared, cache=cache))
         write_results(results, out_dir)
     return results

@@ -1,7 +1,11 @@
 """Fine-tuning with optax: minibatches over fixed-budget padded chunks, early stopping.
 
 Every minibatch is padded to one budget (derived from the largest structures of
-the training set), so a whole training run compiles one step function.
+the training, validation and replay sets), so a whole training run compiles one
+step function. The learning rate is a traced argument of that step (evaluated on
+the host by :func:`ntkal.train.learning_rate_at`), so fits that differ only in
+learning rate, schedule, epochs, patience, seed, hold-out or replay settings, or
+in the number of structures, share the compile.
 """
 
 from __future__ import annotations
@@ -21,8 +25,10 @@ from ntkal.data.structure import Structure
 from ntkal.models.mlip import MLIP
 from ntkal.train.loss import make_loss_fn
 from ntkal.train.metrics import evaluate, make_error_sums_fn
+from ntkal.train.schedule import SCHEDULES, holdout_split, learning_rate_at
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "make_batches", "batch_budget", "make_optimizer"]
+__all__ = ["TrainConfig", "TrainResult", "fit", "make_batches", "batch_budget", "make_optimizer",
+           "replay_indices"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,14 +36,24 @@ class TrainConfig:
     """Hyper-parameters of :func:`fit`.
 
     Attributes:
-      learning_rate: Adam step size.
-      max_epochs: upper bound on passes over the training set.
+      learning_rate: peak Adam step size.
+      max_epochs: upper bound on passes over the training set (also the length of the cosine decay).
       batch_size: structures per optimisation step.
       energy_weight: weight of the per-atom energy MSE ((eV/atom)⁻²).
       force_weight: weight of the force-component MSE ((eV/Å)⁻²).
       patience: stop after this many epochs without validation improvement.
       grad_clip: global-norm gradient clipping (0 disables).
-      seed: shuffling seed; same seed and data ⇒ same parameters.
+      seed: shuffling (and hold-out) seed; same seed and data ⇒ same parameters.
+      val_fraction: with no explicit validation set, hold out ``max(1, round(val_fraction · n))``
+        of the ``n`` training structures (none if ``n < 4``) for early stopping; in ``[0, 1)``.
+      schedule: ``"constant"``, ``"cosine"`` or ``"warmup_cosine"``, evaluated per step by
+        :func:`ntkal.train.learning_rate_at`.
+      min_lr_ratio: final (and warmup-start) learning rate as a fraction of ``learning_rate``; in ``[0, 1]``.
+      warmup_epochs: length of the linear warmup of ``"warmup_cosine"`` (epochs, ≥ 0).
+      replay_weight: expected number of times each replay structure is drawn per epoch (≥ 0):
+        ``floor(w)`` copies of every replay structure plus a seeded random ``round(frac(w) · n_replay)``
+        of them. This is a sampling weight, not a loss weight (the loss stays a plain mean over
+        the structures of a batch), so changing it never recompiles.
     """
 
     learning_rate: float = 2e-3
@@ -48,6 +64,27 @@ class TrainConfig:
     patience: int = 10
     grad_clip: float = 10.0
     seed: int = 0
+    val_fraction: float = 0.0
+    schedule: str = "constant"
+    min_lr_ratio: float = 0.05
+    warmup_epochs: int = 1
+    replay_weight: float = 1.0
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"TrainConfig: batch_size must be ≥ 1, got {self.batch_size}")
+        if self.max_epochs < 0:
+            raise ValueError(f"TrainConfig: max_epochs must be ≥ 0, got {self.max_epochs}")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise ValueError(f"TrainConfig: val_fraction must be in [0, 1), got {self.val_fraction}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"TrainConfig: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"TrainConfig: warmup_epochs must be ≥ 0, got {self.warmup_epochs}")
+        if not (math.isfinite(self.replay_weight) and self.replay_weight >= 0.0):
+            raise ValueError(f"TrainConfig: replay_weight must be finite and ≥ 0, got {self.replay_weight}")
 
 
 class TrainResult(NamedTuple):
@@ -55,14 +92,22 @@ class TrainResult(NamedTuple):
 
     Attributes:
       params: parameters of the epoch with the best validation loss (last epoch without validation).
-      history: one dict per epoch: ``epoch``, ``train_loss`` and, with validation, the
-        metrics of :func:`ntkal.train.evaluate` prefixed ``val_`` and ``val_loss``.
+      history: one dict per epoch: ``epoch``, ``lr`` (learning rate of the epoch's first step),
+        ``train_loss`` (mean over the epoch's batches, replay included) and, with validation
+        (explicit or held out), the metrics of :func:`ntkal.train.evaluate` prefixed ``val_``
+        and ``val_loss``.
       best_epoch: epoch whose parameters were returned.
+      n_train: structures of ``train`` trained on (after the hold-out).
+      n_holdout: structures of ``train`` held out for early stopping (0 with an explicit ``val``).
+      n_replay: replay structures given.
     """
 
     params: Any
     history: list
     best_epoch: int
+    n_train: int = 0
+    n_holdout: int = 0
+    n_replay: int = 0
 
 
 def batch_budget(structures: Sequence[Structure], batch_size: int) -> tuple[int, int]:
@@ -83,33 +128,50 @@ def make_batches(structures: Sequence[Structure], batch_size: int, order: np.nda
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam (optionally clipped) on ``params["net"]``; reference energies ``e0`` stay frozen."""
-    adam = optax.adam(config.learning_rate)
-    if config.grad_clip > 0:
-        adam = optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
-    return optax.multi_transform({"train": adam, "freeze": optax.set_to_zero()},
-                                 lambda params: {"net": jax.tree_util.tree_map(lambda _: "train", params["net"]),
-                                                 "e0": "freeze"})
+    """Adam (optionally clipped) on ``params["net"]``; reference energies ``e0`` stay frozen.
+
+    The learning rate is an injected hyper-parameter: it starts at ``config.learning_rate``
+    and lives in ``opt_state.hyperparams["learning_rate"]``, which :func:`fit` overwrites
+    every step with the scheduled value (a traced scalar, so no recompilation).
+    """
+
+    def build(learning_rate):
+        adam = optax.adam(learning_rate)
+        if config.grad_clip > 0:
+            adam = optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
+        return optax.multi_transform(
+            {"train": adam, "freeze": optax.set_to_zero()},
+            lambda params: {"net": jax.tree_util.tree_map(lambda _: "train", params["net"]), "e0": "freeze"})
+
+    return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
+
+
+#: Fields that only the host loop reads; :func:`_static_part` resets them so the compile is shared.
+_DYNAMIC_FIELDS = ("learning_rate", "max_epochs", "patience", "seed", "val_fraction", "schedule",
+                   "min_lr_ratio", "warmup_epochs", "replay_weight")
 
 
 def _static_part(config: TrainConfig) -> TrainConfig:
-    """The fields that shape the compiled step (others are reset so the cache is shared)."""
-    return dataclasses.replace(config, max_epochs=0, patience=0, seed=0)
+    """The fields that shape the compiled step (the others are reset to defaults so the cache is shared)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in _DYNAMIC_FIELDS}
+    return dataclasses.replace(config, **defaults)
 
 
 @functools.lru_cache(maxsize=32)
 def _compiled(model: MLIP, config: TrainConfig):
-    """Optimizer, jitted train step and jitted error sums, cached per (model, config).
+    """Optimizer, jitted train step and jitted error sums, cached per (model, static config).
 
     Re-using one ``MLIP`` object across calls (e.g. the rounds of active learning)
-    therefore compiles the step once.
+    therefore compiles the step once (per padding budget).
     """
     loss_fn = make_loss_fn(model.energy, energy_weight=config.energy_weight,
                            force_weight=config.force_weight)
     optimizer = make_optimizer(config)
 
     @jax.jit
-    def step(params, opt_state, graph):
+    def step(params, opt_state, graph, learning_rate):
+        """One Adam step at ``learning_rate`` (traced scalar) → (params, opt_state, loss)."""
+        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": learning_rate})
         (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, graph)
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
@@ -117,16 +179,34 @@ def _compiled(model: MLIP, config: TrainConfig):
     return optimizer, step, jax.jit(make_error_sums_fn(model.energy))
 
 
+def replay_indices(n_replay: int, weight: float, seed: int, epoch: int) -> np.ndarray:
+    """Replay structures drawn for one epoch (indices into the replay set, int64).
+
+    ``floor(weight)`` copies of every index plus ``round(frac(weight) · n_replay)`` distinct
+    indices drawn without replacement by a generator seeded with ``(seed, epoch)``.
+    """
+    copies = int(math.floor(weight))
+    extra = int(round((weight - copies) * n_replay))
+    drawn = np.random.default_rng([seed, epoch]).choice(n_replay, extra, replace=False) if extra else []
+    return np.concatenate([np.tile(np.arange(n_replay), copies), drawn]).astype(np.int64)
+
+
 def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure] | None = None,
-        config: TrainConfig = TrainConfig(), *, progress: bool = True) -> TrainResult:
+        config: TrainConfig = TrainConfig(), *, replay: Sequence[Structure] = (),
+        progress: bool = True) -> TrainResult:
     """Fine-tune ``params`` on labelled ``train`` structures.
 
     Args:
       model: the MLIP.
       params: starting parameters (e.g. a pretrained checkpoint).
       train: labelled structures (energy and/or forces).
-      val: validation structures for early stopping (optional).
+      val: validation structures for early stopping (optional). Without them and with
+        ``config.val_fraction > 0``, a seeded hold-out of ``train`` (:func:`holdout_split`
+        with ``config.seed``) is used instead; test data is never touched here.
       config: hyper-parameters.
+      replay: labelled structures (e.g. a fixed sample of the pretraining data) added to
+        the training data of every epoch (``config.replay_weight`` draws each on average),
+        shuffled together with ``train``; never held out, never validated on.
       progress: show a tqdm bar over epochs.
 
     Returns:
@@ -134,9 +214,18 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
     """
     if not train:
         raise ValueError("fit: the training set is empty")
+    train, replay = list(train), list(replay)
+    n_holdout = 0
+    if not val and config.val_fraction > 0:
+        train_idx, holdout_idx = holdout_split(len(train), config.val_fraction, config.seed)
+        val = [train[i] for i in holdout_idx]
+        train = [train[i] for i in train_idx]
+        n_holdout = len(val)
+    val = list(val or [])
+
     optimizer, step, sums_fn = _compiled(model, _static_part(config))
-    everything = list(train) + list(val or [])
-    budget = batch_budget(everything, config.batch_size)
+    pool = train + replay  # train indices first, then replay
+    budget = batch_budget(pool + val, config.batch_size)
     val_batches = make_batches(val, config.batch_size, budget=budget) if val else None
 
     opt_state = optimizer.init(params)
@@ -145,12 +234,19 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
     history = []
     bar = tqdm(range(config.max_epochs), desc="fit", disable=not progress, leave=False)
     for epoch in bar:
-        order = np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), len(train)))
+        items = np.arange(len(train))
+        if replay:
+            items = np.concatenate([items, len(train) + replay_indices(len(replay), config.replay_weight,
+                                                                     config.seed, epoch)])
+        order = items[np.asarray(jax.random.permutation(jax.random.fold_in(key, epoch), len(items)))]
+        batches = make_batches(pool, config.batch_size, order, budget)
         losses = []
-        for graph in make_batches(train, config.batch_size, order, budget):
-            params, opt_state, loss = step(params, opt_state, graph)
+        for k, graph in enumerate(batches):
+            lr = learning_rate_at(config, epoch + k / len(batches))
+            params, opt_state, loss = step(params, opt_state, graph, np.float32(lr))
             losses.append(loss)
-        record = {"epoch": epoch, "train_loss": float(np.mean(jax.device_get(losses)))}
+        record = {"epoch": epoch, "lr": learning_rate_at(config, epoch),
+                  "train_loss": float(np.mean(jax.device_get(losses)))}
         if val_batches:
             metrics = evaluate(sums_fn, params, val_batches)
             val_loss = (config.energy_weight * np.nan_to_num(metrics["energy_rmse_per_atom"]) ** 2
@@ -164,4 +260,5 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
         history.append(record)
         if val_batches and epoch - best[2] >= config.patience:
             break
-    return TrainResult(params=best[1], history=history, best_epoch=best[2])
+    return TrainResult(params=best[1], history=history, best_epoch=best[2], n_train=len(train),
+                       n_holdout=n_holdout, n_replay=len(replay))
