@@ -54,9 +54,9 @@ from flax import serialization
 from tqdm.auto import tqdm
 
 from ntkal.acquisition import (NORMALIZATIONS, FeatureChunk, ScoreConfig, apply_feature_scale,
-                               fit_feature_scale, fit_posterior, qbc_force_disagreement, select_batch,
+                               evidence_noise_var, fit_feature_scale, fit_posterior, qbc_force_disagreement, select_batch,
                                shortlist_pool, target_second_moment)
-from ntkal.data import Structure, batch_structures, bucket, structures_from_atoms
+from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
 from ntkal.kernels import KINDS, KernelConfig, make_feature_map
 from ntkal.kernels.split import GraphSizes
 from ntkal.models import MLIP, atomic_write_bytes, energy_and_forces_fn
@@ -79,7 +79,14 @@ class LoopConfig:
       kernel: feature-map settings (its ``kind`` is overridden by ``method``); for
         ``joint`` with ``w_force <= 0`` the trace-equalising weight is computed each round.
       shortlist: m, structures kept by the streaming posterior-variance top-m.
-      noise_var: σ² relative to the feature unit set by ``feature_norm``.
+      noise_var: σ² relative to the feature unit set by ``feature_norm`` (``noise_rule="fixed"``).
+      noise_rule: ``"fixed"`` (use ``noise_var``), ``"evidence"``: each round, σ² maximises
+        the marginal likelihood of the labelled set's energy residuals (label − prediction of
+        the featurising model) under the energy rows, in the same scaling
+        (:func:`ntkal.acquisition.evidence_noise_var`; ``energy`` and ``joint`` kernels only),
+        or ``"auto"``: ``"evidence"`` for ``energy``/``joint``, ``"fixed"`` for the others.
+        Defaults (``varred``, ``median_trace``, ``auto``, pretrained features, d = 512, 4 probes)
+        were chosen on the small OC20-like dataset (``experiments/configs/pilot_small.toml``).
       feature_norm: one of :data:`ntkal.acquisition.NORMALIZATIONS`.
       max_force_quantile: outlier guard; candidates with predicted max |F| above this quantile
         of the pool's are never picked (1.0 = off).
@@ -97,18 +104,19 @@ class LoopConfig:
     """
 
     method: str = "joint"
-    selector: str = "lcmd"
-    kernel: KernelConfig = KernelConfig(kind="joint", sketch_dim=256, num_probes=8, w_force=0.0)
-    shortlist: int = 200
+    selector: str = "varred"
+    kernel: KernelConfig = KernelConfig(kind="joint", sketch_dim=512, num_probes=4, w_force=0.0)
+    shortlist: int = 2000
     noise_var: float = 1e-2
-    feature_norm: str = "mean_trace"
+    noise_rule: str = "auto"
+    feature_norm: str = "median_trace"
     max_force_quantile: float = 1.0
     replay: int = 0
     reduction: str = "total"
     initial: int = 20
     batch: int = 10
     rounds: int = 3
-    featurize_with: str = "current"
+    featurize_with: str = "pretrained"
     finetune_from: str = "pretrained"
     committee_size: int = 5
     chunk_size: int = 16
@@ -124,6 +132,11 @@ class LoopConfig:
             raise ValueError(f"finetune_from must be 'current' or 'pretrained', got {self.finetune_from!r}")
         if self.initial < 1 or self.batch < 1 or self.rounds < 0:
             raise ValueError("initial and batch must be >= 1, rounds >= 0")
+        if self.noise_rule not in ("fixed", "evidence", "auto"):
+            raise ValueError(f"noise_rule must be 'fixed', 'evidence' or 'auto', got {self.noise_rule!r}")
+        if self.noise_rule == "evidence" and self.method not in ("energy", "joint", "random", "committee"):
+            raise ValueError(f"noise_rule='evidence' needs an energy row: method 'energy' or 'joint', "
+                             f"got {self.method!r}")
         if self.feature_norm not in NORMALIZATIONS:
             raise ValueError(f"feature_norm must be one of {NORMALIZATIONS}, got {self.feature_norm!r}")
         if not 0.0 < self.max_force_quantile <= 1.0:
@@ -132,6 +145,11 @@ class LoopConfig:
             raise ValueError(f"replay must be >= 0, got {self.replay}")
         if self.method == "committee" and self.committee_size < 2:
             raise ValueError("committee_size must be >= 2")
+
+    @property
+    def uses_evidence(self) -> bool:
+        """Whether σ² is chosen by evidence (``noise_rule`` resolved for this method)."""
+        return self.noise_rule == "evidence" or (self.noise_rule == "auto" and self.method in ("energy", "joint"))
 
     @property
     def kernel_config(self) -> KernelConfig:
@@ -279,8 +297,9 @@ def _concat(chunks: list[FeatureChunk]) -> FeatureChunk:
 
 @functools.lru_cache(maxsize=16)
 def _jitted(model: MLIP):
-    """Jitted energy+forces and error sums of ``model``, compiled once per model object."""
-    return jax.jit(energy_and_forces_fn(model.energy)), jax.jit(make_error_sums_fn(model.energy))
+    """Jitted energy+forces, error sums and energy of ``model``, compiled once per model object."""
+    return (jax.jit(energy_and_forces_fn(model.energy)), jax.jit(make_error_sums_fn(model.energy)),
+            jax.jit(model.energy))
 
 
 @functools.lru_cache(maxsize=16)
@@ -353,7 +372,7 @@ def _predicted_fmax(ctx: LoopContext, params, cache_key=None) -> np.ndarray:
     """(n_pool,) max over free atoms of the predicted |F| (eV/Å) for every pool structure."""
     if cache_key is not None and cache_key in ctx.cache:
         return ctx.cache[cache_key]
-    ef, _ = _jitted(ctx.model)
+    ef, _, _ = _jitted(ctx.model)
     out = np.zeros(len(ctx.pool))
     for chunk_ids, graph in _chunks(ctx.pool, np.arange(len(ctx.pool)), ctx.config.chunk_size, ctx.sizes):
         _, f = ef(params, graph)
@@ -371,7 +390,12 @@ def _predicted_fmax(ctx: LoopContext, params, cache_key=None) -> np.ndarray:
     return out
 
 
-def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, key, budget: int):
+def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, key, budget: int,
+                  energies: np.ndarray | None = None):
+    """Kernel-method picks: ``(ids, selector scores, pv, noise_var)``.
+
+    ``energies`` (eV, aligned with ``state.labelled``) are needed by ``noise_rule="evidence"``.
+    """
     cfg = ctx.config
     pretrained_features = cfg.featurize_with == "pretrained"
     params = ctx.pretrained if pretrained_features else state.params
@@ -402,7 +426,13 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
     scale = fit_feature_scale(FeatureChunk(*(np.asarray(x) for x in train_raw)), cfg.feature_norm,
                               row_groups=groups, group_weights=weights)
     train_all = apply_feature_scale(train_raw, scale)
-    posterior = fit_posterior([train_all], fmap.dim, noise_var=cfg.noise_var)
+    noise_var = cfg.noise_var
+    if cfg.uses_evidence:
+        if energies is None:
+            raise ValueError("noise_rule='evidence' needs the labelled energies")
+        noise_var = _evidence_noise(ctx, params, state.labelled, np.asarray(energies, np.float64),
+                                    train_raw, train_all)
+    posterior = fit_posterior([train_all], fmap.dim, noise_var=noise_var)
 
     allowed = None
     if cfg.max_force_quantile < 1.0:
@@ -439,12 +469,28 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
                              score_config=score_config, target_gram=target)
     pv = np.asarray(short.values)[np.asarray(selection.indices)]
     return (np.asarray(selection.ids, np.int64), np.asarray(selection.scores, np.float64),
-            pv.astype(np.float64))
+            pv.astype(np.float64), float(noise_var))
+
+
+def _evidence_noise(ctx: LoopContext, params, labelled: np.ndarray, labels: np.ndarray,
+                    train_raw: FeatureChunk, train_scaled: FeatureChunk) -> float:
+    """Evidence-maximising σ² from the labelled set's energy residuals and energy rows (row 0)."""
+    _, _, energy = _jitted(ctx.model)
+    pred = np.zeros(len(labelled))
+    for chunk_ids, graph in _chunks(ctx.pool, labelled, ctx.config.chunk_size, ctx.sizes):
+        e = np.asarray(energy(params, graph))
+        for k, i in enumerate(chunk_ids):
+            if i >= 0:
+                pred[np.flatnonzero(labelled == i)[0]] = e[k]
+    raw = np.asarray(train_raw.rows, np.float64)[:, 0]
+    scaled = np.asarray(train_scaled.rows, np.float64)[:, 0]
+    factor = np.linalg.norm(scaled, axis=1) / np.maximum(np.linalg.norm(raw, axis=1), 1e-30)
+    return evidence_noise_var(scaled, (labels - pred) * factor)
 
 
 def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, budget):
     cfg = ctx.config
-    ef, _ = _jitted(ctx.model)
+    ef, _, _ = _jitted(ctx.model)
     pool_chunks = list(_chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes))
     forces = []
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
@@ -506,13 +552,15 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     t = time.perf_counter()
     budget = cfg.initial if r == 0 else cfg.batch
     pv = np.full((budget,), np.nan)
+    noise_var = float("nan")
     if r == 0 or cfg.method == "random":
         ids = np.sort(np.asarray(jax.random.choice(key, unlabelled, (budget,), replace=False), np.int64))
         scores = np.full((budget,), np.nan)
     elif cfg.method == "committee":
         ids, scores = _committee_picks(ctx, _labelled_structures(ctx, labelled_atoms), unlabelled, key, budget)
     else:
-        ids, scores, pv = _kernel_picks(state, ctx, unlabelled, key, budget)
+        energies = [labels_of(a)[0] for a in labelled_atoms] if cfg.uses_evidence else None
+        ids, scores, pv, noise_var = _kernel_picks(state, ctx, unlabelled, key, budget, energies)
     times["select_s"] = time.perf_counter() - t
     if len(set(ids.tolist())) != len(ids) or np.isin(ids, state.labelled).any():
         raise RuntimeError(f"round {r}: selector returned duplicate or already-labelled ids {ids}")
@@ -533,21 +581,21 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _, sums = _jitted(ctx.model)
+    _, sums, _ = _jitted(ctx.model)
     metrics = {name: evaluate(sums, params, make_batches(structures, 16))
                for name, structures in ctx.tests.items()}
     times["evaluate_s"] = time.perf_counter() - t
     rows = list(state.rows) + [{"round": r, "n_labels": int(len(labelled)), "split": name, **m, **times}
                                for name, m in metrics.items()]
     picks = list(state.picks) + [{"round": r, "id": int(i), "score": float(s), "pv": float(v),
-                                  "force_mae_before": float(e)}
+                                  "force_mae_before": float(e), "noise_var": noise_var}
                                  for i, s, v, e in zip(ids, scores, pv, errors_before)]
     return LoopState(r + 1, labelled, params, state.key, rows, picks), labelled_atoms
 
 
 def _pick_errors(ctx: LoopContext, params, structures: Sequence[Structure]) -> list[float]:
     """Force MAE (eV/Å) of ``params`` on each labelled structure (NaN without force labels)."""
-    ef, _ = _jitted(ctx.model)
+    ef, _, _ = _jitted(ctx.model)
     out = []
     for s in structures:
         graph = batch_structures([s], n_graph=2, n_node=bucket(ctx.sizes.max_atoms + 1),
@@ -660,7 +708,7 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
 
 
 #: LoopConfig fields that round 0 (random initial set + first fine-tune) does not depend on.
-_NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "feature_norm",
+_NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "noise_rule", "feature_norm",
                   "max_force_quantile", "reduction", "batch", "rounds", "featurize_with",
                   "committee_size", "chunk_size")
 

@@ -125,3 +125,35 @@ batch_size = 4
     r0 = {m: sorted(p["id"] for p in data["picks"] if p["round"] == 0 and p["method"] == m) for m in first}
     assert r0["random"] == r0["energy"]
     np.testing.assert_equal(len(r0["random"]), 4)
+
+
+def test_variants_expand_to_a_union_of_method_families(tmp_path):
+    from ntkal.experiment import load_sweep
+    path = tmp_path / "v.toml"
+    path.write_text("""
+name = "v"
+seeds = [0, 1]
+[model]
+checkpoint = "oc20_like"
+[loop]
+selector = "lcmd"
+noise_var = 0.01
+[[variants]]
+loop = { method = "random" }
+[[variants]]
+loop = { method = "joint", selector = ["lcmd", "varred"], noise_rule = "evidence" }
+[[variants]]
+loop = { method = "energy" }
+[[variants]]
+loop = { method = "random" }
+""")
+    points = load_sweep(path)
+    got = [(p.loop.method, p.loop.selector, p.loop.noise_rule, p.loop.seed) for p in points]
+    assert got == [("random", "lcmd", "auto", 0), ("random", "lcmd", "auto", 1),
+                   ("joint", "lcmd", "evidence", 0), ("joint", "lcmd", "evidence", 1),
+                   ("joint", "varred", "evidence", 0), ("joint", "varred", "evidence", 1),
+                   ("energy", "lcmd", "auto", 0), ("energy", "lcmd", "auto", 1)]
+    assert len({p.label for p in points}) == 4
+    path.write_text('name = "v"\n[model]\ncheckpoint = "x"\n[[variants]]\ndata = { size = "tiny" }\n')
+    with pytest.raises(Exception, match="variant may only set"):
+        load_sweep(path)

@@ -114,7 +114,8 @@ def test_pretrained_feature_cache_equals_streaming(setup):
     """featurize_with='pretrained' reuses one pool featurisation; picks equal a fresh stream."""
     from ntkal.loop import _kernel_picks, init_state
     model, params, pool, tests = setup
-    config = loop_config(featurize_with="pretrained", feature_norm="per_structure", shortlist=40)
+    config = loop_config(featurize_with="pretrained", feature_norm="per_structure", shortlist=40,
+                         noise_rule="fixed", noise_var=1e-4)
     ctx = make_context(model, params, pool, {"id": tests["id"]}, lambda a: list(a), config, progress=False)
     state = init_state(ctx)._replace(labelled=np.array([3, 7, 11, 20, 31, 2]))
     unlabelled = np.setdiff1d(np.arange(len(pool)), state.labelled)
@@ -133,11 +134,11 @@ def test_varred_and_outlier_guard_in_the_loop(setup):
     from ntkal.loop import _kernel_picks, _predicted_fmax, init_state
     model, params, pool, tests = setup
     config = loop_config(selector="varred", feature_norm="per_structure", max_force_quantile=0.5,
-                         featurize_with="pretrained", shortlist=40)
+                         featurize_with="pretrained", shortlist=40, noise_rule="fixed")
     ctx = make_context(model, params, pool, {"id": tests["id"]}, lambda a: list(a), config, progress=False)
     state = init_state(ctx)._replace(labelled=np.array([0, 1, 2, 3, 4, 5]))
     unlabelled = np.setdiff1d(np.arange(len(pool)), state.labelled)
-    ids, scores, _ = _kernel_picks(state, ctx, unlabelled, jax.random.key(1), 5)
+    ids, scores, _, _ = _kernel_picks(state, ctx, unlabelled, jax.random.key(1), 5)
     fmax = _predicted_fmax(ctx, params)
     assert np.all(fmax[ids] <= np.quantile(fmax, 0.5))  # the guard held
     assert np.all(np.diff(scores) <= 1e-6) and np.all(scores > 0)  # greedy gains shrink
@@ -169,3 +170,15 @@ def test_replay_sample_fixed_per_run_and_round0_shared(setup, tmp_path):
     assert calls == [6, 4, 4]  # round 0 labelled once for both methods
     assert s1.labelled[:6].tolist() == s2.labelled[:6].tolist()
     assert strip_times([r for r in s1.rows if r["round"] == 0]) == strip_times([r for r in s2.rows if r["round"] == 0])
+
+
+def test_evidence_noise_rule_records_a_data_chosen_noise(setup):
+    model, params, pool, tests = setup
+    config = loop_config(rounds=1, noise_rule="evidence", feature_norm="median_trace", featurize_with="pretrained")
+    ctx = make_context(model, params, pool, {"id": tests["id"]}, lambda a: list(a), config, progress=False)
+    state = run_loop(ctx, None, log=None)
+    noise = {p["noise_var"] for p in state.picks if p["round"] == 1}
+    assert len(noise) == 1 and 1e-9 <= noise.pop() <= 10.0
+    assert all(np.isnan(p["noise_var"]) for p in state.picks if p["round"] == 0)
+    with pytest.raises(ValueError, match="energy row"):
+        LoopConfig(method="embedding", noise_rule="evidence")

@@ -17,7 +17,7 @@ from ntkal.acquisition.normalize import (
 )
 from ntkal.acquisition.posterior import (
     Posterior, PosteriorConfig, PosteriorFns, PrecisionState, cholesky_with_jitter,
-    feature_posterior, fit_posterior,
+    evidence_noise_var, feature_posterior, fit_posterior,
 )
 from ntkal.acquisition.scores import (
     ScoreConfig, compute_dtype, posterior_arrays, pv_rows, pv_scores, reduce_rows, whiten,
@@ -43,7 +43,7 @@ __all__ = [
     "qbc_force_disagreement",
     "NORMALIZATIONS", "FeatureScale", "apply_feature_scale", "fit_feature_scale", "structure_traces",
     "Posterior", "PosteriorConfig", "PosteriorFns", "PrecisionState", "cholesky_with_jitter",
-    "feature_posterior", "fit_posterior",
+    "evidence_noise_var", "feature_posterior", "fit_posterior",
     "ScoreConfig", "compute_dtype", "posterior_arrays", "pv_rows", "pv_scores", "reduce_rows",
     "whiten",
     "SELECTORS", "make_selector", "maxdet_update", "select_batch", "select_kmeanspp",

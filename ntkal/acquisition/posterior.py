@@ -44,6 +44,7 @@ __all__ = [
     "feature_posterior",
     "fit_posterior",
     "cholesky_with_jitter",
+    "evidence_noise_var",
 ]
 
 
@@ -213,3 +214,40 @@ def fit_posterior(
 def _solve_lower(lower: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Solve ``L X = B`` for lower-triangular ``L``."""
     return solve_triangular(lower, b, lower=True)
+
+
+def evidence_noise_var(rows: np.ndarray, targets: np.ndarray, *,
+                       grid: np.ndarray | None = None) -> float:
+    """σ² (relative to the prior weight variance) that maximises the marginal likelihood.
+
+    Model: ``y = Φ w + ε`` with ``w ~ N(0, s I_d)`` and ``ε ~ N(0, σ_n² I)``; with
+    λ = σ_n²/s the evidence, with ``s`` profiled out (``ŝ = yᵀ(ΦΦᵀ + λI)⁻¹y / n``), is
+
+    .. math:: \\log p(y) = -\\tfrac{n}{2}\\log ŝ - \\tfrac12 \\log|ΦΦᵀ + λ I| + \\mathrm{const},
+
+    evaluated through one eigendecomposition of the ``n x n`` Gram matrix for every λ of
+    ``grid`` (default ``10^-9 … 10^1``, 101 points). The returned λ is the ``noise_var`` of
+    :func:`fit_posterior` for features scaled like ``rows``.
+
+    Args:
+      rows: ``(n, d)`` feature rows of the labelled structures (one target each).
+      targets: ``(n,)`` residuals to explain (e.g. label − prediction of the model whose
+        gradients the rows are), in the same scaling as the rows.
+
+    Returns:
+      λ from ``grid`` (float).
+    """
+    rows = np.asarray(rows, np.float64)
+    y = np.asarray(targets, np.float64).reshape(-1)
+    if rows.ndim != 2 or rows.shape[0] != y.shape[0]:
+        raise ValueError(f"rows must be (n, d) with one target each; got {rows.shape} and {y.shape}")
+    if y.shape[0] < 2 or not np.all(np.isfinite(y)) or not np.any(y):
+        raise ValueError("need at least 2 finite, not all-zero targets to choose σ² by evidence")
+    grid = np.logspace(-9, 1, 101) if grid is None else np.asarray(grid, np.float64)
+    mu, u = np.linalg.eigh(rows @ rows.T)
+    mu = np.maximum(mu, 0.0)
+    proj = (u.T @ y) ** 2
+    n = y.shape[0]
+    s_hat = (proj[None, :] / (mu[None, :] + grid[:, None])).sum(1) / n
+    log_ev = -0.5 * n * np.log(s_hat) - 0.5 * np.log(mu[None, :] + grid[:, None]).sum(1)
+    return float(grid[int(np.argmax(log_ev))])

@@ -103,7 +103,7 @@ class ExperimentConfig:
 
 _SECTIONS = {"data": DataConfig, "kernel": KernelConfig, "train": TrainConfig, "loop": LoopConfig}
 _LIST_FIELDS = {("data", "pool"), ("data", "tests"), ("kernel", "param_filter")}
-_TOP = {"name", "seeds", "out", "data", "model", "loop", "kernel", "train"}
+_TOP = {"name", "seeds", "out", "data", "model", "loop", "kernel", "train", "variants"}
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -149,7 +149,31 @@ def load_sweep(path: str | Path) -> list[ExperimentConfig]:
 
 
 def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "") -> list[ExperimentConfig]:
-    """Expand a parsed config dict (see module docstring) into sweep points."""
+    """Expand a parsed config dict (see module docstring) into sweep points.
+
+    ``[[variants]]`` (optional, an array of tables with ``loop``/``kernel``/``train``
+    sub-tables) lists method families that are not a cartesian product: each variant's
+    settings override the base tables and the variant is expanded like a config of its own;
+    the sweep is the union, in variant order, without duplicates.
+    """
+    variants = raw.get("variants")
+    if variants is not None:
+        if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+            _fail(source, text, "variants", "variants must be an array of tables ([[variants]])")
+        points, seen = [], set()
+        for variant in variants:
+            bad = set(variant) - {"loop", "kernel", "train"}
+            if bad:
+                _fail(source, text, sorted(bad)[0], f"a variant may only set [loop], [kernel] and [train], "
+                                                    f"got {sorted(bad)}")
+            merged = {k: v for k, v in raw.items() if k != "variants"}
+            for section, table in variant.items():
+                merged[section] = {**raw.get(section, {}), **table}
+            for point in expand_sweep(merged, source=source, text=text):
+                if point not in seen:
+                    seen.add(point)
+                    points.append(point)
+        return points
     unknown = set(raw) - _TOP
     if unknown:
         key = sorted(unknown)[0]
@@ -194,7 +218,7 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
         if loop.method in ("random", "committee"):  # kernel/selector/score settings are irrelevant
             base = LoopConfig()
             loop = dataclasses.replace(loop, kernel=KernelConfig(), selector="lcmd", **{
-                f: getattr(base, f) for f in ("shortlist", "noise_var", "feature_norm",
+                f: getattr(base, f) for f in ("shortlist", "noise_var", "noise_rule", "feature_norm",
                                               "max_force_quantile", "reduction", "featurize_with")})
         point = ExperimentConfig(name=str(raw["name"]), checkpoint=str(model["checkpoint"]), data=data,
                                  loop=loop, out=str(raw.get("out", f"runs/{raw['name']}")), source=source)
@@ -228,7 +252,9 @@ def sweep_label(config: ExperimentConfig) -> str:
         norm = {"median_trace": "med", "per_structure": "cos"}.get(loop.feature_norm)
         if norm:
             parts.append(norm)
-        if loop.noise_var != LoopConfig.noise_var:
+        if loop.uses_evidence:
+            parts.append("ev")
+        elif loop.noise_var != LoopConfig.noise_var:
             parts.append(f"s{loop.noise_var:g}")
         if loop.max_force_quantile < 1:
             parts.append(f"fq{loop.max_force_quantile:g}")

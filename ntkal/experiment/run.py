@@ -89,7 +89,8 @@ def _columns(config: ExperimentConfig) -> dict:
         "num_probes": k.num_probes if kernel_used else "", "seed": loop.seed, "dataset": config.data.dataset,
         "size": config.data.size,
         "feature_norm": loop.feature_norm if kernel_used else "",
-        "noise_var": loop.noise_var if kernel_used else "", "replay": loop.replay,
+        "noise_var": ("evidence" if loop.uses_evidence else loop.noise_var) if kernel_used else "",
+        "replay": loop.replay,
     }
 
 
