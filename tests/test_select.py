@@ -105,3 +105,13 @@ def test_bad_frame_names_file_and_frame(files):
     with pytest.raises(InvalidStructureError, match=r"frame 2\).*Au"):
         select_from_files(files / "model.msgpack", bad, files / "train.extxyz", 2,
                           out_path=files / "never.extxyz", progress=False)
+
+
+def test_varred_selector_through_select(files, tmp_path):
+    """varred needs the pool's second moment: select accumulates it in its one streaming pass."""
+    summary = select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz",
+                                budget=BUDGET, out_path=tmp_path / "v.extxyz", kernel="joint", selector="varred",
+                                sketch_dim=32, num_probes=2, shortlist=N_POOL, chunk_size=4, progress=False)
+    ids, scores = list(summary.ids), np.asarray(summary.scores)
+    assert len(set(ids)) == BUDGET and all(0 <= i < N_POOL for i in ids)
+    assert np.all(scores > 0) and np.all(np.diff(scores) <= 1e-6 * scores[0])  # greedy gains shrink
