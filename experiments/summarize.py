@@ -335,7 +335,7 @@ def wall_times(rows: Sequence[dict]) -> dict[str, dict[str, float]] | None:
 
 def summarize(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0,
               pairs: Sequence[tuple[str, str]] | None = None, all_rounds: bool = False,
-              metric: str = "force_mae", reference: str = REFERENCE, level: float = LEVEL) -> dict:
+              metric: str = "force_mae", reference: str | None = None, level: float = LEVEL) -> dict:
     """All statistics of the module docstring as one dict (plain Python; may hold NaN/±∞).
 
     Args:
@@ -345,8 +345,13 @@ def summarize(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0,
         always included.
       all_rounds: paired differences at every round, not only the final one.
       metric: metric of labels-to-reach and the monotonicity check.
+      reference: label of the baseline; default: the one label whose rows have
+        ``method == "random"`` (e.g. ``random-rp32``), else ``"random"``.
     """
     rows = list(rows)
+    if reference is None:
+        randoms = list(dict.fromkeys(r["label"] for r in rows if r.get("method") == REFERENCE))
+        reference = randoms[0] if len(randoms) == 1 else REFERENCE
     seeds = common_seeds(rows)
     if not seeds:
         raise ValueError("no seed is shared by all labels; the paired design needs common seeds")
@@ -526,7 +531,10 @@ def parse_pair(text: str) -> tuple[str, str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("results", help="results.json with a 'rows' list")
+    parser.add_argument("results", nargs="+",
+                        help="results.json file(s) with a 'rows' list; rows of several files are "
+                             "concatenated; a (dataset, size, label, seed, round, split) seen in an earlier file is "
+                             "kept once (e.g. a random baseline shared by two studies)")
     parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples (default 2000)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap RNG (default 0)")
     parser.add_argument("--pair", type=parse_pair, action="append", metavar="A:B",
@@ -538,11 +546,18 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="metric of labels-to-reach and the monotonicity check")
     parser.add_argument("--json", metavar="OUT", help="also write the statistics as JSON")
     args = parser.parse_args(argv)
-    with open(args.results) as f:
-        data = json.load(f)
-    if "rows" not in data:
-        sys.exit(f"{args.results}: no 'rows' list")
-    summary = summarize(data["rows"], n_boot=args.n_boot, seed=args.seed, pairs=args.pair,
+    rows, seen = [], set()
+    for path in args.results:
+        with open(path) as f:
+            data = json.load(f)
+        if "rows" not in data:
+            sys.exit(f"{path}: no 'rows' list")
+        for row in data["rows"]:
+            key = tuple(row.get(k) for k in ("dataset", "size", "label", "seed", "round", "split"))
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    summary = summarize(rows, n_boot=args.n_boot, seed=args.seed, pairs=args.pair,
                         all_rounds=args.all_rounds, metric=args.metric)
     print(to_markdown(summary), end="")
     if args.json:
