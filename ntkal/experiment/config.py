@@ -208,8 +208,9 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
             tables[section][key] = tuple(value) if isinstance(value, list) else value
         try:
             data = DataConfig(**tables["data"])
-            # w_force = 0 means "trace-equalising weight, recomputed each round" (see LoopConfig).
-            kernel = KernelConfig(**{"w_force": 0.0, **tables["kernel"]})
+            # Unset kernel fields take the loop's defaults (d = 512, 4 probes); w_force = 0 means
+            # "trace-equalising weight, recomputed each round" (see LoopConfig).
+            kernel = dataclasses.replace(LoopConfig().kernel, **tables["kernel"])
             train = TrainConfig(**tables["train"])
             loop = LoopConfig(**tables["loop"], kernel=kernel, train=train)
         except (TypeError, ValueError) as err:
