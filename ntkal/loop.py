@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 
 from ntkal.acquisition import (NORMALIZATIONS, FeatureChunk, ScoreConfig, apply_feature_scale,
                                evidence_noise_var, fit_feature_scale, fit_posterior, qbc_force_disagreement, select_batch,
-                               shortlist_pool, target_second_moment)
+                               shortlist_pool, accumulate_second_moment)
 from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
 from ntkal.kernels import KINDS, KernelConfig, make_feature_map
 from ntkal.kernels.split import GraphSizes
@@ -314,6 +314,13 @@ class _Ref:
         self.value = value
 
 
+def _trace_equalising_w_force(train: FeatureChunk) -> float:
+    """w_F with w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖²_F over the valid training structures (joint rows
+    [φ_E; Φ_F] with unit weights), the rule of :func:`ntkal.kernels.default_joint_weights`."""
+    sq = np.asarray(jnp.sum(jnp.asarray(train.rows) ** 2, axis=-1))[np.asarray(train.ids) >= 0]
+    return float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
+
+
 def scale_training_features(train: FeatureChunk, *, joint_auto: bool):
     """Joint weights and scale of training features, as used before forming the posterior.
 
@@ -330,8 +337,7 @@ def scale_training_features(train: FeatureChunk, *, joint_auto: bool):
     valid = np.asarray(train.ids) >= 0
     weights, w_force = None, None
     if joint_auto:
-        sq = np.asarray(jnp.sum(train.rows ** 2, axis=-1))[valid]
-        w_force = float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
+        w_force = _trace_equalising_w_force(train)
         weights = jnp.asarray([1.0] + [w_force] * (train.rows.shape[1] - 1))[None, :, None]
         train = train._replace(rows=train.rows * weights.astype(train.rows.dtype))
     trace = np.asarray(jnp.sum(train.rows ** 2, axis=(1, 2)))[valid]
@@ -421,8 +427,7 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
         if per_structure:
             weights = (1.0, 1.0) if joint_auto else (cfg.kernel.w_energy, cfg.kernel.w_force)
         elif joint_auto:
-            sq = np.asarray(jnp.sum(jnp.asarray(train_raw.rows) ** 2, axis=-1))[np.asarray(train_raw.ids) >= 0]
-            weights = (1.0, float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30))))
+            weights = (1.0, _trace_equalising_w_force(train_raw))
     scale = fit_feature_scale(FeatureChunk(*(np.asarray(x) for x in train_raw)), cfg.feature_norm,
                               row_groups=groups, group_weights=weights)
     train_all = apply_feature_scale(train_raw, scale)
@@ -441,11 +446,10 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
     target = np.zeros((fmap.dim, fmap.dim)) if cfg.selector == "varred" else None
 
     def scaled_chunks():
-        nonlocal target
-        for chunk in pool_raw:
-            chunk = apply_feature_scale(chunk, scale)
-            if target is not None:
-                target += target_second_moment([chunk], fmap.dim)
+        chunks = (apply_feature_scale(chunk, scale) for chunk in pool_raw)
+        if target is not None:  # varred's target is the whole unlabelled pool, guarded or not
+            chunks = accumulate_second_moment(chunks, target)
+        for chunk in chunks:
             if allowed is not None:
                 ids = np.asarray(chunk.ids)
                 ok = (ids >= 0) & allowed[np.maximum(ids, 0)]
@@ -476,12 +480,9 @@ def _evidence_noise(ctx: LoopContext, params, labelled: np.ndarray, labels: np.n
                     train_raw: FeatureChunk, train_scaled: FeatureChunk) -> float:
     """Evidence-maximising σ² from the labelled set's energy residuals and energy rows (row 0)."""
     _, _, energy = _jitted(ctx.model)
-    pred = np.zeros(len(labelled))
-    for chunk_ids, graph in _chunks(ctx.pool, labelled, ctx.config.chunk_size, ctx.sizes):
-        e = np.asarray(energy(params, graph))
-        for k, i in enumerate(chunk_ids):
-            if i >= 0:
-                pred[np.flatnonzero(labelled == i)[0]] = e[k]
+    # _chunks keeps the order of ``labelled``: concatenating the valid slots aligns with ``labels``
+    pred = np.concatenate([np.asarray(energy(params, graph))[chunk_ids >= 0]
+                           for chunk_ids, graph in _chunks(ctx.pool, labelled, ctx.config.chunk_size, ctx.sizes)])
     raw = np.asarray(train_raw.rows, np.float64)[:, 0]
     scaled = np.asarray(train_scaled.rows, np.float64)[:, 0]
     factor = np.linalg.norm(scaled, axis=1) / np.maximum(np.linalg.norm(raw, axis=1), 1e-30)

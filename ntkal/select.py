@@ -50,8 +50,7 @@ from ase.io.formats import filetype
 from tqdm.auto import tqdm
 
 from ntkal.acquisition import (SELECTORS, FeatureChunk, ScoreConfig, fit_posterior, select_batch,
-                               target_second_moment,
-                               shortlist_pool)
+                               accumulate_second_moment, shortlist_pool)
 from ntkal.data import (EmptyInputError, InvalidStructureError, atoms_to_structure, bucket,
                         iterate_chunks)
 from ntkal.kernels import KINDS, KernelConfig, make_feature_map
@@ -149,13 +148,6 @@ def scan_sizes(path, cutoff: float, elements, *, progress: bool = False,
     if n == 0:
         raise EmptyInputError(f"{path}: no structures in the file")
     return n, max_atoms, max_edges
-
-
-def _accumulate_moment(chunks, target: np.ndarray):
-    """Pass ``chunks`` through, adding each one's Φᵀ Φ to ``target`` (in place)."""
-    for chunk in chunks:
-        target += target_second_moment([chunk], target.shape[0])
-        yield chunk
 
 
 def _feature_chunks(fmap, params, path, cutoff, elements, sizes: GraphSizes, chunk_size: int,
@@ -269,7 +261,7 @@ def select_from_files(
     pool_chunks = _feature_chunks(fmap, params, pool_path, weights=weights, scale=scale, **featurise)
     target = np.zeros((fmap.dim, fmap.dim)) if selector == "varred" else None
     if target is not None:  # varred's target set is the whole pool: accumulate its moment in the one pass
-        pool_chunks = _accumulate_moment(pool_chunks, target)
+        pool_chunks = accumulate_second_moment(pool_chunks, target)
     if progress:
         pool_chunks = tqdm(pool_chunks, total=-(-n_pool // chunk_size), desc="score pool", leave=False)
     score_config = ScoreConfig(reduction=reduction)

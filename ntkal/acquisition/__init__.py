@@ -24,7 +24,7 @@ from ntkal.acquisition.scores import (
 )
 from ntkal.acquisition.selectors import (
     SELECTORS, make_selector, maxdet_update, select_batch, select_kmeanspp, select_lcmd,
-    target_second_moment, varred_gains,
+    accumulate_second_moment, target_second_moment, varred_gains,
     select_maxdet, select_maxdiag, select_maxdist, select_random,
 )
 from ntkal.acquisition.sharding import (
@@ -48,7 +48,7 @@ __all__ = [
     "whiten",
     "SELECTORS", "make_selector", "maxdet_update", "select_batch", "select_kmeanspp",
     "select_lcmd", "select_maxdet", "select_maxdiag", "select_maxdist", "select_random",
-    "target_second_moment", "varred_gains",
+    "accumulate_second_moment", "target_second_moment", "varred_gains",
     "POOL_AXIS", "gather_picked", "global_argmax", "initialize_distributed", "make_pool_mesh",
     "ShortlistFns", "ShortlistState", "merge_topk", "shortlist_pool", "streaming_shortlist",
     "StructureKernel", "kernel_cross", "kernel_diag", "kernel_to", "sq_dist_to",

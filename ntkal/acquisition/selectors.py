@@ -101,6 +101,7 @@ __all__ = [
     "select_kmeanspp",
     "maxdet_update",
     "target_second_moment",
+    "accumulate_second_moment",
     "varred_gains",
 ]
 
@@ -109,6 +110,16 @@ _NEEDS_KEY = ("random", "kmeanspp")
 _NEEDS_POSTERIOR = ("maxdiag", "maxdet", "varred")
 _DISTANCE = ("maxdist", "lcmd", "kmeanspp")
 _TRAIN_BLOCK = 256
+
+
+def _observation_coefficients(z_s: jnp.ndarray, noise_var):
+    """Eigenbasis ``E``, ``ρ`` and ``μ + σ²`` of observing rows ``z_s`` (``r x d``): conditioning
+    multiplies whitened rows by ``M = I − z_sᵀ E diag(ρ) Eᵀ z_s`` (see the module docstring)."""
+    gram = z_s @ z_s.T
+    mu, e = jnp.linalg.eigh(0.5 * (gram + gram.T))
+    tot = jnp.maximum(mu, 0.0) + noise_var
+    rho = 1.0 / (tot * (1.0 + jnp.sqrt(noise_var / tot)))
+    return e, rho, tot
 
 
 def maxdet_update(z: jnp.ndarray, z_s: jnp.ndarray, noise_var, row_var=None):
@@ -126,11 +137,7 @@ def maxdet_update(z: jnp.ndarray, z_s: jnp.ndarray, noise_var, row_var=None):
       ``row_var - diag(k (z_S z_S^T + sigma^2 I)^{-1} k^T)`` with ``k = z z_S^T``
       (``None`` if ``row_var`` is ``None``).
     """
-    gram = z_s @ z_s.T
-    mu, e = jnp.linalg.eigh(0.5 * (gram + gram.T))
-    mu = jnp.maximum(mu, 0.0)
-    tot = mu + noise_var
-    rho = 1.0 / (tot * (1.0 + jnp.sqrt(noise_var / tot)))
+    e, rho, tot = _observation_coefficients(z_s, noise_var)
     n, r, d = z.shape
     k = (z.reshape(n * r, d) @ z_s.T).reshape(n, r, -1)  # reshaped GEMMs: einsum lowers poorly on CPU
     z_new = z - (k.reshape(n * r, -1) @ (((e * rho) @ e.T) @ z_s)).reshape(n, r, d)
@@ -153,6 +160,15 @@ def target_second_moment(chunks, dim: int) -> np.ndarray:
         x = rows[keep]
         out += x.T @ x
     return out
+
+
+def accumulate_second_moment(chunks, out: np.ndarray):
+    """Yield ``chunks`` unchanged while adding each one's ``Φᵀ Φ`` to ``out`` (``(d, d)``, in place):
+    the target moment of :func:`target_second_moment` gathered during a pass that streams the
+    pool anyway (e.g. the shortlist)."""
+    for chunk in chunks:
+        out += target_second_moment([chunk], out.shape[0])
+        yield chunk
 
 
 def varred_gains(z: jnp.ndarray, gram: jnp.ndarray, noise_var, row_ok: jnp.ndarray) -> jnp.ndarray:
@@ -218,11 +234,7 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, tgram, *, met
             crit = varred_gains(z_, g_, noise_var, row_ok)
             carry, gp = record(carry, t, crit, crit)
             z_s = gather_picked(z_, gp)
-            gram = z_s @ z_s.T
-            mu, e = jnp.linalg.eigh(0.5 * (gram + gram.T))
-            mu = jnp.maximum(mu, 0.0)
-            tot = mu + noise_var
-            rho = 1.0 / (tot * (1.0 + jnp.sqrt(noise_var / tot)))
+            e, rho, _ = _observation_coefficients(z_s, noise_var)
             m_ = jnp.eye(z_s.shape[1], dtype=dt) - z_s.T @ ((e * rho) @ e.T) @ z_s  # (d, d), symmetric
             z_new = (z_.reshape(-1, z_.shape[-1]) @ m_).reshape(z_.shape)
             return carry[:3] + (z_new, m_ @ g_ @ m_)
