@@ -41,17 +41,17 @@ Example::
 
 from __future__ import annotations
 
-import functools
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 import ase
 import jax
 import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from ntkal.acquire import Acquirer, AcquisitionConfig
 from ntkal.acquisition import Posterior, PrecisionState, feature_posterior
 from ntkal.data import atoms_to_structure, batch_structures, bucket
-from ntkal.kernels import FeatureMap, KernelConfig, make_feature_map
+from ntkal.kernels import FeatureMap, KernelConfig
 from ntkal.kernels.split import GraphSizes
 from ntkal.models import MLIP, energy_and_forces_fn
 
@@ -69,6 +69,8 @@ class NTKUncertainty(NamedTuple):
       energy_scale: c_E, sqrt of the mean squared energy-feature norm over the training set.
       force_scale: c_F, sqrt of the mean squared force-row norm over free training atoms.
       n_train: training structures.
+      energy_and_forces: the jitted energy/forces compiled with the feature map (reused by the
+        calculator).
     """
 
     feature_map: FeatureMap
@@ -77,6 +79,7 @@ class NTKUncertainty(NamedTuple):
     energy_scale: float
     force_scale: float
     n_train: int
+    energy_and_forces: Callable | None = None
 
 
 def fit_uncertainty(model: MLIP, params, train_atoms: Iterable[ase.Atoms], *,
@@ -101,7 +104,9 @@ def fit_uncertainty(model: MLIP, params, train_atoms: Iterable[ase.Atoms], *,
     kcfg = KernelConfig(kind="joint", joint_force="exact", w_energy=1.0, w_force=1.0,
                         sketch_dim=sketch_dim, param_filter=param_filter, seed=seed,
                         direction_batch_size=direction_batch_size)
-    fmap = make_feature_map(model, kcfg, params)
+    # the acquisition pipeline's object owns the compiled feature map and energy/forces
+    acquirer = Acquirer(model, params, AcquisitionConfig(kernel=kcfg, joint_weights=(1.0, 1.0)))
+    fmap = acquirer.feature_map
     d = fmap.dim
     gram_e, gram_f = np.zeros((d, d)), np.zeros((d, d))
     n_struct = n_force_rows = 0
@@ -126,7 +131,7 @@ def fit_uncertainty(model: MLIP, params, train_atoms: Iterable[ase.Atoms], *,
     energy_post = fns.finalize(PrecisionState(gram_e / c_e2 + eye, n_struct, n_struct))
     force_post = fns.finalize(PrecisionState(gram_f / c_f2 + eye, n_force_rows, n_struct))
     return NTKUncertainty(fmap, energy_post, force_post, float(np.sqrt(c_e2)), float(np.sqrt(c_f2)),
-                          n_struct)
+                          n_struct, acquirer.energy_and_forces)
 
 
 def padded_graph(model: MLIP, atoms: ase.Atoms, *, index: int | None = None,
@@ -155,11 +160,6 @@ def _whitened_variance(rows: np.ndarray, posterior: Posterior) -> np.ndarray:
     return np.sum(z * z, axis=-1)
 
 
-@functools.lru_cache(maxsize=16)
-def _energy_and_forces(model: MLIP):
-    return jax.jit(energy_and_forces_fn(model.energy))
-
-
 class NTKALCalculator(Calculator):
     """Energy and forces of an ntkal model with NTK posterior variances (see module docstring).
 
@@ -182,7 +182,8 @@ class NTKALCalculator(Calculator):
         self.model = model
         self.params = params
         self.uncertainty = uncertainty
-        self._ef = _energy_and_forces(model)
+        shared = None if uncertainty is None else uncertainty.energy_and_forces
+        self._ef = shared if shared is not None else jax.jit(energy_and_forces_fn(model.energy))
 
     @classmethod
     def from_training(cls, model: MLIP, params, train_atoms: Iterable[ase.Atoms], *,

@@ -1,9 +1,14 @@
 """The ``ntkal`` command: ``run``, ``select``, ``plot``, ``bench``.
 
-    ntkal run CONFIG.toml [--no-resume] [--out DIR]
-    ntkal select --model CKPT --pool FILE --train FILE --budget N --kernel joint --out picked.extxyz
+    ntkal run CONFIG.toml [--no-resume] [--out DIR] [--no-compile-cache]
+    ntkal select --model CKPT --pool FILE --train FILE --budget N --out picked.extxyz [--kernel joint ...]
     ntkal plot RESULTS.json [--out DIR]
     ntkal bench [NAME ...] [--full]
+
+Building the parser imports neither JAX nor matplotlib: ``ntkal --help`` is fast, and every
+argument and file check runs before the heavy modules load (each handler imports them lazily).
+``run`` and ``select`` turn on JAX's persistent compilation cache (:mod:`ntkal.compile_cache`)
+unless ``--no-compile-cache`` is given.
 """
 
 from __future__ import annotations
@@ -12,15 +17,42 @@ import argparse
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
-__all__ = ["main"]
+from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.select_args import add_select_arguments, main_select, writable_folder_problem
+
+__all__ = ["main", "build_parser", "add_plot_arguments"]
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
+def _check_run_args(args) -> None:
+    """The cheap checks of ``ntkal run``: the config file reads and is TOML; ``--out`` is usable."""
+    path = Path(args.config)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ValueError(f"{path}: cannot read ({err.strerror})") from err
+    try:
+        tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: invalid TOML: {err}") from err
+    if args.out is not None:
+        problem = (f"{args.out} exists and is not a folder" if args.out.exists() and not args.out.is_dir()
+                   else writable_folder_problem(args.out))
+        if problem:
+            raise ValueError(f"argument --out: {problem}")
+
+
 def _run(args) -> int:
-    from ntkal.experiment import results_table, run_sweep
+    _check_run_args(args)
+    from ntkal.experiment import load_sweep, results_table, run_sweep
+
+    load_sweep(args.config)  # every config error (file, line, key) before any side effect
+    if not args.no_compile_cache:
+        enable_compile_cache_or_warn()  # before the first compilation
 
     t0 = time.perf_counter()
     results = run_sweep(args.config, out=args.out, resume=not args.no_resume, progress=not args.quiet)
@@ -36,6 +68,26 @@ def _run(args) -> int:
     for png in plot_results(out / "results.json", out):
         print(f"plot: {png}")
     return 0
+
+
+def add_plot_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``ntkal plot`` arguments to ``parser`` (here, not in :mod:`ntkal.plots`, so that
+    building the parser does not import matplotlib)."""
+    parser.add_argument("results", help="results JSON (or a folder holding results.json)")
+    parser.add_argument("--out", default=None, help="output folder (default: next to the JSON)")
+    parser.add_argument("--metric", action="append", default=None,
+                        help="learning-curve metric (repeatable; default force_mae and energy_mae_per_atom)")
+    return parser
+
+
+def _plot(args) -> int:
+    if not Path(args.results).exists():
+        raise ValueError(f"argument results: no such file or folder: {args.results}")
+    try:
+        from ntkal.plots import main_plot
+    except ImportError as err:
+        raise ValueError(f"plotting needs matplotlib and scipy ({err})") from err
+    return main_plot(args)
 
 
 def _bench(args) -> int:
@@ -56,7 +108,8 @@ def _bench(args) -> int:
     return status
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The ``ntkal`` argument parser (imports nothing heavy)."""
     parser = argparse.ArgumentParser(prog="ntkal", description="Active learning of MLIPs with NTK features")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -65,29 +118,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
     p.add_argument("--no-resume", action="store_true", help="ignore saved state and start over")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_compile_cache_argument(p)
     p.set_defaults(func=_run)
 
-    try:
-        from ntkal.select import add_select_arguments, main_select
-        p = sub.add_parser("select", help="pick a batch from a pool file with a pretrained model")
-        add_select_arguments(p)
-        p.set_defaults(func=main_select)
-    except ImportError:
-        pass
-    try:
-        from ntkal.plots import add_plot_arguments, main_plot
-        p = sub.add_parser("plot", help="learning curves and PV calibration from results.json")
-        add_plot_arguments(p)
-        p.set_defaults(func=main_plot)
-    except ImportError:
-        pass
+    p = sub.add_parser("select", help="pick a batch from a pool file with a pretrained model")
+    add_select_arguments(p)
+    p.set_defaults(func=main_select)
+
+    p = sub.add_parser("plot", help="learning curves and PV calibration from results.json")
+    add_plot_arguments(p)
+    p.set_defaults(func=_plot)
 
     p = sub.add_parser("bench", help="run the benchmark scripts (quick sizes unless --full)")
     p.add_argument("names", nargs="*", help="benchmark script names (default: all)")
     p.add_argument("--full", action="store_true")
     p.set_defaults(func=_bench)
+    return parser
 
-    args = parser.parse_args(argv)
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` and run the subcommand; returns its exit status (2 = unusable input)."""
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as err:

@@ -36,7 +36,6 @@ per run and reused in every round (training features are rows of the same array)
 from __future__ import annotations
 
 import dataclasses
-import functools
 import io
 import json
 import time
@@ -53,18 +52,16 @@ import numpy as np
 from flax import serialization
 from tqdm.auto import tqdm
 
-from ntkal.acquisition import (NORMALIZATIONS, FeatureChunk, ScoreConfig, apply_feature_scale,
-                               evidence_noise_var, fit_feature_scale, fit_posterior, qbc_force_disagreement, select_batch,
-                               shortlist_pool, accumulate_second_moment)
+from ntkal.acquire import Acquirer, AcquisitionConfig, StructureSet, structure_set
+from ntkal.acquisition import qbc_force_disagreement
 from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
-from ntkal.kernels import KINDS, KernelConfig, make_feature_map
+from ntkal.kernels import KINDS, KernelConfig
 from ntkal.kernels.split import GraphSizes
 from ntkal.models import MLIP, atomic_write_bytes, energy_and_forces_fn
 from ntkal.train import TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
 
 __all__ = ["LoopConfig", "LoopState", "LoopContext", "make_context", "init_state", "run_round",
-           "run_loop", "save_state", "load_state", "scale_training_features", "replay_sample",
-           "round0_fingerprint", "METHODS"]
+           "run_loop", "save_state", "load_state", "replay_sample", "round0_fingerprint", "METHODS"]
 
 METHODS = ("random", "committee") + KINDS
 
@@ -89,7 +86,11 @@ class LoopConfig:
         were chosen on the small OC20-like dataset (``experiments/configs/pilot_small.toml``).
       feature_norm: one of :data:`ntkal.acquisition.NORMALIZATIONS`.
       max_force_quantile: outlier guard; candidates with predicted max |F| above this quantile
-        of the pool's are never picked (1.0 = off).
+        of the unlabelled pool's are never picked (1.0 = off).
+      cascade: ``None`` or a cheap kernel kind (``energy``, ``embedding``, ``last_layer``) that
+        screens the pool first; only the top ``cascade_keep`` fraction is featurised by ``method``.
+      cascade_keep: q, fraction kept by the cascade.
+      size_classes: at most this many padding classes of the pool (1 = pad to the largest).
       replay: pretraining structures (drawn once per run from ``seed``) added to every fine-tune.
       reduction: per-structure reduction of row variances (``total``, ``mean``, ``max``).
       initial: structures labelled at random in round 0.
@@ -111,6 +112,9 @@ class LoopConfig:
     noise_rule: str = "auto"
     feature_norm: str = "median_trace"
     max_force_quantile: float = 1.0
+    cascade: str | None = None
+    cascade_keep: float = 0.1
+    size_classes: int = 6
     replay: int = 0
     reduction: str = "total"
     initial: int = 20
@@ -132,19 +136,13 @@ class LoopConfig:
             raise ValueError(f"finetune_from must be 'current' or 'pretrained', got {self.finetune_from!r}")
         if self.initial < 1 or self.batch < 1 or self.rounds < 0:
             raise ValueError("initial and batch must be >= 1, rounds >= 0")
-        if self.noise_rule not in ("fixed", "evidence", "auto"):
-            raise ValueError(f"noise_rule must be 'fixed', 'evidence' or 'auto', got {self.noise_rule!r}")
-        if self.noise_rule == "evidence" and self.method not in ("energy", "joint", "random", "committee"):
-            raise ValueError(f"noise_rule='evidence' needs an energy row: method 'energy' or 'joint', "
-                             f"got {self.method!r}")
-        if self.feature_norm not in NORMALIZATIONS:
-            raise ValueError(f"feature_norm must be one of {NORMALIZATIONS}, got {self.feature_norm!r}")
-        if not 0.0 < self.max_force_quantile <= 1.0:
-            raise ValueError(f"max_force_quantile must be in (0, 1], got {self.max_force_quantile}")
         if self.replay < 0:
             raise ValueError(f"replay must be >= 0, got {self.replay}")
         if self.method == "committee" and self.committee_size < 2:
             raise ValueError("committee_size must be >= 2")
+        # the acquisition settings follow AcquisitionConfig's rules (one set, in one place);
+        # random and committee runs are checked as if they were joint-kernel runs
+        self._acquisition(self.method if self.method in KINDS else "joint")
 
     @property
     def uses_evidence(self) -> bool:
@@ -154,6 +152,23 @@ class LoopConfig:
     @property
     def kernel_config(self) -> KernelConfig:
         return dataclasses.replace(self.kernel, kind=self.method)
+
+    @property
+    def acquisition(self) -> AcquisitionConfig:
+        """The :class:`~ntkal.acquire.AcquisitionConfig` of the kernel rounds (``method`` a
+        kernel kind): ``kernel.w_force <= 0`` means ``joint_weights="auto"``."""
+        return self._acquisition(self.method)
+
+    def _acquisition(self, kind: str) -> AcquisitionConfig:
+        auto = self.kernel.w_force <= 0
+        return AcquisitionConfig(
+            kernel=dataclasses.replace(self.kernel, kind=kind, w_energy=1.0, w_force=1.0),
+            joint_weights="auto" if auto else (self.kernel.w_energy, self.kernel.w_force),
+            selector=self.selector, shortlist=self.shortlist, noise_var=self.noise_var,
+            noise_rule=self.noise_rule, feature_norm=self.feature_norm, reduction=self.reduction,
+            max_force_quantile=self.max_force_quantile, cascade=self.cascade,
+            cascade_keep=self.cascade_keep, chunk_size=self.chunk_size, size_classes=self.size_classes,
+            seed=self.seed)
 
 
 class LoopState(NamedTuple):
@@ -191,10 +206,10 @@ class LoopContext(NamedTuple):
       sizes: per-graph budgets shared by every feature chunk (so rows have one width r).
       config: the :class:`LoopConfig`.
       progress: show progress bars.
-      pretrained_ref: identity-hashable handle on ``pretrained`` (cache key for feature maps).
       replay: labelled pretraining structures replayed in every fine-tune (drawn once per run).
-      cache: per-run store of values that do not change between rounds (pretrained-parameter
-        pool features, predicted max forces); filled lazily, never saved.
+      cache: per-run store of what does not change between rounds: compiled functions (feature
+        maps, energy/forces), the pool's size plan, pretrained-parameter pool features and
+        predicted max forces; filled lazily, never saved.
     """
 
     model: MLIP
@@ -206,7 +221,6 @@ class LoopContext(NamedTuple):
     sizes: GraphSizes
     config: LoopConfig
     progress: bool
-    pretrained_ref: Any
     replay: Sequence[Structure] = ()
     cache: dict | None = None
 
@@ -249,7 +263,7 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         replay = [s for _, s in structures_from_atoms([replay_atoms[i] for i in pick], cutoff,
                                                       elements=elements, require_labels=True)]
     return LoopContext(model, pretrained, pool, pool_atoms, tests, oracle, sizes, config, progress,
-                       _Ref(pretrained), replay, {} if cache is None else cache)
+                       replay, {} if cache is None else cache)
 
 
 def replay_sample(n_available: int, count: int, seed: int) -> np.ndarray:
@@ -280,218 +294,50 @@ def _chunks(structures: Sequence[Structure], ids: Sequence[int], chunk_size: int
         yield out, graph
 
 
-def _feature_chunks(feature_map, params, structures, ids, ctx: LoopContext, scale: float = 1.0,
-                    weights=None):
-    """FeatureChunks of ``structures[ids]``, rows multiplied by ``weights`` (1, r, 1) and / ``scale``."""
-    for chunk_ids, graph in _chunks(structures, ids, ctx.config.chunk_size, ctx.sizes):
-        rows, mask = feature_map.apply(params, graph, sizes=ctx.sizes)
-        rows = jnp.asarray(rows)
-        if weights is not None:
-            rows = rows * weights.astype(rows.dtype)
-        yield FeatureChunk(rows / scale, jnp.asarray(mask), jnp.asarray(chunk_ids, jnp.int32))
-
-
-def _concat(chunks: list[FeatureChunk]) -> FeatureChunk:
-    return FeatureChunk(*(jnp.concatenate([getattr(c, f) for c in chunks]) for f in FeatureChunk._fields))
-
-
-@functools.lru_cache(maxsize=16)
-def _jitted(model: MLIP):
-    """Jitted energy+forces, error sums and energy of ``model``, compiled once per model object."""
-    return (jax.jit(energy_and_forces_fn(model.energy)), jax.jit(make_error_sums_fn(model.energy)),
-            jax.jit(model.energy))
-
-
-@functools.lru_cache(maxsize=16)
-def _feature_map(model: MLIP, kcfg: KernelConfig, params_ref):
-    return make_feature_map(model, kcfg, params_ref.value)
-
-
-class _Ref:
-    """Hashable by identity: lets a params pytree ride through ``lru_cache``."""
-
-    def __init__(self, value):
-        self.value = value
-
-
-def _trace_equalising_w_force(train: FeatureChunk) -> float:
-    """w_F with w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖²_F over the valid training structures (joint rows
-    [φ_E; Φ_F] with unit weights), the rule of :func:`ntkal.kernels.default_joint_weights`."""
-    sq = np.asarray(jnp.sum(jnp.asarray(train.rows) ** 2, axis=-1))[np.asarray(train.ids) >= 0]
-    return float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
-
-
-def scale_training_features(train: FeatureChunk, *, joint_auto: bool):
-    """Joint weights and scale of training features, as used before forming the posterior.
-
-    With ``joint_auto`` (rows = [φ_E; Φ_F] with unit weights) the force rows are multiplied by
-    the trace-equalising w_F, w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖²_F over the training set (the rule of
-    :func:`ntkal.kernels.default_joint_weights`). Then every row is divided by
-    ``scale`` = sqrt(mean per-structure trace ‖Φ(x)‖²_F), so the mean kernel diagonal of the
-    training set is 1 and σ² is relative to it.
-
-    Returns:
-      ``(train_scaled, weights (1, r, 1) or None, scale, w_force or None)``; apply
-      ``rows * weights / scale`` to pool features.
-    """
-    valid = np.asarray(train.ids) >= 0
-    weights, w_force = None, None
-    if joint_auto:
-        w_force = _trace_equalising_w_force(train)
-        weights = jnp.asarray([1.0] + [w_force] * (train.rows.shape[1] - 1))[None, :, None]
-        train = train._replace(rows=train.rows * weights.astype(train.rows.dtype))
-    trace = np.asarray(jnp.sum(train.rows ** 2, axis=(1, 2)))[valid]
-    scale = float(np.sqrt(max(trace.mean(), 1e-30)))
-    return train._replace(rows=train.rows / scale), weights, scale, w_force
-
-
-def _take(chunk: FeatureChunk, positions: np.ndarray, size: int | None = None) -> FeatureChunk:
-    """Rows of a host-side feature array at ``positions``, padded with empty slots to ``size``."""
-    positions = np.asarray(positions, np.int64)
-    pad = 0 if size is None else size - len(positions)
-    rows, mask, ids = chunk.rows[positions], chunk.row_mask[positions], chunk.ids[positions]
-    if pad > 0:
-        rows = np.concatenate([rows, np.zeros((pad,) + rows.shape[1:], rows.dtype)])
-        mask = np.concatenate([mask, np.zeros((pad,) + mask.shape[1:], bool)])
-        ids = np.concatenate([ids, np.full((pad,), -1, ids.dtype)])
-    return FeatureChunk(rows, mask, ids)
-
-
-def _pool_features(ctx: LoopContext, fmap, params, kcfg: KernelConfig) -> FeatureChunk:
-    """Features of every pool structure (host numpy, id = pool index), computed once per run."""
-    key = ("features", kcfg)
+def _jitted(ctx: LoopContext):
+    """Jitted energy+forces, error sums and energy of the model, compiled once per context
+    (and once per sweep when the contexts share ``cache``)."""
+    key = ("jitted", id(ctx.model))
     if key not in ctx.cache:
-        chunks = _feature_chunks(fmap, params, ctx.pool, np.arange(len(ctx.pool)), ctx)
-        if ctx.progress:
-            chunks = tqdm(chunks, total=-(-len(ctx.pool) // ctx.config.chunk_size),
-                          desc="featurise pool (once)", leave=False)
-        parts = [FeatureChunk(*(np.asarray(x) for x in c)) for c in chunks]
-        rows = np.concatenate([p.rows for p in parts])
-        mask = np.concatenate([p.row_mask for p in parts])
-        ids = np.concatenate([p.ids for p in parts])
-        keep = ids >= 0
-        ctx.cache[key] = FeatureChunk(rows[keep], mask[keep], ids[keep])
-    return ctx.cache[key]
+        model = ctx.model
+        ctx.cache[key] = (model, jax.jit(energy_and_forces_fn(model.energy)),
+                          jax.jit(make_error_sums_fn(model.energy)), jax.jit(model.energy))
+    return ctx.cache[key][1:]
 
 
-def _predicted_fmax(ctx: LoopContext, params, cache_key=None) -> np.ndarray:
-    """(n_pool,) max over free atoms of the predicted |F| (eV/Å) for every pool structure."""
-    if cache_key is not None and cache_key in ctx.cache:
-        return ctx.cache[cache_key]
-    ef, _, _ = _jitted(ctx.model)
-    out = np.zeros(len(ctx.pool))
-    for chunk_ids, graph in _chunks(ctx.pool, np.arange(len(ctx.pool)), ctx.config.chunk_size, ctx.sizes):
-        _, f = ef(params, graph)
-        f = np.linalg.norm(np.asarray(f), axis=-1)
-        start = 0
-        for i in chunk_ids:
-            if i < 0:
-                break
-            s = ctx.pool[i]
-            part = f[start:start + s.n_atoms][s.free]
-            out[i] = part.max() if part.size else 0.0
-            start += s.n_atoms
-    if cache_key is not None:
-        ctx.cache[cache_key] = out
-    return out
+def _acquirer(ctx: LoopContext) -> tuple[Acquirer, StructureSet]:
+    """The run's :class:`~ntkal.acquire.Acquirer` and the pool's size plan (built once; feature
+    maps shared through ``ctx.cache`` by every acquirer of the same model)."""
+    cfg = ctx.config.acquisition
+    key = ("acquirer", id(ctx.model), cfg)
+    if key not in ctx.cache:
+        ctx.cache[key] = (ctx.model, Acquirer(ctx.model, ctx.pretrained, cfg, store=ctx.cache))
+    plan_key = ("structure_set", cfg.size_classes, cfg.max_padding, len(ctx.pool))
+    if plan_key not in ctx.cache:
+        ctx.cache[plan_key] = structure_set(ctx.pool, cfg.size_classes, cfg.max_padding)
+    return ctx.cache[key][1], ctx.cache[plan_key]
 
 
 def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, key, budget: int,
                   energies: np.ndarray | None = None):
-    """Kernel-method picks: ``(ids, selector scores, pv, noise_var)``.
+    """Kernel-method picks through the acquisition pipeline: ``(ids, selector scores, pv, noise_var)``.
 
-    ``energies`` (eV, aligned with ``state.labelled``) are needed by ``noise_rule="evidence"``.
+    ``energies`` (eV, aligned with ``state.labelled``) feed the evidence rule. With
+    ``featurize_with="pretrained"`` every pool structure is featurised once per run (or sweep).
     """
-    cfg = ctx.config
-    pretrained_features = cfg.featurize_with == "pretrained"
+    pretrained_features = ctx.config.featurize_with == "pretrained"
     params = ctx.pretrained if pretrained_features else state.params
-    kcfg = cfg.kernel_config
-    joint = kcfg.kind == "joint"
-    joint_auto = joint and kcfg.w_force <= 0
-    per_structure = cfg.feature_norm == "per_structure"
-    if joint and (joint_auto or per_structure):  # unit weights; blocks reweighted below
-        kcfg = dataclasses.replace(kcfg, w_energy=1.0, w_force=1.0)
-    fmap = _feature_map(ctx.model, kcfg, ctx.pretrained_ref)
-    if pretrained_features:
-        everything = _pool_features(ctx, fmap, params, kcfg)
-        train_raw = _take(everything, state.labelled)
-        pool_raw = (_take(everything, unlabelled[k:k + cfg.chunk_size], cfg.chunk_size)
-                    for k in range(0, len(unlabelled), cfg.chunk_size))
-    else:
-        train_raw = _concat(list(_feature_chunks(fmap, params, ctx.pool, state.labelled, ctx)))
-        pool_raw = _feature_chunks(fmap, params, ctx.pool, unlabelled, ctx)
-    r = train_raw.rows.shape[1]
-    groups = weights = None
-    if joint:
-        groups = (0,) + (1,) * (r - 1)
-        if per_structure:
-            weights = (1.0, 1.0) if joint_auto else (cfg.kernel.w_energy, cfg.kernel.w_force)
-        elif joint_auto:
-            weights = (1.0, _trace_equalising_w_force(train_raw))
-    scale = fit_feature_scale(FeatureChunk(*(np.asarray(x) for x in train_raw)), cfg.feature_norm,
-                              row_groups=groups, group_weights=weights)
-    train_all = apply_feature_scale(train_raw, scale)
-    noise_var = cfg.noise_var
-    if cfg.uses_evidence:
-        if energies is None:
-            raise ValueError("noise_rule='evidence' needs the labelled energies")
-        noise_var = _evidence_noise(ctx, params, state.labelled, np.asarray(energies, np.float64),
-                                    train_raw, train_all)
-    posterior = fit_posterior([train_all], fmap.dim, noise_var=noise_var)
-
-    allowed = None
-    if cfg.max_force_quantile < 1.0:
-        fmax = _predicted_fmax(ctx, params, ("fmax",) if pretrained_features else None)
-        allowed = fmax <= np.quantile(fmax, cfg.max_force_quantile)
-    target = np.zeros((fmap.dim, fmap.dim)) if cfg.selector == "varred" else None
-
-    def scaled_chunks():
-        chunks = (apply_feature_scale(chunk, scale) for chunk in pool_raw)
-        if target is not None:  # varred's target is the whole unlabelled pool, guarded or not
-            chunks = accumulate_second_moment(chunks, target)
-        for chunk in chunks:
-            if allowed is not None:
-                ids = np.asarray(chunk.ids)
-                ok = (ids >= 0) & allowed[np.maximum(ids, 0)]
-                chunk = chunk._replace(ids=jnp.asarray(np.where(ok, ids, -1), jnp.int32))
-            yield FeatureChunk(jnp.asarray(chunk.rows), jnp.asarray(chunk.row_mask),
-                               jnp.asarray(chunk.ids, jnp.int32))
-
-    pool_chunks = scaled_chunks()
-    if ctx.progress and not pretrained_features:
-        pool_chunks = tqdm(pool_chunks, total=-(-len(unlabelled) // cfg.chunk_size), desc="score pool",
-                           leave=False)
-    n_allowed = len(unlabelled) if allowed is None else int(allowed[unlabelled].sum())
-    if n_allowed < budget:
-        raise ValueError(f"max_force_quantile = {cfg.max_force_quantile} leaves {n_allowed} candidates "
-                         f"for a batch of {budget}")
-    m = max(min(cfg.shortlist, n_allowed), budget)
-    score_config = ScoreConfig(reduction=cfg.reduction)
-    short = shortlist_pool(pool_chunks, posterior, m, score_config=score_config)
-    selection = select_batch(cfg.selector, short.as_chunk(), budget=budget, key=key, posterior=posterior,
-                             train=train_all if cfg.selector in ("lcmd", "maxdist", "kmeanspp") else None,
-                             score_config=score_config, target_gram=target)
-    pv = np.asarray(short.values)[np.asarray(selection.indices)]
-    return (np.asarray(selection.ids, np.int64), np.asarray(selection.scores, np.float64),
-            pv.astype(np.float64), float(noise_var))
-
-
-def _evidence_noise(ctx: LoopContext, params, labelled: np.ndarray, labels: np.ndarray,
-                    train_raw: FeatureChunk, train_scaled: FeatureChunk) -> float:
-    """Evidence-maximising σ² from the labelled set's energy residuals and energy rows (row 0)."""
-    _, _, energy = _jitted(ctx.model)
-    # _chunks keeps the order of ``labelled``: concatenating the valid slots aligns with ``labels``
-    pred = np.concatenate([np.asarray(energy(params, graph))[chunk_ids >= 0]
-                           for chunk_ids, graph in _chunks(ctx.pool, labelled, ctx.config.chunk_size, ctx.sizes)])
-    raw = np.asarray(train_raw.rows, np.float64)[:, 0]
-    scaled = np.asarray(train_scaled.rows, np.float64)[:, 0]
-    factor = np.linalg.norm(scaled, axis=1) / np.maximum(np.linalg.norm(raw, axis=1), 1e-30)
-    return evidence_noise_var(scaled, (labels - pred) * factor)
+    acquirer, data = _acquirer(ctx)
+    picks = acquirer.pick(params, data, state.labelled, unlabelled, budget, key,
+                          train_energies=None if energies is None else np.asarray(energies, np.float64),
+                          cache=ctx.cache if pretrained_features else None,
+                          progress=ctx.progress and not pretrained_features)
+    return picks.ids, picks.scores, picks.pv, float(picks.noise_var)
 
 
 def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, budget):
     cfg = ctx.config
-    ef, _, _ = _jitted(ctx.model)
+    ef, _, _ = _jitted(ctx)
     pool_chunks = list(_chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes))
     forces = []
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
@@ -582,7 +428,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _, sums, _ = _jitted(ctx.model)
+    _, sums, _ = _jitted(ctx)
     metrics = {name: evaluate(sums, params, make_batches(structures, 16))
                for name, structures in ctx.tests.items()}
     times["evaluate_s"] = time.perf_counter() - t
@@ -596,7 +442,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
 
 def _pick_errors(ctx: LoopContext, params, structures: Sequence[Structure]) -> list[float]:
     """Force MAE (eV/Å) of ``params`` on each labelled structure (NaN without force labels)."""
-    ef, _, _ = _jitted(ctx.model)
+    ef, _, _ = _jitted(ctx)
     out = []
     for s in structures:
         graph = batch_structures([s], n_graph=2, n_node=bucket(ctx.sizes.max_atoms + 1),
@@ -710,8 +556,8 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
 
 #: LoopConfig fields that round 0 (random initial set + first fine-tune) does not depend on.
 _NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "noise_rule", "feature_norm",
-                  "max_force_quantile", "reduction", "batch", "rounds", "featurize_with",
-                  "committee_size", "chunk_size")
+                  "max_force_quantile", "cascade", "cascade_keep", "size_classes", "reduction", "batch",
+                  "rounds", "featurize_with", "committee_size", "chunk_size")
 
 
 def round0_fingerprint(config: LoopConfig, *extra) -> str:

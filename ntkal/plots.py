@@ -36,6 +36,9 @@ from matplotlib.ticker import NullFormatter  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
+# The arguments live with the light CLI so that building the parser does not import matplotlib.
+from ntkal.cli import add_plot_arguments  # noqa: E402,F401
+
 __all__ = ["Curve", "CalibrationPlot", "aggregate_curves", "calibration_stats",
            "plot_learning_curves", "plot_calibration", "plot_results", "add_plot_arguments",
            "main_plot"]
@@ -298,15 +301,6 @@ def plot_results(results_path: str | os.PathLike, out_dir: str | os.PathLike | N
     if not written:
         raise ValueError(f"{results_path}: nothing to plot (no rows with {list(metrics)}, no scored picks)")
     return written
-
-
-def add_plot_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``ntkal plot`` arguments to ``parser``."""
-    parser.add_argument("results", help="results JSON (or a folder holding results.json)")
-    parser.add_argument("--out", default=None, help="output folder (default: next to the JSON)")
-    parser.add_argument("--metric", action="append", default=None,
-                        help="learning-curve metric (repeatable; default force_mae and energy_mae_per_atom)")
-    return parser
 
 
 def main_plot(args: argparse.Namespace) -> int:

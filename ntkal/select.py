@@ -1,29 +1,22 @@
 """``ntkal select``: pick the most informative structures of a (large) pool file.
 
-Three passes over the pool file, which is streamed with ``ase.io.iread`` and never held
-in memory:
+One pass reads and graphs every frame of the pool and training files (errors name the file and
+frame; each neighbour list is built once), the acquisition pipeline
+(:class:`ntkal.acquire.Acquirer`: size-class padding, prefetched chunks, optional cheap-kernel
+cascade, posterior-variance shortlist, batch selector) picks ``budget`` structures, and a last
+pass over the pool file writes exactly the picked frames (in pick order) to ``out_path``
+atomically, with ``info["pool_id"]`` (0-based frame index in the pool file), ``info["score"]``
+(the selector's criterion at the time of the pick) and ``info["pv"]`` (the structure's
+posterior variance, the shortlist score). A JSON summary goes next to it
+(``<out stem>.summary.json``): the full :class:`~ntkal.acquire.AcquisitionConfig`, the picks,
+per-stage seconds and the padding ratio.
 
-1. **validate** — every frame becomes a graph once (errors name the file and frame); the
-   per-graph budgets :class:`~ntkal.kernels.GraphSizes` (bucketed max atoms / edges over
-   pool and training set) are fixed so every feature chunk has the same row count r.
-2. **score** — the pool is featurised chunk by chunk and streamed through the
-   posterior-variance top-m shortlist (:func:`ntkal.acquisition.shortlist_pool`); the
-   posterior comes from the training file's features.
-3. **write** — the selector picks ``budget`` structures from the shortlist; the pool file is
-   read again and exactly the picked frames are written (in pick order) to ``out_path``
-   atomically, with ``info["pool_id"]`` (0-based frame index in the pool file),
-   ``info["score"]`` (the selector's criterion at the time of the pick, e.g. the squared
-   posterior distance for ``lcmd``) and ``info["pv"]`` (the structure's posterior variance,
-   the shortlist score). A JSON summary goes next to it (``<out stem>.summary.json``).
+Memory: the graphs of pool and training set are held (≈ 50 bytes per edge); features are
+streamed chunk by chunk (one chunk, the top-m shortlist and the training features at a time).
 
-Memory: the pool is never held (one chunk of frames and features at a time, plus the top-m
-shortlist and the picked frames); the training set's feature rows (n_train × r × d) are held
-because the train+pool selectors use them as initial centres.
-
-Feature scale (as in :mod:`ntkal.loop`): for ``kernel="joint"`` the force rows are weighted
-by the trace-equalising w_F (:func:`ntkal.kernels.default_joint_weights`) computed on the
-training set; then every row is divided by sqrt(mean per-structure trace ‖Φ(x)‖²_F over the
-training set), so ``noise_var`` is relative to the typical kernel diagonal.
+The training file defines the posterior; when every training frame carries an energy label the
+evidence rule can choose σ² (``noise_rule="auto"`` falls back to the fixed ``noise_var``
+otherwise, and says so in the summary).
 
 Example::
 
@@ -33,7 +26,6 @@ Example::
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import tempfile
@@ -44,25 +36,15 @@ from typing import Iterator, NamedTuple
 import ase
 import ase.io
 import jax
-import jax.numpy as jnp
 import numpy as np
 from ase.io.formats import filetype
 from tqdm.auto import tqdm
 
-from ntkal.acquisition import (SELECTORS, FeatureChunk, ScoreConfig, fit_posterior, select_batch,
-                               accumulate_second_moment, shortlist_pool)
-from ntkal.data import (EmptyInputError, InvalidStructureError, atoms_to_structure, bucket,
-                        iterate_chunks)
-from ntkal.kernels import KINDS, KernelConfig, make_feature_map
-from ntkal.kernels.split import GraphSizes
-from ntkal.loop import scale_training_features
+from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
+from ntkal.data import EmptyInputError, InvalidStructureError, atoms_to_structure, labels_of
 from ntkal.models import atomic_write_bytes, load_pretrained
 
-__all__ = ["SelectSummary", "select_from_files", "add_select_arguments", "main_select",
-           "read_frames", "scan_sizes"]
-
-#: Selectors that also take the training features as initial centres (train+pool mode).
-_DISTANCE_SELECTORS = ("lcmd", "maxdist", "kmeanspp")
+__all__ = ["SelectSummary", "select_from_files", "read_frames", "read_structures"]
 
 
 class SelectSummary(NamedTuple):
@@ -74,15 +56,16 @@ class SelectSummary(NamedTuple):
       n_pool: structures in the pool file.
       n_train: structures in the training file.
       budget: structures picked.
-      kernel: feature-map kind.
-      selector: batch selector.
+      config: the :class:`~ntkal.acquire.AcquisitionConfig` used.
       ids: (budget,) 0-based pool frame indices, in pick order.
       scores: (budget,) selector criterion at the time of each pick.
-      pv: (budget,) posterior variance of each pick (relative to the mean training trace).
-      sizes: per-graph budgets used for every chunk.
+      pv: (budget,) posterior variance of each pick (in the scaled feature unit).
+      noise_var: σ² used.
       w_force: joint force-row weight (``None`` for other kernels).
-      timings: seconds per stage (``validate_s``, ``train_features_s``, ``score_s``,
-        ``select_s``, ``write_s``, ``total_s``).
+      padding_ratio: atom slots featurised / real atoms (size classes).
+      timings: seconds per stage (``read_s``, ``setup_s``, ``cascade_s``, ``train_features_s``,
+        ``score_select_s``, ``write_s``, ``total_s``).
+      stats: counts from :class:`ntkal.acquire.Picks` (``n_features``, ``n_kept``, ...).
     """
 
     out_path: Path
@@ -90,14 +73,23 @@ class SelectSummary(NamedTuple):
     n_pool: int
     n_train: int
     budget: int
-    kernel: str
-    selector: str
+    config: AcquisitionConfig
     ids: tuple
     scores: tuple
     pv: tuple
-    sizes: GraphSizes
+    noise_var: float
     w_force: float | None
+    padding_ratio: float
     timings: dict
+    stats: dict
+
+    @property
+    def kernel(self) -> str:
+        return self.config.kind
+
+    @property
+    def selector(self) -> str:
+        return self.config.selector
 
 
 def read_frames(path: str | os.PathLike, *, tag: bool = True) -> Iterator[ase.Atoms]:
@@ -129,43 +121,28 @@ def read_frames(path: str | os.PathLike, *, tag: bool = True) -> Iterator[ase.At
         frame += 1
 
 
-def scan_sizes(path, cutoff: float, elements, *, progress: bool = False,
-               desc: str = "validate") -> tuple[int, int, int]:
-    """Validate every frame of ``path``; returns ``(n_frames, max_atoms, max_edges)``.
+def read_structures(path, cutoff: float, elements, *, progress: bool = False, desc: str = "read"):
+    """Read and graph every frame of ``path`` once.
+
+    Returns:
+      ``(structures, energies)``: the :class:`~ntkal.data.Structure` s in file order and their
+      (n,) energy labels in eV (``None`` unless every frame has one).
 
     Raises:
       EmptyInputError: the file holds no frame.
       InvalidStructureError: a frame cannot be read or graphed (message names file and frame).
     """
-    n = max_atoms = max_edges = 0
+    structures, energies = [], []
     frames = read_frames(path)
     if progress:
         frames = tqdm(frames, desc=f"{desc} {Path(path).name}", unit="frame", leave=False)
-    for atoms in frames:
-        s = atoms_to_structure(atoms, cutoff, index=n, elements=elements)
-        max_atoms, max_edges = max(max_atoms, s.n_atoms), max(max_edges, s.n_edges)
-        n += 1
-    if n == 0:
+    for n, atoms in enumerate(frames):
+        structures.append(atoms_to_structure(atoms, cutoff, index=n, elements=elements))
+        energies.append(labels_of(atoms)[0])
+    if not structures:
         raise EmptyInputError(f"{path}: no structures in the file")
-    return n, max_atoms, max_edges
-
-
-def _feature_chunks(fmap, params, path, cutoff, elements, sizes: GraphSizes, chunk_size: int,
-                    weights=None, scale: float = 1.0) -> Iterator[FeatureChunk]:
-    """Fixed-budget feature chunks of every frame of ``path`` (ids = frame index)."""
-    n_node = bucket(chunk_size * sizes.max_atoms + 1)
-    n_edge = bucket(chunk_size * sizes.max_edges)
-    for chunk in iterate_chunks(read_frames(path), cutoff, max_graphs=chunk_size, max_nodes=n_node,
-                                max_edges=n_edge, fixed_budget=True, elements=elements):
-        rows, mask = fmap.apply(params, chunk.graph, sizes=sizes)
-        rows = jnp.asarray(rows)
-        if weights is not None:
-            rows = rows * weights.astype(rows.dtype)
-        yield FeatureChunk(rows / scale, jnp.asarray(mask), jnp.asarray(chunk.ids, jnp.int32))
-
-
-def _concat(chunks: list[FeatureChunk]) -> FeatureChunk:
-    return FeatureChunk(*(jnp.concatenate([getattr(c, f) for c in chunks]) for f in FeatureChunk._fields))
+    have = all(e is not None for e in energies)
+    return structures, (np.asarray(energies, np.float64) if have else None)
 
 
 def _summary_path(out_path: Path) -> Path:
@@ -179,58 +156,34 @@ def select_from_files(
     budget: int,
     *,
     out_path: str | os.PathLike,
-    kernel: str = "joint",
-    selector: str = "lcmd",
-    shortlist: int = 200,
-    sketch_dim: int | None = 256,
-    num_probes: int = 8,
-    joint_force: str = "probe",
-    param_filter: str = "all",
-    noise_var: float = 1e-2,
-    reduction: str = "total",
-    chunk_size: int = 16,
-    seed: int = 0,
+    config: AcquisitionConfig = AcquisitionConfig(),
     progress: bool = True,
 ) -> SelectSummary:
     """Pick ``budget`` structures of ``pool_path`` and write them to ``out_path``.
 
     Args:
-      model_path: an ntkal checkpoint (:func:`ntkal.models.save_checkpoint`).
-      pool_path: candidate structures, any ASE-readable file (streamed; labels ignored).
-      train_path: structures the model was trained on (define the posterior; labels ignored).
+      model_path: an ntkal checkpoint (:func:`ntkal.models.save_checkpoint`) or a shipped
+        pretrained name.
+      pool_path: candidate structures, any ASE-readable file (labels ignored).
+      train_path: structures the model was trained on (define the posterior; energy labels, if
+        every frame has one, feed the evidence rule for σ²).
       budget: number of structures to pick (1 ≤ budget ≤ pool size).
       out_path: output structure file (format from its extension; ``.extxyz`` recommended).
-      kernel: feature map, one of :data:`ntkal.kernels.KINDS`; ``joint`` gets trace-equalising
-        weights from the training set.
-      selector: one of :data:`ntkal.acquisition.SELECTORS`.
-      shortlist: m, structures kept by the streaming posterior-variance top-m (raised to
-        ``budget`` if smaller).
-      sketch_dim: d, the NTK sketch width (``None`` = unsketched; small models only).
-      num_probes: k, probe tangents of the ``force_probe``/``joint`` force rows.
-      joint_force: ``"probe"`` or ``"exact"`` force rows inside the joint kernel.
-      param_filter: parameters the NTK differentiates (see :func:`ntkal.kernels.select_params`).
-      noise_var: σ², relative to the mean per-structure kernel trace of the training set.
-      reduction: per-structure reduction of row variances (``total``, ``mean``, ``max``).
-      chunk_size: structures per featurisation chunk.
-      seed: seeds the sketch, probes and the random/k-means++ selectors.
+      config: the acquisition settings (kernel, selector, shortlist, σ², cascade, chunking).
       progress: show progress bars.
 
     Returns:
       A :class:`SelectSummary` (also written as JSON next to ``out_path``).
 
     Raises:
-      ValueError: unknown kernel/selector, ``budget`` < 1 or larger than the pool, empty pool.
+      ValueError: ``budget`` < 1 or larger than the pool, empty pool, bad config.
       InvalidStructureError: a pool/training frame is unreadable or invalid (names file+frame).
     """
     t_start = time.perf_counter()
-    if kernel not in KINDS:
-        raise ValueError(f"unknown kernel {kernel!r}; choose from {KINDS}")
-    if selector not in SELECTORS:
-        raise ValueError(f"unknown selector {selector!r}; choose from {SELECTORS}")
+    if not isinstance(config, AcquisitionConfig):
+        raise TypeError(f"config must be an AcquisitionConfig, got {type(config).__name__}")
     if int(budget) < 1:
         raise ValueError(f"budget must be >= 1, got {budget}")
-    if chunk_size < 1 or shortlist < 1:
-        raise ValueError("chunk_size and shortlist must be >= 1")
     budget = int(budget)
     out_path = Path(out_path)
     timings = {}
@@ -239,65 +192,43 @@ def select_from_files(
     cutoff, elements = model.config.cutoff, model.config.elements
 
     t = time.perf_counter()
-    n_pool, pool_atoms, pool_edges = scan_sizes(pool_path, cutoff, elements, progress=progress)
+    pool, _ = read_structures(pool_path, cutoff, elements, progress=progress, desc="read pool")
+    n_pool = len(pool)
     if budget > n_pool:
         raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
-    n_train, train_atoms, train_edges = scan_sizes(train_path, cutoff, elements, progress=progress)
-    sizes = GraphSizes(bucket(max(pool_atoms, train_atoms)), bucket(max(pool_edges, train_edges, 1)))
-    timings["validate_s"] = time.perf_counter() - t
-
-    kcfg = KernelConfig(kind=kernel, sketch_dim=sketch_dim, num_probes=num_probes,
-                        joint_force=joint_force, param_filter=param_filter, seed=seed)
-    fmap = make_feature_map(model, kcfg, params)
-    featurise = dict(cutoff=cutoff, elements=elements, sizes=sizes, chunk_size=chunk_size)
+    train, energies = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
+    timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    train = _concat(list(_feature_chunks(fmap, params, train_path, **featurise)))
-    train, weights, scale, w_force = scale_training_features(train, joint_auto=kernel == "joint")
-    posterior = fit_posterior([train], fmap.dim, noise_var=noise_var)
-    timings["train_features_s"] = time.perf_counter() - t
+    data = structure_set(pool + train, config.size_classes, config.max_padding)
+    acquirer = Acquirer(model, params, config)
+    timings["setup_s"] = time.perf_counter() - t
+    picks = acquirer.pick(params, data, n_pool + np.arange(len(train)), np.arange(n_pool), budget,
+                          jax.random.PRNGKey(config.seed), train_energies=energies, progress=progress)
+    for name in ("cascade_s", "train_features_s", "score_select_s"):
+        timings[name] = picks.stats[name]
 
     t = time.perf_counter()
-    pool_chunks = _feature_chunks(fmap, params, pool_path, weights=weights, scale=scale, **featurise)
-    target = np.zeros((fmap.dim, fmap.dim)) if selector == "varred" else None
-    if target is not None:  # varred's target set is the whole pool: accumulate its moment in the one pass
-        pool_chunks = accumulate_second_moment(pool_chunks, target)
-    if progress:
-        pool_chunks = tqdm(pool_chunks, total=-(-n_pool // chunk_size), desc="score pool", leave=False)
-    score_config = ScoreConfig(reduction=reduction)
-    m = max(min(shortlist, n_pool), budget)
-    short = shortlist_pool(pool_chunks, posterior, m, score_config=score_config)
-    timings["score_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    selection = select_batch(selector, short.as_chunk(), budget=budget, key=jax.random.PRNGKey(seed),
-                             posterior=posterior,
-                             train=train if selector in _DISTANCE_SELECTORS else None,
-                             score_config=score_config, target_gram=target)
-    ids = np.asarray(selection.ids, np.int64)
-    scores = np.asarray(selection.scores, np.float64)
-    pv = np.asarray(short.values, np.float64)[np.asarray(selection.indices)]
-    if len(set(ids.tolist())) != budget or (ids < 0).any():
-        raise RuntimeError(f"selector {selector!r} returned invalid or duplicate ids {ids.tolist()}")
-    timings["select_s"] = time.perf_counter() - t
-
-    t = time.perf_counter()
-    _write_picked(pool_path, out_path, ids, scores, pv)
+    _write_picked(pool_path, out_path, picks.ids, picks.scores, picks.pv)
     timings["write_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
-    summary = SelectSummary(out_path, _summary_path(out_path), n_pool, n_train, budget, kernel,
-                            selector, tuple(int(i) for i in ids), tuple(float(s) for s in scores),
-                            tuple(float(v) for v in pv), sizes, w_force, timings)
+    padding = data.padding_ratio(config.chunk_size)
+    stats = {k: v for k, v in picks.stats.items() if not k.endswith("_s")}
+    summary = SelectSummary(out_path, _summary_path(out_path), n_pool, len(train), budget, config,
+                            tuple(int(i) for i in picks.ids), tuple(float(s) for s in picks.scores),
+                            tuple(float(v) for v in picks.pv), picks.noise_var, picks.w_force,
+                            padding, timings, stats)
     record = {
         "model": os.fspath(model_path), "pool": os.fspath(pool_path), "train": os.fspath(train_path),
-        "out": os.fspath(out_path), "n_pool": n_pool, "n_train": n_train, "budget": budget,
-        "kernel": kernel, "selector": selector, "shortlist": m, "sketch_dim": sketch_dim,
-        "num_probes": num_probes, "joint_force": joint_force, "param_filter": param_filter,
-        "noise_var": noise_var, "reduction": reduction, "chunk_size": chunk_size, "seed": seed,
-        "feature_dim": int(fmap.dim), "sizes": dict(sizes._asdict()), "w_force": w_force,
-        "feature_scale": scale, "ids": list(summary.ids), "scores": list(summary.scores),
-        "pv": list(summary.pv), "timings": timings,
+        "out": os.fspath(out_path), "n_pool": n_pool, "n_train": len(train), "budget": budget,
+        "kernel": config.kind, "selector": config.selector, "config": config.to_dict(),
+        "feature_dim": int(acquirer.feature_map.dim), "noise_var": picks.noise_var,
+        "noise_var_from": "evidence" if config.uses_evidence(energies is not None) else "fixed",
+        "w_force": picks.w_force, "feature_scale": float(picks.scale.scale),
+        "size_classes": [list(b) for b in data.plan.budgets], "padding_ratio": padding,
+        "ids": list(summary.ids), "scores": list(summary.scores), "pv": list(summary.pv),
+        "stats": stats, "timings": timings,
     }
     atomic_write_bytes(summary.summary_path, json.dumps(record, indent=2).encode())
     return summary
@@ -327,42 +258,3 @@ def _write_picked(pool_path, out_path: Path, ids: np.ndarray, scores: np.ndarray
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-
-
-# --- CLI ------------------------------------------------------------------------------------
-
-def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the ``ntkal select`` options to ``parser`` (a subcommand parser)."""
-    parser.add_argument("--model", required=True, help="ntkal checkpoint (.msgpack) or a shipped pretrained name")
-    parser.add_argument("--pool", required=True, help="candidate structures (any ASE-readable file)")
-    parser.add_argument("--train", required=True, help="training structures (define the posterior)")
-    parser.add_argument("--budget", required=True, type=int, help="number of structures to pick")
-    parser.add_argument("--out", required=True, help="output file for the picks (e.g. picked.extxyz)")
-    parser.add_argument("--kernel", default="joint", choices=KINDS)
-    parser.add_argument("--selector", default="lcmd", choices=SELECTORS)
-    parser.add_argument("--shortlist", type=int, default=200, help="streaming top-m by PV")
-    parser.add_argument("--sketch-dim", type=int, default=256)
-    parser.add_argument("--num-probes", type=int, default=8)
-    parser.add_argument("--joint-force", default="probe", choices=("probe", "exact"))
-    parser.add_argument("--param-filter", default="all")
-    parser.add_argument("--noise-var", type=float, default=1e-2,
-                        help="sigma^2 relative to the mean training kernel trace")
-    parser.add_argument("--reduction", default="total", choices=("total", "mean", "max"))
-    parser.add_argument("--chunk-size", type=int, default=16)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-progress", action="store_true")
-    return parser
-
-
-def main_select(args: argparse.Namespace) -> int:
-    """Run ``ntkal select`` from parsed arguments; prints a one-line summary; returns 0."""
-    summary = select_from_files(
-        args.model, args.pool, args.train, args.budget, out_path=args.out, kernel=args.kernel,
-        selector=args.selector, shortlist=args.shortlist, sketch_dim=args.sketch_dim,
-        num_probes=args.num_probes, joint_force=args.joint_force, param_filter=args.param_filter,
-        noise_var=args.noise_var, reduction=args.reduction, chunk_size=args.chunk_size,
-        seed=args.seed, progress=not args.no_progress)
-    print(f"picked {summary.budget} of {summary.n_pool} pool structures ({summary.kernel} kernel, "
-          f"{summary.selector}) in {summary.timings['total_s']:.1f} s -> {summary.out_path} "
-          f"(summary {summary.summary_path})")
-    return 0

@@ -131,7 +131,8 @@ def test_pretrained_feature_cache_equals_streaming(setup):
 
 
 def test_varred_and_outlier_guard_in_the_loop(setup):
-    from ntkal.loop import _kernel_picks, _predicted_fmax, init_state
+    from ntkal.loop import _acquirer, _kernel_picks, init_state
+    from ntkal.models import energy_and_forces_fn
     model, params, pool, tests = setup
     config = loop_config(selector="varred", feature_norm="per_structure", max_force_quantile=0.5,
                          featurize_with="pretrained", shortlist=40, noise_rule="fixed")
@@ -139,8 +140,17 @@ def test_varred_and_outlier_guard_in_the_loop(setup):
     state = init_state(ctx)._replace(labelled=np.array([0, 1, 2, 3, 4, 5]))
     unlabelled = np.setdiff1d(np.arange(len(pool)), state.labelled)
     ids, scores, _, _ = _kernel_picks(state, ctx, unlabelled, jax.random.key(1), 5)
-    fmax = _predicted_fmax(ctx, params)
-    assert np.all(fmax[ids] <= np.quantile(fmax, 0.5))  # the guard held
+    acquirer, data = _acquirer(ctx)
+    fmax = acquirer.predicted_fmax(params, data, unlabelled)
+    # independent reference for two structures: forces of a one-structure batch
+    ef = jax.jit(energy_and_forces_fn(model.energy))
+    for k in (0, 7):
+        s = ctx.pool[unlabelled[k]]
+        _, f = ef(params, batch_atoms([pool[unlabelled[k]]], model.config.cutoff))
+        ref = np.linalg.norm(np.asarray(f)[: s.n_atoms], axis=1)[s.free].max()
+        assert fmax[k] == pytest.approx(ref, rel=1e-5)
+    allowed = unlabelled[fmax <= np.quantile(fmax, 0.5)]
+    assert np.isin(ids, allowed).all()  # the guard held
     assert np.all(np.diff(scores) <= 1e-6) and np.all(scores > 0)  # greedy gains shrink
 
 

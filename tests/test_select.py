@@ -1,6 +1,7 @@
 """``ntkal select`` end to end on tiny extxyz files (tiny model, one feature compile)."""
 
 import argparse
+import dataclasses
 import json
 
 import ase.io
@@ -12,9 +13,14 @@ from tiny_models import tiny_config
 from ntkal.data import InvalidStructureError, batch_atoms
 from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.models import build_model, save_checkpoint
-from ntkal.select import add_select_arguments, main_select, select_from_files
+from ntkal.acquire import AcquisitionConfig
+from ntkal.kernels import KernelConfig
+from ntkal.select import select_from_files
+from ntkal.select_args import add_select_arguments, main_select
 
 N_POOL, N_TRAIN, BUDGET = 14, 4, 5
+SMALL = AcquisitionConfig(kernel=KernelConfig(kind="joint", sketch_dim=32, num_probes=2), shortlist=8,
+                          chunk_size=4, selector="lcmd")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +45,8 @@ def picked(files):
         "--model", str(files / "model.msgpack"), "--pool", str(files / "pool.extxyz"),
         "--train", str(files / "train.extxyz"), "--budget", str(BUDGET), "--kernel", "joint",
         "--out", str(files / "out" / "picked.extxyz"), "--sketch-dim", "32", "--num-probes", "2",
-        "--shortlist", "8", "--chunk-size", "4", "--no-progress"])
+        "--shortlist", "8", "--chunk-size", "4", "--selector", "lcmd", "--no-progress",
+        "--no-compile-cache"])
     assert main_select(args) == 0
     return files / "out" / "picked.extxyz"
 
@@ -64,6 +71,8 @@ def test_summary_json(picked):
     out = ase.io.read(picked, index=":")
     assert summary["budget"] == BUDGET and summary["n_pool"] == N_POOL and summary["n_train"] == N_TRAIN
     assert summary["kernel"] == "joint" and summary["selector"] == "lcmd"
+    config = AcquisitionConfig.from_dict(summary["config"])  # the record holds the whole config
+    assert config.kernel.sketch_dim == 32 and config.kernel.num_probes == 2 and config.shortlist == 8
     assert summary["ids"] == [a.info["pool_id"] for a in out]
     assert summary["scores"] == pytest.approx([a.info["score"] for a in out])
     assert summary["w_force"] > 0 and summary["timings"]["total_s"] > 0
@@ -73,18 +82,19 @@ def test_summary_json(picked):
 def test_budget_larger_than_pool_is_rejected(files):
     with pytest.raises(ValueError, match=f"budget {N_POOL + 1} exceeds the pool's {N_POOL} structures"):
         select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz",
-                          N_POOL + 1, out_path=files / "never.extxyz", progress=False)
+                          N_POOL + 1, out_path=files / "never.extxyz", config=SMALL, progress=False)
     assert not (files / "never.extxyz").exists()
 
 
 def test_unknown_kernel_and_empty_pool(files):
-    with pytest.raises(ValueError, match="unknown kernel 'nope'"):
+    with pytest.raises(ValueError, match="kind must be one of"):
         select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz", 1,
-                          kernel="nope", out_path=files / "never.extxyz")
+                          config=AcquisitionConfig(kernel=KernelConfig(kind="nope")),
+                          out_path=files / "never.extxyz")
     (files / "empty.extxyz").write_text("")
     with pytest.raises(ValueError, match="no structures"):
         select_from_files(files / "model.msgpack", files / "empty.extxyz", files / "train.extxyz", 1,
-                          out_path=files / "never.extxyz", progress=False)
+                          out_path=files / "never.extxyz", config=SMALL, progress=False)
 
 
 def test_bad_frame_names_file_and_frame(files):
@@ -96,7 +106,7 @@ def test_bad_frame_names_file_and_frame(files):
     ase.io.write(bad, frames)
     with pytest.raises(InvalidStructureError, match=r"bad_pool\.extxyz, frame 3\).*Å apart") as err:
         select_from_files(files / "model.msgpack", bad, files / "train.extxyz", 2,
-                          out_path=files / "never.extxyz", progress=False)
+                          out_path=files / "never.extxyz", config=SMALL, progress=False)
     assert err.value.frame == 3 and err.value.source.endswith("bad_pool.extxyz")
 
     frames = frames[:3]
@@ -104,14 +114,38 @@ def test_bad_frame_names_file_and_frame(files):
     ase.io.write(bad, frames)
     with pytest.raises(InvalidStructureError, match=r"frame 2\).*Au"):
         select_from_files(files / "model.msgpack", bad, files / "train.extxyz", 2,
-                          out_path=files / "never.extxyz", progress=False)
+                          out_path=files / "never.extxyz", config=SMALL, progress=False)
 
 
 def test_varred_selector_through_select(files, tmp_path):
     """varred needs the pool's second moment: select accumulates it in its one streaming pass."""
     summary = select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz",
-                                budget=BUDGET, out_path=tmp_path / "v.extxyz", kernel="joint", selector="varred",
-                                sketch_dim=32, num_probes=2, shortlist=N_POOL, chunk_size=4, progress=False)
+                                budget=BUDGET, out_path=tmp_path / "v.extxyz", progress=False,
+                                config=dataclasses.replace(SMALL, selector="varred", shortlist=N_POOL))
     ids, scores = list(summary.ids), np.asarray(summary.scores)
     assert len(set(ids)) == BUDGET and all(0 <= i < N_POOL for i in ids)
     assert np.all(scores > 0) and np.all(np.diff(scores) <= 1e-6 * scores[0])  # greedy gains shrink
+
+
+def test_same_picks_on_four_host_devices(files, picked, tmp_path):
+    """The shortlist and the selector run sharded over a 4-device mesh (4 host CPU devices in
+    a subprocess): the picks equal the 1-device run's."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path / "four.extxyz"
+    code = (
+        "import jax, sys; assert len(jax.devices()) == 4, jax.devices();"
+        "from ntkal.cli import main;"
+        f"sys.exit(main(['select', '--model', {str(files / 'model.msgpack')!r}, '--pool', "
+        f"{str(files / 'pool.extxyz')!r}, '--train', {str(files / 'train.extxyz')!r}, '--budget', "
+        f"'{BUDGET}', '--kernel', 'joint', '--out', {str(out)!r}, '--sketch-dim', '32', '--num-probes', "
+        "'2', '--shortlist', '8', '--chunk-size', '4', '--selector', 'lcmd', '--no-progress', "
+        "'--no-compile-cache']))")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    one = json.loads(picked.with_name("picked.summary.json").read_text())
+    four = json.loads(out.with_name("four.summary.json").read_text())
+    assert four["ids"] == one["ids"]
+    np.testing.assert_allclose(four["scores"], one["scores"], rtol=1e-5)

@@ -6,50 +6,75 @@ Sees feature rows only (``FeatureChunk``); knows nothing about MLIPs.  Typical u
     short = shortlist_pool(pool_chunks, post, m=2000)       # streaming top-m by PV
     sel = select_lcmd(short.as_chunk(), budget=100, posterior=post, train=train_chunk)
     picked_ids = sel.ids
+
+Submodules are imported on first use (PEP 562), so light-weight users (the CLI, configs)
+do not pay for JAX.
 """
 
-from ntkal.acquisition._chunk import (
-    FeatureChunk, Selection, chunk_from_arrays, graph_mask, iterate_chunks, masked_rows, pad_chunk,
-)
-from ntkal.acquisition.committee import qbc_force_disagreement
-from ntkal.acquisition.normalize import (
-    NORMALIZATIONS, FeatureScale, apply_feature_scale, fit_feature_scale, structure_traces,
-)
-from ntkal.acquisition.posterior import (
-    Posterior, PosteriorConfig, PosteriorFns, PrecisionState, cholesky_with_jitter,
-    evidence_noise_var, feature_posterior, fit_posterior,
-)
-from ntkal.acquisition.scores import (
-    ScoreConfig, compute_dtype, posterior_arrays, pv_rows, pv_scores, reduce_rows, whiten,
-)
-from ntkal.acquisition.selectors import (
-    SELECTORS, make_selector, maxdet_update, select_batch, select_kmeanspp, select_lcmd,
-    accumulate_second_moment, target_second_moment, varred_gains,
-    select_maxdet, select_maxdiag, select_maxdist, select_random,
-)
-from ntkal.acquisition.sharding import (
-    POOL_AXIS, gather_picked, global_argmax, initialize_distributed, make_pool_mesh,
-)
-from ntkal.acquisition.shortlist import (
-    ShortlistFns, ShortlistState, merge_topk, shortlist_pool, streaming_shortlist,
-)
-from ntkal.acquisition.structure_kernel import (
-    StructureKernel, kernel_cross, kernel_diag, kernel_to, sq_dist_to,
-)
+from __future__ import annotations
 
-__all__ = [
-    "FeatureChunk", "Selection", "chunk_from_arrays", "graph_mask", "iterate_chunks",
-    "masked_rows", "pad_chunk",
-    "qbc_force_disagreement",
-    "NORMALIZATIONS", "FeatureScale", "apply_feature_scale", "fit_feature_scale", "structure_traces",
-    "Posterior", "PosteriorConfig", "PosteriorFns", "PrecisionState", "cholesky_with_jitter",
-    "evidence_noise_var", "feature_posterior", "fit_posterior",
-    "ScoreConfig", "compute_dtype", "posterior_arrays", "pv_rows", "pv_scores", "reduce_rows",
-    "whiten",
-    "SELECTORS", "make_selector", "maxdet_update", "select_batch", "select_kmeanspp",
-    "select_lcmd", "select_maxdet", "select_maxdiag", "select_maxdist", "select_random",
-    "accumulate_second_moment", "target_second_moment", "varred_gains",
-    "POOL_AXIS", "gather_picked", "global_argmax", "initialize_distributed", "make_pool_mesh",
-    "ShortlistFns", "ShortlistState", "merge_topk", "shortlist_pool", "streaming_shortlist",
-    "StructureKernel", "kernel_cross", "kernel_diag", "kernel_to", "sq_dist_to",
-]
+from ntkal._lazy import lazy_attributes
+
+#: public name -> defining module
+_WHERE = {
+    "FeatureChunk": "ntkal.acquisition._chunk",
+    "Selection": "ntkal.acquisition._chunk",
+    "chunk_from_arrays": "ntkal.acquisition._chunk",
+    "graph_mask": "ntkal.acquisition._chunk",
+    "iterate_chunks": "ntkal.acquisition._chunk",
+    "masked_rows": "ntkal.acquisition._chunk",
+    "pad_chunk": "ntkal.acquisition._chunk",
+    "qbc_force_disagreement": "ntkal.acquisition.committee",
+    "NORMALIZATIONS": "ntkal.acquisition.normalize",
+    "FeatureScale": "ntkal.acquisition.normalize",
+    "apply_feature_scale": "ntkal.acquisition.normalize",
+    "fit_feature_scale": "ntkal.acquisition.normalize",
+    "structure_traces": "ntkal.acquisition.normalize",
+    "Posterior": "ntkal.acquisition.posterior",
+    "PosteriorConfig": "ntkal.acquisition.posterior",
+    "PosteriorFns": "ntkal.acquisition.posterior",
+    "PrecisionState": "ntkal.acquisition.posterior",
+    "cholesky_with_jitter": "ntkal.acquisition.posterior",
+    "evidence_noise_var": "ntkal.acquisition.posterior",
+    "feature_posterior": "ntkal.acquisition.posterior",
+    "fit_posterior": "ntkal.acquisition.posterior",
+    "ScoreConfig": "ntkal.acquisition.scores",
+    "compute_dtype": "ntkal.acquisition.scores",
+    "posterior_arrays": "ntkal.acquisition.scores",
+    "pv_rows": "ntkal.acquisition.scores",
+    "pv_scores": "ntkal.acquisition.scores",
+    "reduce_rows": "ntkal.acquisition.scores",
+    "whiten": "ntkal.acquisition.scores",
+    "SELECTORS": "ntkal.acquisition.selectors",
+    "make_selector": "ntkal.acquisition.selectors",
+    "maxdet_update": "ntkal.acquisition.selectors",
+    "select_batch": "ntkal.acquisition.selectors",
+    "select_kmeanspp": "ntkal.acquisition.selectors",
+    "select_lcmd": "ntkal.acquisition.selectors",
+    "select_maxdet": "ntkal.acquisition.selectors",
+    "select_maxdiag": "ntkal.acquisition.selectors",
+    "select_maxdist": "ntkal.acquisition.selectors",
+    "select_random": "ntkal.acquisition.selectors",
+    "accumulate_second_moment": "ntkal.acquisition.selectors",
+    "target_second_moment": "ntkal.acquisition.selectors",
+    "varred_gains": "ntkal.acquisition.selectors",
+    "POOL_AXIS": "ntkal.acquisition.sharding",
+    "gather_picked": "ntkal.acquisition.sharding",
+    "global_argmax": "ntkal.acquisition.sharding",
+    "initialize_distributed": "ntkal.acquisition.sharding",
+    "make_pool_mesh": "ntkal.acquisition.sharding",
+    "ShortlistFns": "ntkal.acquisition.shortlist",
+    "ShortlistState": "ntkal.acquisition.shortlist",
+    "merge_topk": "ntkal.acquisition.shortlist",
+    "shortlist_pool": "ntkal.acquisition.shortlist",
+    "streaming_shortlist": "ntkal.acquisition.shortlist",
+    "StructureKernel": "ntkal.acquisition.structure_kernel",
+    "kernel_cross": "ntkal.acquisition.structure_kernel",
+    "kernel_diag": "ntkal.acquisition.structure_kernel",
+    "kernel_to": "ntkal.acquisition.structure_kernel",
+    "sq_dist_to": "ntkal.acquisition.structure_kernel",
+}
+
+__all__ = list(_WHERE)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

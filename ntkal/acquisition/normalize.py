@@ -31,7 +31,7 @@ from ntkal.acquisition._chunk import FeatureChunk
 __all__ = ["NORMALIZATIONS", "FeatureScale", "fit_feature_scale", "apply_feature_scale",
            "structure_traces"]
 
-NORMALIZATIONS = ("mean_trace", "median_trace", "per_structure")
+from ntkal.acquisition.names import NORMALIZATIONS  # noqa: E402  (re-exported)
 
 
 class FeatureScale(NamedTuple):

@@ -53,7 +53,7 @@ __all__ = [
     "posterior_arrays",
 ]
 
-_REDUCTIONS = ("total", "mean", "max")
+from ntkal.acquisition.names import REDUCTIONS as _REDUCTIONS  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)

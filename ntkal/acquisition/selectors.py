@@ -105,7 +105,7 @@ __all__ = [
     "varred_gains",
 ]
 
-SELECTORS = ("random", "maxdiag", "maxdet", "varred", "maxdist", "lcmd", "kmeanspp")
+from ntkal.acquisition.names import SELECTORS  # noqa: E402  (re-exported)
 _NEEDS_KEY = ("random", "kmeanspp")
 _NEEDS_POSTERIOR = ("maxdiag", "maxdet", "varred")
 _DISTANCE = ("maxdist", "lcmd", "kmeanspp")

@@ -1,7 +1,9 @@
 """One ``ase.Atoms`` → one validated, unpadded graph (numpy arrays).
 
-Edges come from ``ase.neighborlist.neighbor_list`` (periodic images included, so
-cells smaller than the cutoff get their self-images). Edge convention: an edge
+Edges come from :func:`ntkal.data.neighbours.neighbour_list` (vesin, falling back to
+ASE; the same edge set as ``ase.neighborlist.neighbor_list``, with periodic images
+included, so cells smaller than the cutoff get their self-images), sorted by
+(receiver, sender, integer image shift). Edge convention: an edge
 carries a message from ``sender`` (ASE's ``j``) to ``receiver`` (ASE's ``i``)
 and its vector is
 
@@ -15,9 +17,9 @@ from typing import NamedTuple, Sequence
 import ase
 import numpy as np
 from ase.constraints import FixAtoms
-from ase.neighborlist import neighbor_list
 
 from ntkal.data.errors import InvalidStructureError, UnknownElementError
+from ntkal.data.neighbours import neighbour_list
 
 __all__ = ["Structure", "atoms_to_structure", "MIN_DISTANCE", "labels_of"]
 
@@ -163,10 +165,7 @@ def atoms_to_structure(
     else:
         forces = np.zeros((n, 3))
 
-    work = atoms.copy()
-    work.calc = None
-    work.set_positions(positions)
-    i, j, shift_int, dist = neighbor_list("ijSd", work, float(cutoff), self_interaction=False)
+    i, j, shift_int, dist = neighbour_list(positions, cell, pbc, float(cutoff))
     if dist.size and dist.min() < MIN_DISTANCE:
         k = int(np.argmin(dist))
         fail(f"atoms {int(i[k])} and {int(j[k])} are {dist[k]:.3f} Å apart (< {MIN_DISTANCE} Å)")

@@ -220,7 +220,8 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
             base = LoopConfig()
             loop = dataclasses.replace(loop, kernel=KernelConfig(), selector="lcmd", **{
                 f: getattr(base, f) for f in ("shortlist", "noise_var", "noise_rule", "feature_norm",
-                                              "max_force_quantile", "reduction", "featurize_with")})
+                                              "max_force_quantile", "reduction", "featurize_with",
+                                              "cascade", "cascade_keep", "size_classes")})
         point = ExperimentConfig(name=str(raw["name"]), checkpoint=str(model["checkpoint"]), data=data,
                                  loop=loop, out=str(raw.get("out", f"runs/{raw['name']}")), source=source)
         if point not in seen:
@@ -259,6 +260,8 @@ def sweep_label(config: ExperimentConfig) -> str:
             parts.append(f"s{loop.noise_var:g}")
         if loop.max_force_quantile < 1:
             parts.append(f"fq{loop.max_force_quantile:g}")
+        if loop.cascade is not None:
+            parts.append(f"cas{loop.cascade}{loop.cascade_keep:g}")
         if loop.featurize_with == "pretrained":
             parts.append("pre")
     if loop.replay:

@@ -91,6 +91,7 @@ def _columns(config: ExperimentConfig) -> dict:
         "feature_norm": loop.feature_norm if kernel_used else "",
         "noise_var": ("evidence" if loop.uses_evidence else loop.noise_var) if kernel_used else "",
         "replay": loop.replay,
+        "cascade": f"{loop.cascade}:{loop.cascade_keep:g}" if kernel_used and loop.cascade else "",
     }
 
 

@@ -86,6 +86,9 @@ class NTKFunctions(NamedTuple):
         tangent t (max_atoms + 1, 3), by the configured formulation (JVP or VJP).
       jacobian: ``(params, lg, blocks) -> (max_atoms + 1, 3, d)`` = −Sᵀ∂(∇_θE)/∂r by
         ``jax.jacfwd`` (the reference).
+      row_and_directional: ``(params, lg, t, blocks) -> ((d,), (d,))`` = (Sᵀ∇_θE,
+        −Sᵀ ∂(∇_θE)/∂r · t) from one forward-over-reverse pass: the primal of the JVP *is* the
+        energy row, so the joint probe map gets its energy row for free.
     """
 
     selection: ParamSelection
@@ -93,6 +96,7 @@ class NTKFunctions(NamedTuple):
     energy_row: Callable
     directional: Callable
     jacobian: Callable
+    row_and_directional: Callable
 
 
 def ntk_functions(model, config: KernelConfig, params) -> NTKFunctions:
@@ -111,9 +115,13 @@ def ntk_functions(model, config: KernelConfig, params) -> NTKFunctions:
     def row_at(p, lg, blocks):
         return lambda pos: energy_row(p, with_positions(lg, pos), blocks)
 
-    def directional_jvp(p, lg, t, blocks):
+    def row_and_directional(p, lg, t, blocks):
         pos = jnp.asarray(lg.nodes["positions"])
-        return -jax.jvp(row_at(p, lg, blocks), (pos,), (t.astype(pos.dtype),))[1]
+        row, slope = jax.jvp(row_at(p, lg, blocks), (pos,), (t.astype(pos.dtype),))
+        return row, -slope
+
+    def directional_jvp(p, lg, t, blocks):
+        return row_and_directional(p, lg, t, blocks)[1]
 
     def directional_vjp(p, lg, t, blocks):
         pos = jnp.asarray(lg.nodes["positions"])
@@ -132,7 +140,7 @@ def ntk_functions(model, config: KernelConfig, params) -> NTKFunctions:
 
     formulation = ForceFormulation(config.formulation)
     directional = directional_vjp if formulation is ForceFormulation.VJP else directional_jvp
-    return NTKFunctions(selection, sketch, energy_row, directional, jacobian)
+    return NTKFunctions(selection, sketch, energy_row, directional, jacobian, row_and_directional)
 
 
 def _force_mask(lg, m: int):
@@ -182,33 +190,47 @@ def make_ntk_apply(fns: NTKFunctions, config: KernelConfig, kind: str) -> Callab
         _, rows = jax.lax.while_loop(lambda st: st[0] * batch < n_dirs, body, (0, rows))
         return rows, row_mask
 
-    def probe_rows(p, lg, blocks, m, salt):
+    def probe_rows(p, lg, blocks, m, salt, with_energy=False):
+        """Probe rows (k, d) and mask; with ``with_energy`` also the energy row (d,) — from
+        the primal of the same JVP passes when the formulation is JVP."""
         key = jax.random.fold_in(probe_key, salt)
         dtype = lg.nodes["positions"].dtype
         t = jax.vmap(lambda i: jax.random.rademacher(jax.random.fold_in(key, i), (k, 3), dtype))(
             jnp.arange(m))                                    # (m, k, 3)
         t = jnp.where(_force_mask(lg, m)[:, None, None], t, 0.0)
         t = jnp.concatenate([jnp.moveaxis(t, 1, 0), jnp.zeros((k, 1, 3), dtype)], axis=1)
+        erow = None
         if formulation is ForceFormulation.JACFWD:
             rows = jnp.einsum("nad,jna->jd", fns.jacobian(p, lg, blocks), t)
+        elif formulation is ForceFormulation.JVP and with_energy:
+            primal, rows = batched_map(lambda tj: fns.row_and_directional(p, lg, tj, blocks), t,
+                                       config.direction_batch_size)
+            erow = primal[0]
         else:
             rows = batched_map(lambda tj: fns.directional(p, lg, tj, blocks), t,
                                config.direction_batch_size)
+        if with_energy and erow is None:
+            erow = fns.energy_row(p, lg, blocks)
         rows = rows / math.sqrt(k)
         real = jnp.broadcast_to(lg.n_node[0] > 0, (k,))
-        return jnp.where(real[:, None], rows, 0.0), real
+        rows = jnp.where(real[:, None], rows, 0.0)
+        return (rows, real, erow) if with_energy else (rows, real)
 
     def per_graph(p, blocks, m, lg, salt):
         if kind == "energy":
             return energy_rows(p, lg, blocks)
         force_kind = kind if kind != "joint" else "force_" + config.joint_force
-        if force_kind == "force_exact":
-            frows, fmask = exact_rows(p, lg, blocks, m)
+        if kind == "joint" and force_kind == "force_probe":
+            frows, fmask, erow = probe_rows(p, lg, blocks, m, salt, with_energy=True)
+            erow, emask = erow[None, :], (lg.n_node[0] > 0)[None]
         else:
-            frows, fmask = probe_rows(p, lg, blocks, m, salt)
-        if kind != "joint":
-            return frows, fmask
-        erow, emask = energy_rows(p, lg, blocks)
+            if force_kind == "force_exact":
+                frows, fmask = exact_rows(p, lg, blocks, m)
+            else:
+                frows, fmask = probe_rows(p, lg, blocks, m, salt)
+            if kind != "joint":
+                return frows, fmask
+            erow, emask = energy_rows(p, lg, blocks)
         w_e = jnp.asarray(config.w_energy, erow.dtype)
         w_f = jnp.asarray(config.w_force, frows.dtype)
         return (jnp.concatenate([w_e * erow, w_f * frows]), jnp.concatenate([emask, fmask]))

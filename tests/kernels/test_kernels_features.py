@@ -312,6 +312,23 @@ def test_joint_rows_and_default_weights(setup, maps, exact):
         default_joint_weights(maps(**ENERGY), params, chunks)
 
 
+@pytest.mark.parametrize("direction_batch_size", [None, 3])
+def test_joint_probe_energy_row_is_the_jvp_primal(setup, maps, direction_batch_size):
+    """The joint probe map takes its energy row from the primal of its probe JVPs (one pass,
+    vmapped or lax.mapped over probes): it must equal the energy map's gradient row, and its
+    force rows the probe map's rows, with the weights applied."""
+    _, params, _, graph = setup
+    probe = dict(PROBE, formulation="jvp", direction_batch_size=direction_batch_size)
+    joint = maps(**dict(probe, kind="joint", w_energy=0.5, w_force=2.0))
+    rows, mask = joint.apply(params, graph)
+    e = np.asarray(maps(**ENERGY).apply(params, graph).rows)
+    f = maps(**probe).apply(params, graph)
+    assert rel(rows[:, 0], 0.5 * e[:, 0]) < 1e-12
+    assert rel(rows[:, 1:], 2.0 * np.asarray(f.rows)) < 1e-12
+    np.testing.assert_array_equal(np.asarray(mask[:, 1:]), np.asarray(f.row_mask))
+    assert np.all(np.asarray(rows[N_REAL]) == 0.0)
+
+
 def test_featurize_streams_ids_and_salted_probes(setup, maps):
     _, params, atoms, graph = setup
     fm = maps(**PROBE, formulation="jvp")

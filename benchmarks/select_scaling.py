@@ -1,0 +1,284 @@
+"""End-to-end acquisition throughput: pools of 1k–200k mixed-size OC20-like candidates.
+
+For each pool size n (candidates from :func:`ntkal.datasets.candidates.candidate_pool`, 20–230
+atoms, log-uniform; a 64-structure training set from another seed), with the shipped
+``oc20_like`` model and one :class:`ntkal.acquire.AcquisitionConfig`:
+
+* ``graph s`` — validate + neighbour lists (vesin) for pool and training set, on ``--workers``
+  processes;
+* ``warm s`` / ``compiles`` — compilation: one chunk of every size class and a small pick
+  (JAX backend compiles counted with ``jax.monitoring``);
+* ``feat s`` — pure featurisation of every structure (the compiled feature map over the
+  size-class chunks, prefetched; device work only, blocked once at the end);
+* ``pick s`` — the whole pipeline after compilation (:meth:`ntkal.acquire.Acquirer.pick`:
+  chunks, train features, scale, posterior, PV shortlist, selector);
+* ``overhead`` = (pick − feat) / feat; ``ms/str`` = pick / n; ``pad`` = atom slots / real atoms.
+
+The slope of log(pick s) against log(n) should be 1 (linear in the pool). ``--cascade N``
+adds a table on an N-structure pool: full joint PV vs the cascade (``energy`` first stage,
+keep q), recall of the top-B picks (maxdiag: pure PV top-B; lcmd: the batch) and the ratio of
+force-aware feature evaluations. ``--startup`` times ``ntkal --help`` and a cold and a warm
+(persistent compilation cache) ``ntkal select`` on a 50-structure pool in subprocesses.
+
+Usage::
+
+    python benchmarks/select_scaling.py --quick                    # 200 and 1000, CPU
+    python benchmarks/select_scaling.py --sizes 1000 4000 --cascade 4000 --startup
+    python benchmarks/select_scaling.py --sizes 1000 4000 16000 200000 --chunk-size 64 \\
+        --workers 16 --json out.json                                 # GPU (benchmarks/gpu/run.sh)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _compile_counter():
+    import jax
+    stats = {"count": 0, "seconds": 0.0}
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            stats["count"] += 1
+            stats["seconds"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    return stats
+
+
+def _block(x):
+    import jax
+    return jax.block_until_ready(x)
+
+
+def run_size(n, args, model, params, config, store, counter, log):
+    from ntkal.acquire import Acquirer, structure_set
+    from ntkal.data.parallel import structures_parallel
+    from ntkal.datasets.candidates import candidate_pool
+    import jax
+
+    t = time.perf_counter()
+    pool_atoms = list(candidate_pool(n, seed=1))
+    train_atoms = list(candidate_pool(args.train, seed=2))
+    gen_s = time.perf_counter() - t
+    t = time.perf_counter()
+    cutoff, elements = model.config.cutoff, model.config.elements
+    structures = structures_parallel(pool_atoms + train_atoms, cutoff, elements=elements,
+                                     workers=args.workers)
+    graph_s = time.perf_counter() - t
+    del pool_atoms, train_atoms
+    data = structure_set(structures, config.size_classes, config.max_padding)
+    train_ids = n + np.arange(args.train)
+    pool_ids = np.arange(n)
+    acquirer = Acquirer(model, params, config, store=store)
+    fmap = acquirer.feature_map
+
+    c0, s0 = counter["count"], counter["seconds"]
+    t = time.perf_counter()
+    acquirer.warm_up(params, data)  # every size class, compiled in parallel threads
+    small = pool_ids[: min(n, config.shortlist + args.budget)]
+    acquirer.pick(params, data, train_ids, small, args.budget, jax.random.key(0))
+    warm_s = time.perf_counter() - t
+    compiles, compile_s = counter["count"] - c0, counter["seconds"] - s0
+
+    # pure featurisation of every structure (or of a subset, scaled: --feat-subset)
+    every = np.arange(len(data))
+    subset = every if not args.feat_subset or args.feat_subset >= len(every) else \
+        np.random.default_rng(0).choice(every, args.feat_subset, replace=False)
+    t = time.perf_counter()
+    last = None
+    for chunk in acquirer.stream_features(fmap, params, data, subset):
+        last = chunk.rows
+    _block(last)
+    feat_s = (time.perf_counter() - t) * len(every) / len(subset)
+    log(f"# n={n}: graphs {graph_s:.1f} s, warm-up {warm_s:.1f} s, featurisation "
+        f"{len(subset) / (feat_s * len(subset) / len(every)):.0f} str/s"
+        + ("" if len(subset) == len(every) else f" (measured on {len(subset)}, scaled)"))
+
+    c1 = counter["count"]
+    t = time.perf_counter()
+    picks = acquirer.pick(params, data, train_ids, pool_ids, args.budget, jax.random.key(0))
+    pick_s = time.perf_counter() - t
+    row = dict(n=n, mean_atoms=float(data.n_atoms[:n].mean()), classes=data.plan.num_classes,
+               budgets=[list(b) for b in data.plan.budgets], padding=data.padding_ratio(config.chunk_size),
+               gen_s=gen_s, graph_s=graph_s, warm_s=warm_s, compiles=compiles, compile_s=compile_s,
+               feat_s=feat_s, pick_s=pick_s, overhead=(pick_s - feat_s) / feat_s,
+               ms_per_structure=1e3 * pick_s / n, structures_per_s=(n + args.train) / pick_s,
+               compiles_in_pick=counter["count"] - c1, stats=picks.stats)
+    log(f"| {n} | {row['mean_atoms']:.0f} | {row['classes']} | {row['padding']:.3f} | {graph_s:.1f} | "
+        f"{warm_s:.1f} | {compiles} ({compile_s:.0f} s) | {feat_s:.1f} | {pick_s:.1f} | "
+        f"{100 * row['overhead']:+.1f} % | {row['ms_per_structure']:.2f} | {row['structures_per_s']:.0f} |")
+    return row, data, acquirer
+
+
+def run_cascade(data, n, args, model, params, config, store, log):
+    from ntkal.acquire import Acquirer
+    import jax
+    train_ids = n + np.arange(args.train)
+    pool_ids = np.arange(n)
+    rows = []
+    for selector in ("maxdiag", "lcmd"):
+        base = dataclasses.replace(config, selector=selector)
+        full_acq = Acquirer(model, params, base, store=store)
+        full_acq.pick(params, data, train_ids, pool_ids[:300], args.budget, jax.random.key(0))  # warm
+        t = time.perf_counter()
+        full = full_acq.pick(params, data, train_ids, pool_ids, args.budget, jax.random.key(0))
+        full_s = time.perf_counter() - t
+        for kind in args.cascade_kinds:
+            for q in args.cascade_keep:
+                cfg = dataclasses.replace(base, cascade=kind, cascade_keep=q)
+                acq = Acquirer(model, params, cfg, store=store)
+                acq.pick(params, data, train_ids, pool_ids[:300], args.budget, jax.random.key(0))
+                t = time.perf_counter()
+                got = acq.pick(params, data, train_ids, pool_ids, args.budget, jax.random.key(0))
+                s = time.perf_counter() - t
+                recall = len(set(got.ids.tolist()) & set(full.ids.tolist())) / args.budget
+                ratio = full.stats["n_features"] / max(got.stats["n_features"], 1)
+                rows.append(dict(selector=selector, cascade=kind, keep=q, recall=recall,
+                                 feature_ratio=ratio, full_s=full_s, cascade_s=s,
+                                 n_features=got.stats["n_features"], n_full=full.stats["n_features"]))
+                log(f"| {selector} | {kind} | {q} | {recall:.2f} | {ratio:.1f}× | {full_s:.1f} | {s:.1f} |")
+    return rows
+
+
+def run_startup(args, log):
+    """Cold and warm `ntkal select` (fresh persistent cache, then the same cache)."""
+    import ase.io
+    from ntkal.datasets.candidates import candidate_pool
+    exe = [sys.executable, "-m", "ntkal.cli"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    t = time.perf_counter()
+    subprocess.run(exe + ["--help"], env=env, check=True, capture_output=True)
+    help_s = time.perf_counter() - t
+    out = {"help_s": help_s}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        ase.io.write(tmp / "pool.extxyz", list(candidate_pool(50, seed=3, max_atoms=80)))
+        ase.io.write(tmp / "train.extxyz", list(candidate_pool(16, seed=4, max_atoms=80)))
+        env["NTKAL_CACHE_DIR"] = str(tmp / "cache")
+        cmd = exe + ["select", "--model", "oc20_like", "--pool", str(tmp / "pool.extxyz"), "--train",
+                     str(tmp / "train.extxyz"), "--budget", "5", "--out", str(tmp / "picked.extxyz"),
+                     "--kernel", args.kernel, "--num-probes", str(args.probes), "--sketch-dim",
+                     str(args.sketch_dim), "--selector", args.selector, "--no-progress"]
+        for name in ("cold", "warm"):
+            t = time.perf_counter()
+            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            out[f"{name}_s"] = time.perf_counter() - t
+            summary = json.loads((tmp / "picked.summary.json").read_text())
+            out[f"{name}_timings"] = summary["timings"]
+        bad = subprocess.run(exe + ["select", "--model", "oc20_like", "--pool", str(tmp / "pool.extxyz"),
+                                    "--train", str(tmp / "train.extxyz"), "--budget", "5", "--out",
+                                    str(tmp / "no" / "such" / "dir" / "x.png")], env=env, capture_output=True)
+        t = time.perf_counter()
+        subprocess.run(exe + ["select", "--model", "oc20_like", "--pool", str(tmp / "pool.extxyz"),
+                              "--train", str(tmp / "train.extxyz"), "--budget", "5", "--out",
+                              str(tmp / "x.png")], env=env, capture_output=True)
+        out["bad_out_s"] = time.perf_counter() - t
+        out["bad_out_rc"] = bad.returncode
+    log(f"| `ntkal --help` | {help_s:.2f} s |")
+    log(f"| cold `ntkal select` (50 + 16 structures, empty compile cache) | {out['cold_s']:.1f} s |")
+    log(f"| warm `ntkal select` (same, persistent cache) | {out['warm_s']:.1f} s |")
+    log(f"| bad `--out` (x.png) rejected | {out['bad_out_s']:.2f} s, exit {bad.returncode} |")
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
+    p.add_argument("--quick", action="store_true", help="sizes 200 and 1000, probes 4, d 256")
+    p.add_argument("--train", type=int, default=64)
+    p.add_argument("--budget", type=int, default=100)
+    p.add_argument("--kernel", default="joint")
+    p.add_argument("--probes", type=int, default=8)
+    p.add_argument("--sketch-dim", type=int, default=512)
+    p.add_argument("--selector", default="lcmd")
+    p.add_argument("--shortlist", type=int, default=2000)
+    p.add_argument("--chunk-size", type=int, default=16)
+    p.add_argument("--size-classes", type=int, default=6)
+    p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--cascade", type=int, default=0, help="pool size of the cascade table (0 = skip)")
+    p.add_argument("--cascade-kinds", nargs="+", default=["energy"])
+    p.add_argument("--cascade-keep", type=float, nargs="+", default=[0.1])
+    p.add_argument("--startup", action="store_true")
+    p.add_argument("--feat-subset", type=int, default=0,
+                   help="measure pure featurisation on this many random structures and scale (0 = all)")
+    p.add_argument("--json", type=Path, default=None)
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.probes, args.sketch_dim, args.budget, args.shortlist = [200, 1000], 4, 256, 20, 200
+
+    import jax
+    from ntkal.acquire import AcquisitionConfig
+    from ntkal.kernels import KernelConfig
+    from ntkal.models import load_pretrained
+
+    counter = _compile_counter()
+    lines = []
+
+    def log(line=""):
+        print(line, flush=True)
+        lines.append(line)
+
+    model, params, _ = load_pretrained("oc20_like")
+    config = AcquisitionConfig(
+        kernel=KernelConfig(kind=args.kernel, sketch_dim=args.sketch_dim, num_probes=args.probes),
+        selector=args.selector, shortlist=args.shortlist, noise_rule="fixed",
+        chunk_size=args.chunk_size, size_classes=args.size_classes)
+    store: dict = {}
+    log(f"# {platform.node()}: {jax.devices()}, jax {jax.__version__}, load average "
+        f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    log(f"# command: python benchmarks/select_scaling.py {' '.join(sys.argv[1:] if argv is None else argv)}")
+    log(f"# kernel {args.kernel} probes {args.probes} d {args.sketch_dim}, selector {args.selector}, "
+        f"shortlist {args.shortlist}, budget {args.budget}, chunk {args.chunk_size}, "
+        f"≤ {args.size_classes} size classes, {args.train} training structures")
+    log()
+    log("| n | mean atoms | classes | pad | graph s | warm s | compiles | feat s | pick s | overhead | ms/str | str/s |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+              "device": str(jax.devices()), "jax": jax.__version__, "sizes": []}
+    cascade_data = None
+    for n in args.sizes:
+        row, data, _ = run_size(n, args, model, params, config, store, counter, log)
+        result["sizes"].append(row)
+        if args.cascade == n:
+            cascade_data = data
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+    if len(args.sizes) > 1:
+        n = np.log([r["n"] for r in result["sizes"]])
+        t = np.log([r["pick_s"] for r in result["sizes"]])
+        slope = float(np.polyfit(n, t, 1)[0])
+        result["slope"] = slope
+        log(f"\nlog-log slope of pick time vs n: {slope:.3f}")
+    if args.cascade:
+        if cascade_data is None:
+            raise SystemExit(f"--cascade {args.cascade} must be one of --sizes")
+        log("\n| selector | first stage | keep q | top-B recall | fewer force-aware features | full s | cascade s |")
+        log("|---|---|---|---|---|---|---|")
+        result["cascade"] = run_cascade(cascade_data, args.cascade, args, model, params, config, store, log)
+    if args.startup:
+        log("\n| start-up | seconds |\n|---|---|")
+        result["startup"] = run_startup(args, log)
+    log(f"\n# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    result["table"] = lines
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,500 @@
+r"""The acquisition pipeline: featurise → scale → posterior → [cheap stage →] shortlist → select.
+
+One :class:`Acquirer` is built per run from a model, its parameters' structure and an
+:class:`~ntkal.acquire.AcquisitionConfig`; it owns the compiled feature maps (the force-aware
+one and, with a cascade, the cheap one) and the jitted energy/forces, so nothing is cached at
+module level. :meth:`Acquirer.pick` is the one entry point used by ``ntkal select``, the
+active-learning loop and the calculator's users:
+
+1. **Graphs, sized right.** The structures come as a :class:`StructureSet` (graphs built once,
+   a size-class plan from :func:`ntkal.data.size_classes.plan_size_classes`); every chunk is
+   padded to its own class's atom/edge budget and built on a background thread ahead of the
+   device (:func:`~ntkal.acquire.prefetching.prefetch`).
+2. **Cascade** (optional, ``config.cascade``): a cheap kernel (energy NTK, embedding or
+   last-layer) scores every candidate by posterior variance; only the top ``cascade_keep``
+   fraction goes on to the force-aware kernel.
+3. **Scale** (:func:`fit_scale`): joint block weights (``"auto"``: w_F² = Σ‖φ_E‖²/Σ‖Φ_F‖²_F
+   over the training set) and the feature normalisation, fitted on the training features and
+   applied to both sets.
+4. **Posterior** A = Φ̂_TᵀΦ̂_T + σ²I with σ² fixed or chosen by evidence on the training
+   energies' residuals (:func:`evidence_from_residuals`).
+5. **Shortlist and select**: the candidates stream through the sharded top-m posterior-variance
+   shortlist (with the outlier guard and, for ``varred``, the pool's second moment gathered in
+   the same pass); the selector picks the batch from the shortlist.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Iterable, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from ntkal.acquire.config import DISTANCE_SELECTORS, AcquisitionConfig
+from ntkal.acquire.prefetching import prefetch
+from ntkal.acquisition import (FeatureChunk, FeatureScale, ScoreConfig, accumulate_second_moment,
+                               apply_feature_scale, evidence_noise_var, fit_feature_scale,
+                               fit_posterior, select_batch, shortlist_pool)
+from ntkal.data import Structure
+from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
+from ntkal.kernels import GraphSizes, KernelConfig, make_feature_map
+from ntkal.models import energy_and_forces_fn
+
+__all__ = ["StructureSet", "structure_set", "Picks", "Acquirer", "fit_scale",
+           "trace_equalising_w_force", "evidence_from_residuals", "shortlist_and_select"]
+
+
+class StructureSet(NamedTuple):
+    """Graphed structures (built once) and their padding plan; ids index ``structures``.
+
+    Attributes:
+      structures: indexable :class:`~ntkal.data.Structure` s.
+      plan: size classes over all of them.
+      n_atoms: (n,) atoms per structure.
+    """
+
+    structures: Sequence[Structure]
+    plan: SizeClasses
+    n_atoms: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.structures)
+
+    @property
+    def max_sizes(self) -> GraphSizes:
+        """The largest class budget (the row count of exact force features is 3 × its atoms)."""
+        return GraphSizes(*self.plan.budgets[-1])
+
+    def padding_ratio(self, chunk_size: int) -> float:
+        """Atom slots featurised / real atoms when every structure is featurised once."""
+        return padded_slots(self.plan, chunk_size) / max(int(self.n_atoms.sum()), 1)
+
+
+def structure_set(structures: Sequence[Structure], max_classes: int,
+                  max_padding: float = 1.0) -> StructureSet:
+    """Plan the size classes of ``structures`` (see :func:`ntkal.data.size_classes.plan_size_classes`)."""
+    if len(structures) == 0:
+        raise ValueError("no structures")
+    n_atoms = np.array([s.n_atoms for s in structures], np.int64)
+    n_edges = np.array([s.n_edges for s in structures], np.int64)
+    return StructureSet(structures, plan_size_classes(n_atoms, n_edges, max_classes,
+                                                      max_padding=max_padding), n_atoms)
+
+
+class Picks(NamedTuple):
+    """What :meth:`Acquirer.pick` chose and why.
+
+    Attributes:
+      ids: (budget,) int64 ids (into the :class:`StructureSet`) in pick order.
+      scores: (budget,) the selector's criterion at the time of each pick.
+      pv: (budget,) posterior variance of each pick (the shortlist score, in the scaled unit).
+      noise_var: σ² used (fixed or the evidence maximiser).
+      w_force: the joint force-block weight used (``None`` for other kernels).
+      scale: the fitted :class:`~ntkal.acquisition.FeatureScale`.
+      stats: counts and seconds: ``n_candidates``, ``n_kept`` (after the cascade),
+        ``n_features`` (force-aware feature evaluations in this call, cache hits excluded),
+        ``n_cheap_features``, ``cascade_s``, ``train_features_s``, ``score_s``, ``select_s``.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    pv: np.ndarray
+    noise_var: float
+    w_force: float | None
+    scale: FeatureScale
+    stats: dict
+
+
+def trace_equalising_w_force(train: FeatureChunk) -> float:
+    """w_F with w_F² = Σ‖φ_E‖² / Σ‖Φ_F‖²_F over the valid training structures (joint rows
+    [φ_E; Φ_F] with unit weights): both blocks then carry the same total prior variance."""
+    rows = np.asarray(train.rows, np.float64)
+    keep = np.asarray(train.row_mask, bool) & (np.asarray(train.ids) >= 0)[:, None]
+    sq = np.where(keep, np.sum(rows * rows, axis=-1), 0.0)
+    return float(np.sqrt(sq[:, 0].sum() / max(sq[:, 1:].sum(), 1e-30)))
+
+
+def fit_scale(config: AcquisitionConfig, train_raw: FeatureChunk) -> tuple[FeatureScale, float | None]:
+    """Joint block weights and feature normalisation from unit-weight training features.
+
+    Returns:
+      ``(scale, w_force)``: apply ``scale`` with :func:`~ntkal.acquisition.apply_feature_scale`
+      to training and pool features alike; ``w_force`` is the joint force weight (``None``
+      for other kernels; with ``per_structure`` normalisation and ``"auto"`` weights both
+      blocks already have unit norm and w_F = 1).
+    """
+    host = FeatureChunk(*(np.asarray(x) for x in train_raw))
+    groups = weights = w_force = None
+    if config.kind == "joint":
+        r = host.rows.shape[1]
+        groups = (0,) + (1,) * (r - 1)
+        if config.joint_weights != "auto":
+            weights = tuple(config.joint_weights)
+        elif config.feature_norm == "per_structure":
+            weights = (1.0, 1.0)
+        else:
+            weights = (1.0, trace_equalising_w_force(host))
+        w_force = float(weights[1])
+    scale = fit_feature_scale(host, config.feature_norm, row_groups=groups, group_weights=weights)
+    return scale, w_force
+
+
+def evidence_from_residuals(train_raw: FeatureChunk, train_scaled: FeatureChunk,
+                            residuals: np.ndarray) -> float:
+    """σ² maximising the evidence of the energy residuals (eV) under the scaled energy rows.
+
+    Row 0 of every structure is its energy feature. A per-structure normalisation rescales a
+    structure's row by c = ‖φ̂_E‖/‖φ_E‖; the residual is rescaled by the same c so that the GP
+    model y = φ̂ w + ε keeps its meaning (see :func:`ntkal.acquisition.evidence_noise_var`).
+    """
+    raw = np.asarray(train_raw.rows, np.float64)[:, 0]
+    scaled = np.asarray(train_scaled.rows, np.float64)[:, 0]
+    factor = np.linalg.norm(scaled, axis=1) / np.maximum(np.linalg.norm(raw, axis=1), 1e-30)
+    return evidence_noise_var(scaled, np.asarray(residuals, np.float64) * factor)
+
+
+def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureScale,
+                         train_scaled: FeatureChunk, pool_raw: Iterable[FeatureChunk], budget: int,
+                         key, *, n_candidates: int, allowed: np.ndarray | None = None):
+    """Stream raw pool features through scale → guard → top-m PV shortlist, then select.
+
+    Args:
+      config: the acquisition settings (shortlist, reduction, selector).
+      posterior: from the scaled training features.
+      scale: the fitted feature scale.
+      train_scaled: scaled training features (initial centres of the distance selectors).
+      pool_raw: unit-weight pool feature chunks (ids = candidate ids, -1 padding).
+      budget: structures to pick.
+      key: PRNG key of the selector.
+      n_candidates: candidates that may be picked (sizes the shortlist).
+      allowed: optional bool array indexed by id; ``False`` candidates are never picked (they
+        still count in ``varred``'s target moment).
+
+    Returns:
+      ``(ids, scores, pv)`` numpy arrays of length ``budget``.
+    """
+    dim = posterior.dim
+    target = np.zeros((dim, dim)) if config.selector == "varred" else None
+
+    def chunks():
+        stream = (apply_feature_scale(chunk, scale) for chunk in pool_raw)
+        if target is not None:  # varred's target is every scored candidate, guarded or not
+            stream = accumulate_second_moment(stream, target)
+        for chunk in stream:
+            ids = chunk.ids
+            if allowed is not None:
+                host = np.asarray(ids)
+                ids = np.where((host >= 0) & allowed[np.maximum(host, 0)], host, -1)
+            yield FeatureChunk(jnp.asarray(chunk.rows), jnp.asarray(chunk.row_mask),
+                               jnp.asarray(ids, jnp.int32))
+
+    m = max(min(config.shortlist, n_candidates), budget)
+    score_config = ScoreConfig(reduction=config.reduction)
+    short = shortlist_pool(chunks(), posterior, m, score_config=score_config)
+    selection = select_batch(config.selector, short.as_chunk(), budget=budget, key=key,
+                             posterior=posterior,
+                             train=train_scaled if config.selector in DISTANCE_SELECTORS else None,
+                             score_config=score_config, target_gram=target)
+    ids = np.asarray(selection.ids, np.int64)
+    if len(set(ids.tolist())) != budget or (ids < 0).any():
+        raise RuntimeError(f"selector {config.selector!r} returned invalid or duplicate ids {ids.tolist()}")
+    pv = np.asarray(short.values, np.float64)[np.asarray(selection.indices)]
+    return ids, np.asarray(selection.scores, np.float64), pv
+
+
+def _pad_rows(rows, mask, r: int):
+    """Pad the row axis to ``r`` (zero rows, mask False): classes of exact force features differ."""
+    extra = r - rows.shape[1]
+    if extra <= 0:
+        return rows, mask
+    return (jnp.pad(rows, ((0, 0), (0, extra), (0, 0))), jnp.pad(mask, ((0, 0), (0, extra))))
+
+
+def _take(chunk: FeatureChunk, positions: np.ndarray, size: int) -> FeatureChunk:
+    """Rows of a host feature array at ``positions``, padded with empty slots to ``size``."""
+    positions = np.asarray(positions, np.int64)
+    pad = size - len(positions)
+    rows, mask, ids = chunk.rows[positions], chunk.row_mask[positions], chunk.ids[positions]
+    if pad > 0:
+        rows = np.concatenate([rows, np.zeros((pad,) + rows.shape[1:], rows.dtype)])
+        mask = np.concatenate([mask, np.zeros((pad,) + mask.shape[1:], bool)])
+        ids = np.concatenate([ids, np.full((pad,), -1, ids.dtype)])
+    return FeatureChunk(rows, mask, ids)
+
+
+class Acquirer:
+    """Compiled functions of one acquisition configuration (build once per run).
+
+    Args:
+      model: the MLIP.
+      params: parameters whose *structure* the feature maps are built for (any parameters of
+        the same structure can be passed to :meth:`pick`).
+      config: the :class:`~ntkal.acquire.AcquisitionConfig`.
+      store: optional dict shared by several acquirers of the same model (e.g. the runs of a
+        sweep): feature maps and jitted functions are looked up there first, so a kernel is
+        compiled once however many selectors or seeds use it.
+
+    Attributes:
+      feature_map: the (second-stage) feature map, unit joint weights.
+      cascade_map: the first-stage map, or ``None``.
+      energy_and_forces: jitted ``(params, graph) -> (energies (n_graph,) eV, forces (n_node, 3) eV/Å)``.
+      energy: jitted ``(params, graph) -> (n_graph,)`` eV.
+    """
+
+    def __init__(self, model, params, config: AcquisitionConfig, *, store: dict | None = None):
+        self.config = config
+        self.model = model
+        store = {} if store is None else store
+
+        def shared(key, build):
+            key = ("acquire", id(model)) + key
+            if key not in store:
+                store[key] = (model, build())  # holding the model keeps id(model) unique
+            return store[key][1]
+
+        unit = dataclasses.replace(config.kernel, w_energy=1.0, w_force=1.0)
+        self.feature_map = shared(("map", unit), lambda: make_feature_map(model, unit, params))
+        self.cascade_map = None
+        if config.cascade is not None:
+            k = config.kernel
+            cheap = KernelConfig(kind=config.cascade, sketch_dim=k.sketch_dim, sketch_kind=k.sketch_kind,
+                                 param_filter=k.param_filter, seed=k.seed, pool=k.pool)
+            self.cascade_map = shared(("map", cheap), lambda: make_feature_map(model, cheap, params))
+        self.energy_and_forces = shared(("energy_and_forces",),
+                                         lambda: jax.jit(energy_and_forces_fn(model.energy)))
+        self.energy = shared(("energy",), lambda: jax.jit(model.energy))
+
+    # --- streaming over a StructureSet ----------------------------------------------------
+
+    def _graphs(self, data: StructureSet, ids: np.ndarray):
+        chunks = class_chunks(data.structures, ids, data.plan, self.config.chunk_size)
+        return prefetch(chunks, self.config.prefetch)
+
+    def stream_features(self, fmap, params, data: StructureSet, ids, *, progress: bool = False,
+                        desc: str = "featurise") -> Iterator[FeatureChunk]:
+        """Unit-weight feature chunks of ``data[ids]``, class by class (ids = set ids, -1 padding).
+
+        Every chunk has ``chunk_size + 1`` graph slots and ``fmap.num_rows(data.max_sizes)``
+        rows (exact force features of smaller classes are padded with masked rows).
+        """
+        ids = np.asarray(ids, np.int64)
+        r = fmap.num_rows(data.max_sizes)
+        chunks = self._graphs(data, ids)
+        if progress:
+            counts = np.bincount(data.plan.class_of[ids], minlength=data.plan.num_classes)
+            total = int(sum(-(-int(n) // self.config.chunk_size) for n in counts))
+            chunks = tqdm(chunks, total=total, desc=desc, unit="chunk", leave=False)
+        for c, chunk_ids, graph in chunks:
+            rows, mask = fmap.apply(params, graph, sizes=GraphSizes(*data.plan.budgets[c]))
+            rows, mask = _pad_rows(jnp.asarray(rows), jnp.asarray(mask), r)
+            yield FeatureChunk(rows, mask, jnp.asarray(chunk_ids, jnp.int32))
+
+    def warm_up(self, params, data: StructureSet, *, threads: int | None = None) -> float:
+        """Compile the feature maps for every size class of ``data`` up front; returns seconds.
+
+        One chunk per class and map is featurised, the classes in parallel threads (XLA
+        compiles release the GIL), so K classes cost about one compile's wall time on a
+        many-core host instead of K. Optional: :meth:`pick` compiles lazily otherwise.
+        """
+        from concurrent.futures import ThreadPoolExecutor
+        t = time.perf_counter()
+        firsts = [int(np.flatnonzero(data.plan.class_of == c)[0]) for c in range(data.plan.num_classes)]
+        maps = [m for m in (self.feature_map, self.cascade_map) if m is not None]
+
+        def one(job):
+            fmap, i = job
+            for chunk in self.stream_features(fmap, params, data, [i]):
+                jax.block_until_ready(chunk.rows)
+
+        jobs = [(m, i) for m in maps for i in firsts]
+        with ThreadPoolExecutor(threads or len(jobs)) as pool:
+            list(pool.map(one, jobs))
+        return time.perf_counter() - t
+
+    def _features(self, fmap, params, data: StructureSet, ids, cache: dict | None, name,
+                  counter: dict, *, progress: bool, desc: str) -> Iterator[FeatureChunk]:
+        """Feature chunks of ``data[ids]``; with ``cache`` (fixed ``params``!) every structure
+        is featurised at most once per cache and chunks come from host arrays in ``ids`` order."""
+        ids = np.asarray(ids, np.int64)
+        if cache is None:
+            counter[name] = counter.get(name, 0) + len(ids)
+            yield from self.stream_features(fmap, params, data, ids, progress=progress, desc=desc)
+            return
+        key = ("features", name, fmap.config, len(data))
+        if key not in cache:
+            r = fmap.num_rows(data.max_sizes)
+            cache[key] = (np.zeros((len(data), r, fmap.dim), np.float32 if not jax.config.jax_enable_x64
+                                   else np.float64), np.zeros((len(data), r), bool),
+                          np.zeros(len(data), bool))
+        rows, mask, have = cache[key]
+        missing = ids[~have[ids]]
+        counter[name] = counter.get(name, 0) + len(missing)
+        for chunk in self.stream_features(fmap, params, data, missing, progress=progress, desc=desc):
+            got = np.asarray(chunk.ids)
+            real = got >= 0
+            rows[got[real]] = np.asarray(chunk.rows)[real]
+            mask[got[real]] = np.asarray(chunk.row_mask)[real]
+            have[got[real]] = True
+        table = FeatureChunk(rows, mask, np.arange(len(data), dtype=np.int32))
+        size = self.config.chunk_size
+        for k in range(0, len(ids), size):
+            yield _take(table, ids[k:k + size], size)
+
+    def _concat(self, chunks: Iterable[FeatureChunk]) -> FeatureChunk:
+        """Concatenate chunks on the host, dropping padding slots."""
+        parts = [FeatureChunk(*(np.asarray(x) for x in c)) for c in chunks]
+        keep = [p.ids >= 0 for p in parts]
+        return FeatureChunk(*(np.concatenate([getattr(p, f)[k] for p, k in zip(parts, keep)])
+                              for f in FeatureChunk._fields))
+
+    def _per_graph(self, params, data: StructureSet, ids: np.ndarray, what: str) -> np.ndarray:
+        """(len(ids),) predicted energy (eV) or max free-atom |F| (eV/Å), in ``ids`` order."""
+        ids = np.asarray(ids, np.int64)
+        out = np.zeros(len(data))
+        for _, chunk_ids, graph in self._graphs(data, ids):
+            if what == "energy":
+                values = np.asarray(self.energy(params, graph))
+                for g, i in enumerate(chunk_ids):
+                    if i >= 0:
+                        out[i] = values[g]
+                continue
+            _, forces = self.energy_and_forces(params, graph)
+            norms = np.linalg.norm(np.asarray(forces), axis=-1)
+            start = 0
+            for i in chunk_ids:
+                if i < 0:
+                    break
+                s = data.structures[i]
+                part = norms[start:start + s.n_atoms][s.free]
+                out[i] = part.max() if part.size else 0.0
+                start += s.n_atoms
+        return out[ids]
+
+    def predicted_energies(self, params, data: StructureSet, ids) -> np.ndarray:
+        """(len(ids),) model energies (eV) of ``data[ids]``."""
+        return self._per_graph(params, data, ids, "energy")
+
+    def predicted_fmax(self, params, data: StructureSet, ids) -> np.ndarray:
+        """(len(ids),) max over free atoms of the predicted |F| (eV/Å) of ``data[ids]``."""
+        return self._per_graph(params, data, ids, "fmax")
+
+    # --- the pipeline ---------------------------------------------------------------------
+
+    def _cascade(self, params, data, train_ids, candidates, train_energies, cache, counter,
+                 progress) -> np.ndarray:
+        """First stage: ids of the top ``ceil(q · n)`` candidates by cheap-kernel PV."""
+        cfg, fmap = self.config, self.cascade_map
+        keep = max(math.ceil(cfg.cascade_keep * len(candidates)), 1)
+        if keep >= len(candidates):
+            return candidates
+        train_raw = self._concat(self._features(fmap, params, data, train_ids, cache, "cheap", counter,
+                                                progress=False, desc="cheap train"))
+        stage = dataclasses.replace(cfg, kernel=fmap.config, joint_weights="auto")
+        scale, _ = fit_scale(stage, train_raw)
+        train_scaled = apply_feature_scale(train_raw, scale)
+        noise_var = cfg.noise_var
+        if fmap.config.kind == "energy" and cfg.uses_evidence(train_energies is not None) \
+                and train_energies is not None:
+            residuals = train_energies - self.predicted_energies(params, data, train_ids)
+            noise_var = evidence_from_residuals(train_raw, train_scaled, residuals)
+        posterior = fit_posterior([train_scaled], fmap.dim, noise_var=noise_var)
+        pool = (apply_feature_scale(c, scale) for c in self._features(
+            fmap, params, data, candidates, cache, "cheap", counter, progress=progress,
+            desc="cascade: cheap kernel"))
+        short = shortlist_pool(pool, posterior, keep, score_config=ScoreConfig(reduction=cfg.reduction))
+        kept = np.asarray(short.ids, np.int64)
+        return kept[kept >= 0]
+
+    def pick(self, params, data: StructureSet, train_ids, candidate_ids, budget: int, key, *,
+             train_energies: np.ndarray | None = None, cache: dict | None = None,
+             progress: bool = False) -> Picks:
+        """Pick ``budget`` of ``candidate_ids`` given the training structures ``train_ids``.
+
+        Args:
+          params: the featurising parameters.
+          data: all structures (training and candidates) with their size plan.
+          train_ids: (n_T,) ids of the training structures (define the posterior; n_T ≥ 1).
+          candidate_ids: (n_C,) ids that may be picked (disjoint from ``train_ids``).
+          budget: 1 ≤ budget ≤ n_C.
+          key: PRNG key of the selector.
+          train_energies: (n_T,) energy labels (eV) aligned with ``train_ids``; needed by the
+            evidence rule (``"auto"`` falls back to the fixed σ² without them).
+          cache: a dict kept across calls *with the same params and data* (e.g. pretrained
+            features in an AL loop): every structure is then featurised at most once.
+          progress: progress bars.
+
+        Returns:
+          :class:`Picks`.
+        """
+        cfg = self.config
+        train_ids = np.asarray(train_ids, np.int64)
+        candidates = np.asarray(candidate_ids, np.int64)
+        if train_ids.size == 0:
+            raise ValueError("no training structures: the posterior needs at least one")
+        if not 1 <= int(budget) <= len(candidates):
+            raise ValueError(f"budget {budget} must be between 1 and the {len(candidates)} candidates")
+        if cfg.noise_rule == "evidence" and train_energies is None:
+            raise ValueError("noise_rule='evidence' needs the training structures' energy labels")
+        if train_energies is not None:
+            train_energies = np.asarray(train_energies, np.float64)
+            if train_energies.shape != train_ids.shape or not np.all(np.isfinite(train_energies)):
+                raise ValueError(f"train_energies must be {train_ids.shape} finite values (eV), got "
+                                 f"shape {train_energies.shape}")
+        counter: dict = {}
+        stats = {"n_candidates": int(len(candidates))}
+        fmap = self.feature_map
+
+        t = time.perf_counter()
+        kept = candidates
+        if self.cascade_map is not None:
+            kept = self._cascade(params, data, train_ids, candidates, train_energies, cache, counter,
+                                 progress)
+        stats["cascade_s"] = time.perf_counter() - t
+        stats["n_kept"] = int(len(kept))
+
+        t = time.perf_counter()
+        train_raw = self._concat(self._features(fmap, params, data, train_ids, cache, "main", counter,
+                                                progress=False, desc="train features"))
+        scale, w_force = fit_scale(cfg, train_raw)
+        train_scaled = apply_feature_scale(train_raw, scale)
+        noise_var = float(cfg.noise_var)
+        if cfg.uses_evidence(train_energies is not None) and train_energies is not None:
+            residuals = train_energies - self.predicted_energies(params, data, train_ids)
+            noise_var = evidence_from_residuals(train_raw, train_scaled, residuals)
+        posterior = fit_posterior([train_scaled], fmap.dim, noise_var=noise_var)
+        stats["train_features_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        allowed = None
+        n_allowed = len(kept)
+        if cfg.max_force_quantile < 1.0:
+            fmax = np.zeros(len(data))
+            fmax_key = ("fmax", len(data))
+            if cache is not None and fmax_key in cache:
+                fmax = cache[fmax_key]
+            else:
+                fmax[candidates] = self.predicted_fmax(params, data, candidates)
+                if cache is not None:
+                    cache[fmax_key] = fmax
+            limit = np.quantile(fmax[candidates], cfg.max_force_quantile)
+            allowed = np.zeros(len(data), bool)
+            allowed[candidates] = fmax[candidates] <= limit
+            n_allowed = int(allowed[kept].sum())
+            if n_allowed < budget:
+                raise ValueError(f"max_force_quantile = {cfg.max_force_quantile} leaves {n_allowed} "
+                                 f"candidates for a batch of {budget}")
+        if len(kept) < budget:
+            raise ValueError(f"the cascade kept {len(kept)} candidates for a batch of {budget}")
+        pool = self._features(fmap, params, data, kept, cache, "main", counter, progress=progress,
+                              desc="score pool")
+        ids, scores, pv = shortlist_and_select(cfg, posterior, scale, train_scaled, pool, int(budget),
+                                               key, n_candidates=n_allowed, allowed=allowed)
+        stats["score_select_s"] = time.perf_counter() - t
+        stats["n_features"] = int(counter.get("main", 0))
+        stats["n_cheap_features"] = int(counter.get("cheap", 0))
+        return Picks(ids, scores, pv, noise_var, w_force, scale, stats)

@@ -1,0 +1,12 @@
+"""Names of the acquisition options (JAX-free, so configs and the CLI can check them cheaply)."""
+
+__all__ = ["SELECTORS", "NORMALIZATIONS", "REDUCTIONS", "NOISE_RULES"]
+
+#: Batch selectors (:func:`ntkal.acquisition.select_batch`).
+SELECTORS = ("random", "maxdiag", "maxdet", "varred", "maxdist", "lcmd", "kmeanspp")
+#: Feature normalisations (:mod:`ntkal.acquisition.normalize`).
+NORMALIZATIONS = ("mean_trace", "median_trace", "per_structure")
+#: Per-structure reductions of row variances (:class:`ntkal.acquisition.ScoreConfig`).
+REDUCTIONS = ("total", "mean", "max")
+#: How σ² is chosen: a fixed value, the evidence maximiser, or evidence where an energy row exists.
+NOISE_RULES = ("fixed", "evidence", "auto")

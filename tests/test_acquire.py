@@ -1,0 +1,232 @@
+"""The one acquisition pipeline: size classes, cached graphs, cascade, select == loop."""
+
+import dataclasses
+import itertools
+
+import ase.build
+import ase.io
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from tiny_models import tiny_config
+from ntkal.acquire import Acquirer, AcquisitionConfig, prefetch, structure_set
+from ntkal.data import atoms_to_structure, batch_atoms, batch_structures
+from ntkal.data.size_classes import class_chunks, padded_slots, plan_size_classes
+from ntkal.kernels import GraphSizes, KernelConfig, graph_sizes
+from ntkal.models import build_model, save_checkpoint
+
+CONFIG = tiny_config()
+#: feature maps and jitted functions shared by every Acquirer of this module (one compile each)
+STORE = {}
+
+
+def mixed_frames(n: int, seed: int):
+    """Rattled Cu/Pt slabs of 8–27 atoms (several size classes), labelled with EMT."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+    rng = np.random.default_rng(seed)
+    shapes = [(2, 2, 2), (2, 2, 3), (3, 2, 2), (3, 3, 2), (2, 3, 3), (3, 3, 3)]
+    out = []
+    for k in range(n):
+        slab = ase.build.fcc111("Cu", size=shapes[k % len(shapes)], vacuum=5.0, periodic=True)
+        swap = rng.random(len(slab)) < 0.3
+        slab.numbers[swap] = 78
+        slab.positions += rng.normal(0, 0.08, slab.positions.shape)
+        slab.calc = EMT()
+        energy, forces = slab.get_potential_energy(), slab.get_forces()
+        slab.calc = SinglePointCalculator(slab, energy=energy, forces=forces)
+        out.append(slab)
+    return out
+
+
+@pytest.fixture(scope="module")
+def setup(x64):
+    model = build_model(CONFIG)
+    frames = mixed_frames(30, seed=0)
+    params = model.init(jax.random.key(0), batch_atoms(frames[:2], CONFIG.cutoff))
+    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
+    structures = [atoms_to_structure(a, CONFIG.cutoff, elements=CONFIG.elements) for a in frames]
+    return model, params, frames, structures
+
+
+def brute_force_slots(n_atoms, k):
+    sizes, counts = np.unique(n_atoms, return_counts=True)
+    best = None
+    for cuts in itertools.chain.from_iterable(
+            itertools.combinations(range(1, len(sizes)), c) for c in range(0, min(k, len(sizes)))):
+        bounds = (0,) + cuts + (len(sizes),)
+        slots = sum(sizes[b - 1] * counts[a:b].sum() for a, b in zip(bounds[:-1], bounds[1:]))
+        best = slots if best is None else min(best, slots)
+    return best
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_size_plan_is_optimal(seed):
+    rng = np.random.default_rng(seed)
+    n_atoms = rng.integers(20, 231, size=200)
+    n_atoms = np.concatenate([n_atoms, rng.choice(n_atoms, 30)])  # repeated sizes
+    n_edges = n_atoms * 12 + rng.integers(0, 50, n_atoms.size)
+    for k in (1, 2, 3, 6):
+        plan = plan_size_classes(n_atoms, n_edges, k)
+        assert plan.num_classes <= k
+        tops = np.array([m for m, _ in plan.budgets])
+        assert np.all(n_atoms <= tops[plan.class_of]) and np.all(np.diff(tops) > 0)
+        assert int(tops[plan.class_of].sum()) == brute_force_slots(n_atoms, k) if k <= 3 else True
+        for c, (m, e) in enumerate(plan.budgets):
+            members = plan.class_of == c
+            assert m == n_atoms[members].max() and e >= n_edges[members].max() and e % 8 == 0
+    one = plan_size_classes(n_atoms, n_edges, 1)
+    assert one.budgets[0][0] == n_atoms.max()
+    six = plan_size_classes(n_atoms, n_edges, 6)
+    assert padded_slots(six, 1) / n_atoms.sum() <= 1.25  # the issue's bound on an OC20-like spread
+
+
+def test_class_chunks_cover_each_id_once_with_fixed_shapes(setup):
+    _, _, _, structures = setup
+    data = structure_set(structures, 3)
+    ids = np.arange(len(structures))[::-1]
+    seen, shapes = [], {}
+    for c, chunk_ids, graph in class_chunks(data.structures, ids, data.plan, 4):
+        shape = (graph.n_node.shape[0], graph.nodes["numbers"].shape[0], graph.senders.shape[0])
+        assert shapes.setdefault(c, shape) == shape  # one shape per class
+        seen += [int(i) for i in chunk_ids if i >= 0]
+        assert all(data.plan.class_of[i] == c for i in chunk_ids if i >= 0)
+    assert sorted(seen) == sorted(ids.tolist())
+
+
+@pytest.mark.parametrize("kernel", [
+    KernelConfig(kind="joint", sketch_dim=16, num_probes=2),
+    KernelConfig(kind="force_exact", sketch_dim=16, direction_batch_size=8),
+    KernelConfig(kind="embedding"),
+])
+def test_size_class_features_equal_single_structure_features(setup, kernel):
+    """Padding to a class budget (with other structures in the chunk) changes no feature."""
+    model, params, _, structures = setup
+    config = AcquisitionConfig(kernel=kernel, chunk_size=4, size_classes=2, prefetch=2)
+    acquirer = Acquirer(model, params, config, store=STORE)
+    data = structure_set(structures, 2)
+    assert data.plan.num_classes == 2
+    fmap = acquirer.feature_map
+    ids = np.arange(len(structures))[::-1]
+    got = {}
+    for chunk in acquirer.stream_features(fmap, params, data, ids):
+        for g, i in enumerate(np.asarray(chunk.ids)):
+            if i >= 0:
+                got[int(i)] = (np.asarray(chunk.rows[g]), np.asarray(chunk.row_mask[g]))
+    assert sorted(got) == sorted(ids.tolist())
+    r = fmap.num_rows(data.max_sizes)
+    # reference: the smallest structure alone, padded to its own bucket (one extra compile)
+    for i in [int(np.argmin(data.n_atoms))]:
+        assert data.plan.budgets[data.plan.class_of[i]][0] > structures[i].n_atoms
+        single = batch_structures([structures[i]])
+        rows, mask = fmap.apply(params, single, sizes=graph_sizes(single))
+        rows, mask = np.asarray(rows[0]), np.asarray(mask[0])
+        k = rows.shape[0] if kernel.kind != "force_exact" else 3 * structures[i].n_atoms
+        assert got[i][0].shape[0] == r
+        np.testing.assert_allclose(got[i][0][:k], rows[:k], rtol=1e-9, atol=1e-12)
+        np.testing.assert_array_equal(got[i][1][:k], mask[:k])
+        assert not got[i][1][k:].any() and np.all(got[i][0][k:] == 0.0)
+
+
+def test_cached_graphs_equal_fresh_ones(setup, tmp_path):
+    """`ntkal select` graphs each frame once while reading; those graphs equal fresh ones."""
+    from ntkal.select import read_structures
+    _, _, frames, _ = setup
+    ase.io.write(tmp_path / "f.extxyz", frames[:7])
+    held, energies = read_structures(tmp_path / "f.extxyz", CONFIG.cutoff, CONFIG.elements)
+    np.testing.assert_allclose(energies, [a.get_potential_energy() for a in frames[:7]], rtol=1e-9)
+    for s, atoms in zip(held, ase.io.read(tmp_path / "f.extxyz", index=":")):
+        fresh = atoms_to_structure(atoms, CONFIG.cutoff, elements=CONFIG.elements)
+        for field in ("numbers", "positions", "senders", "receivers", "shifts", "free"):
+            np.testing.assert_array_equal(getattr(s, field), getattr(fresh, field))
+
+
+def pick(setup, config, budget=4, train=np.arange(6), cache=None):
+    model, params, frames, structures = setup
+    data = structure_set(structures, config.size_classes)
+    acquirer = Acquirer(model, params, config, store=STORE)
+    candidates = np.setdiff1d(np.arange(len(structures)), train)
+    energies = np.array([frames[i].get_potential_energy() for i in train])
+    return acquirer.pick(params, data, train, candidates, budget, jax.random.key(0),
+                         train_energies=energies, cache=cache)
+
+
+BASE = AcquisitionConfig(kernel=KernelConfig(kind="joint", sketch_dim=16, num_probes=2), shortlist=12,
+                         chunk_size=4, size_classes=3)
+
+
+def test_cascade_with_q_one_equals_no_cascade(setup):
+    plain = pick(setup, BASE)
+    full = pick(setup, dataclasses.replace(BASE, cascade="energy", cascade_keep=1.0))
+    np.testing.assert_array_equal(plain.ids, full.ids)
+    np.testing.assert_allclose(plain.scores, full.scores, rtol=1e-10)
+    assert plain.stats["n_features"] == full.stats["n_features"] == 30
+
+
+def test_cascade_scores_only_the_kept_fraction(setup):
+    half = pick(setup, dataclasses.replace(BASE, cascade="energy", cascade_keep=0.5))
+    assert half.stats["n_kept"] == 12 and half.stats["n_cheap_features"] == 30
+    assert half.stats["n_features"] == 6 + 12  # training set + kept candidates
+    # the kept set is the energy-kernel PV top half: energy-only picks by maxdiag come from it
+    energy_top = pick(setup, dataclasses.replace(BASE, kernel=KernelConfig(kind="energy", sketch_dim=16),
+                                                 selector="maxdiag", shortlist=12), budget=12)
+    assert set(half.ids.tolist()) <= set(energy_top.ids.tolist())
+
+
+def test_feature_cache_equals_streaming_and_counts_once(setup):
+    cache = {}
+    first = pick(setup, BASE, cache=cache)
+    again = pick(setup, BASE, cache=cache)
+    plain = pick(setup, BASE)
+    assert first.stats["n_features"] == 30 and again.stats["n_features"] == 0
+    for other in (again, plain):
+        np.testing.assert_array_equal(first.ids, other.ids)
+        np.testing.assert_allclose(first.scores, other.scores, rtol=1e-9)
+
+
+def test_select_and_loop_pick_the_same(setup, tmp_path):
+    """The CLI's file path and the loop's in-memory path give the same picks for one config."""
+    from ntkal.loop import LoopConfig, _kernel_picks, init_state, make_context
+    from ntkal.select import select_from_files
+    model, params, frames, _ = setup
+    labelled = np.array([1, 4, 9, 16, 22, 27])
+    unlabelled = np.setdiff1d(np.arange(len(frames)), labelled)
+    loop_config = LoopConfig(method="joint", selector="varred", shortlist=12, chunk_size=4,
+                             kernel=KernelConfig(kind="joint", sketch_dim=16, num_probes=2, w_force=0.0),
+                             initial=6, batch=4, rounds=1, size_classes=3)
+    ctx = make_context(model, params, frames, {}, lambda a: list(a), loop_config, progress=False)
+    state = init_state(ctx)._replace(labelled=labelled)
+    energies = [frames[i].get_potential_energy() for i in labelled]
+    ids, scores, pv, noise = _kernel_picks(state, ctx, unlabelled, jax.random.key(0), 4, energies)
+
+    save_checkpoint(tmp_path / "model.msgpack", params, CONFIG)
+    clean = [a.copy() for a in frames]
+    for a, b in zip(clean, frames):
+        a.calc = b.calc
+    ase.io.write(tmp_path / "pool.extxyz", [clean[i] for i in unlabelled])
+    ase.io.write(tmp_path / "train.extxyz", [clean[i] for i in labelled])
+    summary = select_from_files(tmp_path / "model.msgpack", tmp_path / "pool.extxyz",
+                                tmp_path / "train.extxyz", 4, out_path=tmp_path / "picked.extxyz",
+                                config=loop_config.acquisition, progress=False)
+    np.testing.assert_array_equal(unlabelled[list(summary.ids)], ids)
+    np.testing.assert_allclose(summary.scores, scores, rtol=1e-6)
+    np.testing.assert_allclose(summary.pv, pv, rtol=1e-6)
+    assert summary.noise_var == pytest.approx(noise, rel=1e-6)
+
+
+def test_prefetch_keeps_order_and_reraises():
+    assert list(prefetch(iter(range(50)), 3)) == list(range(50))
+    assert list(prefetch(iter(range(5)), 0)) == list(range(5))
+
+    def broken():
+        yield 1
+        yield 2
+        raise RuntimeError("frame 3 is bad")
+
+    got = []
+    with pytest.raises(RuntimeError, match="frame 3 is bad"):
+        for x in prefetch(broken(), 2):
+            got.append(x)
+    assert got == [1, 2]
