@@ -22,7 +22,7 @@ force-aware feature evaluations. ``--startup`` times ``ntkal --help`` and a cold
 
 Usage::
 
-    python benchmarks/select_scaling.py --quick                    # 200 and 1000, CPU
+    python benchmarks/select_scaling.py --quick                    # 150 and 600, ≤ 3 classes, CPU
     python benchmarks/select_scaling.py --sizes 1000 4000 --cascade 4000 --startup
     python benchmarks/select_scaling.py --sizes 1000 4000 16000 200000 --chunk-size 64 \\
         --workers 16 --json out.json                                 # GPU (benchmarks/gpu/run.sh)
@@ -199,7 +199,8 @@ def run_startup(args, log):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
-    p.add_argument("--quick", action="store_true", help="sizes 200 and 1000, probes 4, d 256")
+    p.add_argument("--quick", action="store_true",
+                   help="sizes 150 and 600, probes 4, d 256, <= 3 size classes, shortlist 200, budget 20")
     p.add_argument("--train", type=int, default=64)
     p.add_argument("--budget", type=int, default=100)
     p.add_argument("--kernel", default="joint")
@@ -219,7 +220,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     if args.quick:
-        args.sizes, args.probes, args.sketch_dim, args.budget, args.shortlist = [200, 1000], 4, 256, 20, 200
+        args.sizes, args.probes, args.sketch_dim, args.budget, args.shortlist = [150, 600], 4, 256, 20, 200
+        args.size_classes = 3
 
     import jax
     from ntkal.acquire import AcquisitionConfig

@@ -169,6 +169,8 @@ def test_cascade_scores_only_the_kept_fraction(setup):
     half = pick(setup, dataclasses.replace(BASE, cascade="energy", cascade_keep=0.5))
     assert half.stats["n_kept"] == 12 and half.stats["n_cheap_features"] == 30
     assert half.stats["n_features"] == 6 + 12  # training set + kept candidates
+    tiny = pick(setup, dataclasses.replace(BASE, cascade="energy", cascade_keep=0.05), budget=4)
+    assert tiny.stats["n_kept"] == 4  # never fewer than the batch
     # the kept set is the energy-kernel PV top half: energy-only picks by maxdiag come from it
     energy_top = pick(setup, dataclasses.replace(BASE, kernel=KernelConfig(kind="energy", sketch_dim=16),
                                                  selector="maxdiag", shortlist=12), budget=12)

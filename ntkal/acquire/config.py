@@ -43,7 +43,8 @@ class AcquisitionConfig:
       cascade: ``None`` or a cheap kernel kind (:data:`CASCADE_KINDS`): a first stage scores
         the whole pool with it and only the top ``cascade_keep`` fraction is featurised with
         ``kernel``.
-      cascade_keep: q, the fraction of the pool the first stage keeps (0 < q ≤ 1).
+      cascade_keep: q, the fraction of the pool the first stage keeps (0 < q ≤ 1; at least the
+        batch size is kept).
       chunk_size: structures per featurisation chunk.
       size_classes: at most this many padding classes; each structure is padded to its class's
         atom and edge budget (1 = everything padded to the largest structure). Every class is

@@ -12,7 +12,7 @@ active-learning loop and the calculator's users:
    device (:func:`~ntkal.acquire.prefetching.prefetch`).
 2. **Cascade** (optional, ``config.cascade``): a cheap kernel (energy NTK, embedding or
    last-layer) scores every candidate by posterior variance; only the top ``cascade_keep``
-   fraction goes on to the force-aware kernel.
+   fraction (at least ``budget`` structures) goes on to the force-aware kernel.
 3. **Scale** (:func:`fit_scale`): joint block weights (``"auto"``: w_F² = Σ‖φ_E‖²/Σ‖Φ_F‖²_F
    over the training set) and the feature normalisation, fitted on the training features and
    applied to both sets.
@@ -385,11 +385,11 @@ class Acquirer:
 
     # --- the pipeline ---------------------------------------------------------------------
 
-    def _cascade(self, params, data, train_ids, candidates, train_energies, cache, counter,
+    def _cascade(self, params, data, train_ids, candidates, budget, train_energies, cache, counter,
                  progress) -> np.ndarray:
-        """First stage: ids of the top ``ceil(q · n)`` candidates by cheap-kernel PV."""
+        """First stage: ids of the top ``max(ceil(q · n), budget)`` candidates by cheap-kernel PV."""
         cfg, fmap = self.config, self.cascade_map
-        keep = max(math.ceil(cfg.cascade_keep * len(candidates)), 1)
+        keep = max(math.ceil(cfg.cascade_keep * len(candidates)), budget)
         if keep >= len(candidates):
             return candidates
         train_raw = self._concat(self._features(fmap, params, data, train_ids, cache, "cheap", counter,
@@ -452,8 +452,8 @@ class Acquirer:
         t = time.perf_counter()
         kept = candidates
         if self.cascade_map is not None:
-            kept = self._cascade(params, data, train_ids, candidates, train_energies, cache, counter,
-                                 progress)
+            kept = self._cascade(params, data, train_ids, candidates, int(budget), train_energies, cache,
+                                 counter, progress)
         stats["cascade_s"] = time.perf_counter() - t
         stats["n_kept"] = int(len(kept))
 
