@@ -81,7 +81,7 @@ def run_size(n, args, model, params, config, store, counter, log):
                                      workers=args.workers)
     graph_s = time.perf_counter() - t
     del pool_atoms, train_atoms
-    data = structure_set(structures, config.size_classes, config.max_padding)
+    data = structure_set(structures, config.max_classes(len(structures)), config.max_padding)
     train_ids = n + np.arange(args.train)
     pool_ids = np.arange(n)
     acquirer = Acquirer(model, params, config, store=store)

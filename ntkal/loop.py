@@ -312,9 +312,9 @@ def _acquirer(ctx: LoopContext) -> tuple[Acquirer, StructureSet]:
     key = ("acquirer", id(ctx.model), cfg)
     if key not in ctx.cache:
         ctx.cache[key] = (ctx.model, Acquirer(ctx.model, ctx.pretrained, cfg, store=ctx.cache))
-    plan_key = ("structure_set", cfg.size_classes, cfg.max_padding, len(ctx.pool))
+    plan_key = ("structure_set", cfg.max_classes(len(ctx.pool)), cfg.max_padding, len(ctx.pool))
     if plan_key not in ctx.cache:
-        ctx.cache[plan_key] = structure_set(ctx.pool, cfg.size_classes, cfg.max_padding)
+        ctx.cache[plan_key] = structure_set(ctx.pool, cfg.max_classes(len(ctx.pool)), cfg.max_padding)
     return ctx.cache[key][1], ctx.cache[plan_key]
 
 

@@ -200,7 +200,7 @@ def select_from_files(
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    data = structure_set(pool + train, config.size_classes, config.max_padding)
+    data = structure_set(pool + train, config.max_classes(n_pool + len(train)), config.max_padding)
     acquirer = Acquirer(model, params, config)
     timings["setup_s"] = time.perf_counter() - t
     picks = acquirer.pick(params, data, n_pool + np.arange(len(train)), np.arange(n_pool), budget,

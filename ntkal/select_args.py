@@ -182,6 +182,8 @@ ACQUISITION_FLAGS: tuple[AcquisitionFlag, ...] = (
     AcquisitionFlag("--max-padding", ("max_padding",),
                     "fewest size classes whose padded atom slots are within this factor of the real atoms",
                     float),
+    AcquisitionFlag("--min-class-chunks", ("min_class_chunks",),
+                    "at most one size class per this many chunks of structures", int),
     AcquisitionFlag("--prefetch", ("prefetch",), "chunks prepared ahead on a background thread (0 = off)", int),
     AcquisitionFlag("--seed", ("seed", "kernel.seed"), "seeds the sketch, the probes and the random selectors",
                     int),

@@ -195,7 +195,7 @@ def test_select_and_loop_pick_the_same(setup, tmp_path):
     model, params, frames, _ = setup
     labelled = np.array([1, 4, 9, 16, 22, 27])
     unlabelled = np.setdiff1d(np.arange(len(frames)), labelled)
-    loop_config = LoopConfig(method="joint", selector="varred", shortlist=12, chunk_size=4,
+    loop_config = LoopConfig(method="joint", selector="varred", shortlist=12, chunk_size=2,
                              kernel=KernelConfig(kind="joint", sketch_dim=16, num_probes=2, w_force=0.0),
                              initial=6, batch=4, rounds=1, size_classes=3)
     ctx = make_context(model, params, frames, {}, lambda a: list(a), loop_config, progress=False)

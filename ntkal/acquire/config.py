@@ -51,6 +51,8 @@ class AcquisitionConfig:
         one compilation of the feature map.
       max_padding: use the fewest classes (≤ ``size_classes``) whose padded atom slots are
         within this factor of the real atoms (1.0 = the ``size_classes``-class optimum).
+      min_class_chunks: at most one class per this many chunks of structures (a small pool is
+        not worth one compilation per class: 66 structures in chunks of 16 get one class).
       prefetch: padded chunks prepared on a background thread ahead of the device (0 = off).
       seed: seeds the sketch, the probes and the random/k-means++ selectors.
     """
@@ -69,6 +71,7 @@ class AcquisitionConfig:
     chunk_size: int = 16
     size_classes: int = 6
     max_padding: float = 1.2
+    min_class_chunks: int = 4
     prefetch: int = 2
     seed: int = 0
 
@@ -103,13 +106,18 @@ class AcquisitionConfig:
             raise ValueError(f"cascade must be None or one of {CASCADE_KINDS}, got {self.cascade!r}")
         if not 0.0 < self.cascade_keep <= 1.0:
             raise ValueError(f"cascade_keep must be in (0, 1], got {self.cascade_keep}")
-        for name in ("shortlist", "chunk_size", "size_classes"):
+        for name in ("shortlist", "chunk_size", "size_classes", "min_class_chunks"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.max_padding >= 1.0:
             raise ValueError(f"max_padding must be >= 1, got {self.max_padding}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+
+    def max_classes(self, n_structures: int) -> int:
+        """Size classes allowed for ``n_structures``: ``size_classes``, fewer for small sets."""
+        return max(1, min(int(self.size_classes),
+                          int(n_structures) // (int(self.min_class_chunks) * int(self.chunk_size))))
 
     @property
     def kind(self) -> str:
