@@ -53,11 +53,12 @@ from flax import serialization
 from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, StructureSet, structure_set
+from ntkal.acquire.pipeline import jitted_model
 from ntkal.acquisition import qbc_force_disagreement
 from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
 from ntkal.kernels import KINDS, KernelConfig
 from ntkal.kernels.split import GraphSizes
-from ntkal.models import MLIP, atomic_write_bytes, energy_and_forces_fn
+from ntkal.models import MLIP, atomic_write_bytes
 from ntkal.train import TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
 
 __all__ = ["LoopConfig", "LoopState", "LoopContext", "make_context", "init_state", "run_round",
@@ -295,14 +296,13 @@ def _chunks(structures: Sequence[Structure], ids: Sequence[int], chunk_size: int
 
 
 def _jitted(ctx: LoopContext):
-    """Jitted energy+forces, error sums and energy of the model, compiled once per context
-    (and once per sweep when the contexts share ``cache``)."""
-    key = ("jitted", id(ctx.model))
+    """Jitted energy+forces and error sums of the model, compiled once per context (and once
+    per sweep when the contexts share ``cache``); energy+forces are the acquirers' own."""
+    energy_and_forces, _ = jitted_model(ctx.model, ctx.cache)
+    key = ("error sums", id(ctx.model))
     if key not in ctx.cache:
-        model = ctx.model
-        ctx.cache[key] = (model, jax.jit(energy_and_forces_fn(model.energy)),
-                          jax.jit(make_error_sums_fn(model.energy)), jax.jit(model.energy))
-    return ctx.cache[key][1:]
+        ctx.cache[key] = (ctx.model, jax.jit(make_error_sums_fn(ctx.model.energy)))
+    return energy_and_forces, ctx.cache[key][1]
 
 
 def _acquirer(ctx: LoopContext) -> tuple[Acquirer, StructureSet]:
@@ -337,7 +337,7 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
 
 def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, budget):
     cfg = ctx.config
-    ef, _, _ = _jitted(ctx)
+    ef, _ = _jitted(ctx)
     pool_chunks = list(_chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes))
     forces = []
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
@@ -428,7 +428,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    _, sums, _ = _jitted(ctx)
+    _, sums = _jitted(ctx)
     metrics = {name: evaluate(sums, params, make_batches(structures, 16))
                for name, structures in ctx.tests.items()}
     times["evaluate_s"] = time.perf_counter() - t
@@ -442,7 +442,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
 
 def _pick_errors(ctx: LoopContext, params, structures: Sequence[Structure]) -> list[float]:
     """Force MAE (eV/Å) of ``params`` on each labelled structure (NaN without force labels)."""
-    ef, _, _ = _jitted(ctx)
+    ef, _ = _jitted(ctx)
     out = []
     for s in structures:
         graph = batch_structures([s], n_graph=2, n_node=bucket(ctx.sizes.max_atoms + 1),

@@ -232,3 +232,16 @@ def test_prefetch_keeps_order_and_reraises():
         for x in prefetch(broken(), 2):
             got.append(x)
     assert got == [1, 2]
+
+
+def test_parallel_graphs_equal_serial_ones(monkeypatch):
+    """Graphs built on 2 spawned workers (batches of 5) equal the serial ones, in order."""
+    import ntkal.data.parallel as parallel
+    frames = mixed_frames(12, seed=4)
+    monkeypatch.setattr(parallel, "MIN_PARALLEL", 0)
+    got = parallel.structures_parallel(frames, CONFIG.cutoff, elements=CONFIG.elements, workers=2, batch=5)
+    assert len(got) == len(frames)
+    for s, atoms in zip(got, frames):
+        fresh = atoms_to_structure(atoms, CONFIG.cutoff, elements=CONFIG.elements)
+        for field in ("numbers", "positions", "senders", "receivers", "shifts", "free", "forces"):
+            np.testing.assert_array_equal(getattr(s, field), getattr(fresh, field))

@@ -39,7 +39,7 @@ from ntkal.acquire.config import DISTANCE_SELECTORS, AcquisitionConfig
 from ntkal.acquire.prefetching import prefetch
 from ntkal.acquisition import (FeatureChunk, FeatureScale, ScoreConfig, accumulate_second_moment,
                                apply_feature_scale, evidence_noise_var, fit_feature_scale,
-                               fit_posterior, select_batch, shortlist_pool)
+                               fit_posterior, pad_chunk, select_batch, shortlist_pool)
 from ntkal.data import Structure
 from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
 from ntkal.kernels import GraphSizes, KernelConfig, make_feature_map
@@ -215,16 +215,13 @@ def _pad_rows(rows, mask, r: int):
     return (jnp.pad(rows, ((0, 0), (0, extra), (0, 0))), jnp.pad(mask, ((0, 0), (0, extra))))
 
 
-def _take(chunk: FeatureChunk, positions: np.ndarray, size: int) -> FeatureChunk:
-    """Rows of a host feature array at ``positions``, padded with empty slots to ``size``."""
-    positions = np.asarray(positions, np.int64)
-    pad = size - len(positions)
-    rows, mask, ids = chunk.rows[positions], chunk.row_mask[positions], chunk.ids[positions]
-    if pad > 0:
-        rows = np.concatenate([rows, np.zeros((pad,) + rows.shape[1:], rows.dtype)])
-        mask = np.concatenate([mask, np.zeros((pad,) + mask.shape[1:], bool)])
-        ids = np.concatenate([ids, np.full((pad,), -1, ids.dtype)])
-    return FeatureChunk(rows, mask, ids)
+def jitted_model(model, store: dict) -> tuple:
+    """``(energy_and_forces, energy)`` of ``model``, jitted once per model and ``store`` (the
+    acquirers of a sweep and the loop's own evaluations share them)."""
+    key = ("acquire", id(model), "model functions")
+    if key not in store:  # holding the model keeps id(model) unique
+        store[key] = (model, (jax.jit(energy_and_forces_fn(model.energy)), jax.jit(model.energy)))
+    return store[key][1]
 
 
 class Acquirer:
@@ -265,9 +262,7 @@ class Acquirer:
             cheap = KernelConfig(kind=config.cascade, sketch_dim=k.sketch_dim, sketch_kind=k.sketch_kind,
                                  param_filter=k.param_filter, seed=k.seed, pool=k.pool)
             self.cascade_map = shared(("map", cheap), lambda: make_feature_map(model, cheap, params))
-        self.energy_and_forces = shared(("energy_and_forces",),
-                                         lambda: jax.jit(energy_and_forces_fn(model.energy)))
-        self.energy = shared(("energy",), lambda: jax.jit(model.energy))
+        self.energy_and_forces, self.energy = jitted_model(model, store)
 
     # --- streaming over a StructureSet ----------------------------------------------------
 
@@ -340,10 +335,10 @@ class Acquirer:
             rows[got[real]] = np.asarray(chunk.rows)[real]
             mask[got[real]] = np.asarray(chunk.row_mask)[real]
             have[got[real]] = True
-        table = FeatureChunk(rows, mask, np.arange(len(data), dtype=np.int32))
         size = self.config.chunk_size
         for k in range(0, len(ids), size):
-            yield _take(table, ids[k:k + size], size)
+            part = ids[k:k + size]
+            yield pad_chunk(FeatureChunk(rows[part], mask[part], part.astype(np.int32)), size)
 
     def _concat(self, chunks: Iterable[FeatureChunk]) -> FeatureChunk:
         """Concatenate chunks on the host, dropping padding slots."""
@@ -385,7 +380,7 @@ class Acquirer:
 
     # --- the pipeline ---------------------------------------------------------------------
 
-    def _cascade(self, params, data, train_ids, candidates, budget, train_energies, cache, counter,
+    def _cascade(self, params, data, train_ids, candidates, budget, residuals, cache, counter,
                  progress) -> np.ndarray:
         """First stage: ids of the top ``max(ceil(q · n), budget)`` candidates by cheap-kernel PV."""
         cfg, fmap = self.config, self.cascade_map
@@ -398,9 +393,7 @@ class Acquirer:
         scale, _ = fit_scale(stage, train_raw)
         train_scaled = apply_feature_scale(train_raw, scale)
         noise_var = cfg.noise_var
-        if fmap.config.kind == "energy" and cfg.uses_evidence(train_energies is not None) \
-                and train_energies is not None:
-            residuals = train_energies - self.predicted_energies(params, data, train_ids)
+        if fmap.config.kind == "energy" and residuals is not None:
             noise_var = evidence_from_residuals(train_raw, train_scaled, residuals)
         posterior = fit_posterior([train_scaled], fmap.dim, noise_var=noise_var)
         pool = (apply_feature_scale(c, scale) for c in self._features(
@@ -449,10 +442,14 @@ class Acquirer:
         stats = {"n_candidates": int(len(candidates))}
         fmap = self.feature_map
 
+        residuals = None  # energy residuals (eV) of the training set, for the evidence σ²
+        if cfg.uses_evidence(train_energies is not None) and train_energies is not None:
+            residuals = train_energies - self.predicted_energies(params, data, train_ids)
+
         t = time.perf_counter()
         kept = candidates
         if self.cascade_map is not None:
-            kept = self._cascade(params, data, train_ids, candidates, int(budget), train_energies, cache,
+            kept = self._cascade(params, data, train_ids, candidates, int(budget), residuals, cache,
                                  counter, progress)
         stats["cascade_s"] = time.perf_counter() - t
         stats["n_kept"] = int(len(kept))
@@ -463,8 +460,7 @@ class Acquirer:
         scale, w_force = fit_scale(cfg, train_raw)
         train_scaled = apply_feature_scale(train_raw, scale)
         noise_var = float(cfg.noise_var)
-        if cfg.uses_evidence(train_energies is not None) and train_energies is not None:
-            residuals = train_energies - self.predicted_energies(params, data, train_ids)
+        if residuals is not None:
             noise_var = evidence_from_residuals(train_raw, train_scaled, residuals)
         posterior = fit_posterior([train_scaled], fmap.dim, noise_var=noise_var)
         stats["train_features_s"] = time.perf_counter() - t

@@ -1,20 +1,20 @@
 """Graph many structures on several processes (neighbour lists are the host-side bottleneck).
 
 :func:`structures_parallel` gives exactly ``[atoms_to_structure(a, ...) for a in atoms]``
-(same order, same arrays), using ``workers`` spawned processes for large inputs. A structure
+(same order, same arrays), using ``workers`` spawned processes for large inputs
+(:func:`ntkal._parallel.ordered_map`: one BLAS/OpenMP thread per worker). A structure
 that fails validation is re-validated in the calling process, so the error raised is the very
 :class:`~ntkal.data.InvalidStructureError` the serial path raises (file, frame, reason).
 """
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
-from concurrent.futures import ProcessPoolExecutor
 from typing import Sequence
 
 import ase
 
+from ntkal._parallel import ordered_map
 from ntkal.data.structure import Structure, atoms_to_structure
 
 __all__ = ["structures_parallel", "default_workers"]
@@ -67,11 +67,10 @@ def structures_parallel(atoms: Sequence[ase.Atoms], cutoff: float, *, elements=N
     jobs = [(s, list(atoms[s:s + batch]), float(cutoff), elements, require_labels)
             for s in range(0, len(atoms), batch)]
     out: list[Structure] = []
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as pool:
-        for failed, part in pool.map(_graph_batch, jobs):
-            out.extend(part)
-            if failed is not None:  # the serial call raises the exact error
-                atoms_to_structure(atoms[failed], cutoff, index=failed, elements=elements,
-                                   require_labels=require_labels)
-                raise RuntimeError(f"structure {failed} failed in a worker but not here")
+    for failed, part in ordered_map(_graph_batch, jobs, workers, preload=("ntkal.data",)):
+        out.extend(part)
+        if failed is not None:  # the serial call raises the exact error
+            atoms_to_structure(atoms[failed], cutoff, index=failed, elements=elements,
+                               require_labels=require_labels)
+            raise RuntimeError(f"structure {failed} failed in a worker but not here")
     return out

@@ -9,7 +9,7 @@ from ase.build import fcc111
 from ase.calculators.emt import EMT
 
 from ntkal.datasets import DatasetFormatError, calculator_oracle, read_extxyz
-from ntkal.datasets._parallel import ordered_map
+from ntkal._parallel import ordered_map
 from ntkal.datasets.oc20_like import _flags
 
 

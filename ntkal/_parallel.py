@@ -1,4 +1,4 @@
-"""Ordered, optionally multi-process map for the generators.
+"""Ordered, optionally multi-process map (dataset generators, graph building).
 
 Results come back in input order whatever the number of workers, and every
 job draws its randomness from its own seed, so a dataset is identical for
