@@ -7,10 +7,18 @@ as with a foundation model. Writes, under ``--out`` (default ``ntkal/pretrained`
 
 * ``<name>.msgpack``        checkpoint (params + config + metadata, incl. measured errors)
 * ``<name>.val.extxyz.xz``  the held-out source frames the card's validation errors are measured on
-* ``<name>.md``             model card (data, hyper-parameters, seed, command, errors per split)
+* ``<name>.md``             model card (data, training elements, hyper-parameters, seed, command, errors per split)
+
+The metadata records ``train_elements``: the sorted atomic numbers present in the training
+frames (``ntkal select`` and ``ntkal run`` warn when a pool holds model elements outside it).
+``--backfill-train-elements NAME`` adds that key to an older checkpoint: it re-runs the data
+selection of the checkpoint's recorded command (same generator, size, seed, frame cap and
+split), checks that it reproduces the recorded frame counts and the stored held-out frames, and
+rewrites only the metadata (the parameters stay bit-identical) and the card's elements line.
 
     python experiments/pretrain.py oc20_like --size small
     python experiments/pretrain.py t1x_like --size small
+    python experiments/pretrain.py --backfill-train-elements oc20_like
 """
 
 from __future__ import annotations
@@ -19,10 +27,12 @@ import argparse
 import io
 import json
 import lzma
+import shlex
 import sys
 import time
 from pathlib import Path
 
+import ase.data
 import ase.io
 import jax
 import jax.numpy as jnp
@@ -56,9 +66,9 @@ def split_by_system(atoms, fraction, rng):
     return train, val
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=sorted(ELEMENTS))
+    parser.add_argument("dataset", nargs="?", choices=sorted(ELEMENTS))
     parser.add_argument("--size", default="small")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=60)
@@ -71,11 +81,17 @@ def main() -> None:
                         help="hold out whole systems or random frames (default: system for oc20_like, frame for "
                              "t1x_like, whose few source molecules make a by-molecule hold-out stop training "
                              "after 2 epochs)")
-    args = parser.parse_args()
-    name = args.name or args.dataset
-    t0 = time.perf_counter()
-    rng = np.random.default_rng(args.seed)
+    parser.add_argument("--backfill-train-elements", metavar="NAME", default=None,
+                        help="add train_elements to the existing checkpoint <out>/NAME.msgpack (see above) and exit")
+    return parser
 
+
+def source_frames(args, rng):
+    """The pretraining frames of ``args``: ``(train_atoms, val_atoms, val_split)``.
+
+    Draws from ``rng`` exactly as :func:`main` does before model initialisation (frame cap,
+    then the hold-out), so the same arguments and a fresh ``default_rng(seed)`` give the same split.
+    """
     source = list(datasets.load_split(args.dataset, "pretrain", size=args.size, seed=args.seed,
                                       cache_dir=args.cache_dir))
     if len(source) > args.max_frames:
@@ -83,6 +99,87 @@ def main() -> None:
     val_split = args.val_split or ("system" if args.dataset == "oc20_like" else "frame")
     splitter = split_by_system if val_split == "system" else split_by_frame
     train_atoms, val_atoms = splitter(source, 0.1, rng)
+    return train_atoms, val_atoms, val_split
+
+
+def elements_of(atoms_list) -> list[int]:
+    """Sorted atomic numbers present in ``atoms_list``."""
+    return sorted({int(z) for atoms in atoms_list for z in atoms.numbers})
+
+
+def elements_line(train_elements, model_elements) -> str:
+    """The model card's training-elements line."""
+    symbols = ", ".join(ase.data.chemical_symbols[z] for z in train_elements)
+    missing = [ase.data.chemical_symbols[z] for z in model_elements if z not in set(train_elements)]
+    tail = (f" elements; never seen in training: {', '.join(missing)}, so `ntkal select` warns on pools holding "
+            "them" if missing else " elements: all of them")
+    return (f"- **Training elements** (`train_elements`, present in the training frames): {symbols} "
+            f"({len(train_elements)} of the model's {len(model_elements)}{tail}).")
+
+
+def backfill_train_elements(name: str, out: Path, cache_dir: str) -> list[int]:
+    """Add ``train_elements`` to ``out/<name>.msgpack`` and its card, parameters untouched.
+
+    Re-runs :func:`source_frames` with the arguments of the checkpoint's recorded command, checks
+    the recorded ``train_frames``/``val_frames`` and the stored held-out frames
+    (``<name>.val.extxyz.xz``: same numbers and positions), then rewrites the metadata (JSON) only.
+
+    Raises:
+      RuntimeError: the recomputed split does not reproduce the recorded one.
+    """
+    from flax import serialization
+
+    path = out / f"{name}.msgpack"
+    raw = path.read_bytes()
+    state = serialization.msgpack_restore(raw)
+    metadata = json.loads(state["metadata"])
+    argv = shlex.split(metadata["command"])[2:]  # drop "python experiments/pretrain.py"
+    args = build_parser().parse_args(argv + ["--cache-dir", cache_dir])
+    train_atoms, val_atoms, _ = source_frames(args, np.random.default_rng(args.seed))
+    if (len(train_atoms), len(val_atoms)) != (metadata["train_frames"], metadata["val_frames"]):
+        raise RuntimeError(f"{name}: recomputed {len(train_atoms)}/{len(val_atoms)} train/val frames, the "
+                           f"metadata says {metadata['train_frames']}/{metadata['val_frames']}")
+    stored = ase.io.read(out / f"{name}.val.extxyz.xz", index=":")
+    if len(stored) != len(val_atoms) or not all(
+            np.array_equal(a.numbers, b.numbers) and np.allclose(a.positions, b.positions, atol=1e-6)
+            for a, b in zip(stored, val_atoms)):
+        raise RuntimeError(f"{name}: the recomputed held-out frames differ from {name}.val.extxyz.xz")
+    train_elements = elements_of(train_atoms)
+    metadata["train_elements"] = train_elements
+    new_state = dict(state, metadata=json.dumps(metadata))
+    data = serialization.msgpack_serialize(new_state)
+    check = serialization.msgpack_restore(data)
+    for a, b in zip(jax.tree_util.tree_leaves(state["params"]), jax.tree_util.tree_leaves(check["params"])):
+        if a.dtype != b.dtype or a.shape != b.shape or a.tobytes() != b.tobytes():
+            raise RuntimeError(f"{name}: parameters would change")
+    if jax.tree_util.tree_structure(state["params"]) != jax.tree_util.tree_structure(check["params"]):
+        raise RuntimeError(f"{name}: parameter tree would change")
+    atomic_write_bytes(path, data)
+
+    card = out / f"{name}.md"
+    lines = [line for line in card.read_text().split("\n") if not line.startswith("- **Training elements**")]
+    at = next(k for k, line in enumerate(lines) if line.startswith("- **Data**")) + 1
+    model_elements = json.loads(state["config"])["elements"]
+    lines.insert(at, elements_line(train_elements, model_elements))
+    atomic_write_bytes(card, "\n".join(lines).encode())
+    return train_elements
+
+
+def main() -> None:
+    parser = build_parser()
+    args = parser.parse_args()
+    if args.backfill_train_elements:
+        elements = backfill_train_elements(args.backfill_train_elements, args.out, args.cache_dir)
+        print(f"{args.backfill_train_elements}: train_elements = {elements} "
+              f"({', '.join(ase.data.chemical_symbols[z] for z in elements)})")
+        return
+    if args.dataset is None:
+        parser.error("dataset is required (unless --backfill-train-elements)")
+    name = args.name or args.dataset
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(args.seed)
+
+    train_atoms, val_atoms, val_split = source_frames(args, rng)
     config = ModelConfig(elements=ELEMENTS[args.dataset], **MODEL)
     to_structures = lambda atoms: [s for _, s in structures_from_atoms(atoms, config.cutoff,
                                                                        elements=config.elements)]
@@ -108,8 +205,10 @@ def main() -> None:
         errors[split] = evaluate(sums, params, make_batches(to_structures(atoms), 16))
     wall = time.perf_counter() - t0
     command = "python experiments/pretrain.py " + " ".join(sys.argv[1:])
+    train_elements = elements_of(train_atoms)
     metadata = {"name": name, "dataset": args.dataset, "size": args.size, "seed": args.seed,
-                "train_frames": len(train), "val_frames": len(val), "best_epoch": result.best_epoch,
+                "train_frames": len(train), "val_frames": len(val), "train_elements": train_elements,
+                "best_epoch": result.best_epoch,
                 "epochs_run": len(result.history), "train_config": train_config.__dict__,
                 "errors": errors, "command": command, "wall_s": wall}
     args.out.mkdir(parents=True, exist_ok=True)
@@ -124,6 +223,7 @@ def main() -> None:
              f"- **Data**: `{args.dataset}` generator, size `{args.size}`, seed {args.seed}; the `pretrain` "
              f"(source) split, {len(train)} training frames and {len(val)} held-out frames "
              f"(split by {val_split}; stored in `{name}.val.extxyz.xz`).",
+             elements_line(train_elements, config.elements),
              f"- **Model config**: `{json.dumps(config.to_dict())}`",
              f"- **Training**: {train_config}; best epoch {result.best_epoch} of {len(result.history)}.",
              f"- **Command**: `{command}` ({wall:.0f} s on a 2-core CPU).", "",

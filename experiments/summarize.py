@@ -40,6 +40,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from ntkal.jsonio import dumps as strict_dumps, to_jsonable  # noqa: F401  (to_jsonable: public here since the first slice)
+
 #: Metrics of sections 1 and 3, reported when every row has them.
 FINAL_METRICS = ("force_mae", "force_rmse", "force_mae_p95", "force_mae_max", "energy_mae_per_atom")
 PAIRED_METRICS = ("force_mae", "force_rmse", "force_mae_p95", "force_mae_max")
@@ -396,24 +398,9 @@ def summarize(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0,
 
 # ----------------------------------------------------------------------------- output
 
-def to_jsonable(obj):
-    """Recursively convert numpy scalars/arrays and tuples; NaN and ±∞ become ``None``."""
-    if isinstance(obj, dict):
-        return {str(k): to_jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, np.ndarray)):
-        return [to_jsonable(v) for v in (obj.tolist() if isinstance(obj, np.ndarray) else obj)]
-    if isinstance(obj, (bool, np.bool_)):
-        return bool(obj)
-    if isinstance(obj, (int, np.integer)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        return float(obj) if math.isfinite(obj) else None
-    return obj
-
-
 def dumps(summary: dict) -> str:
     """Strict JSON text of a :func:`summarize` result (no NaN/Infinity tokens)."""
-    return json.dumps(to_jsonable(summary), indent=1, allow_nan=False)
+    return strict_dumps(summary)
 
 
 def _num(x: float, fmt: str = ".4f") -> str:

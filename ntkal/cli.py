@@ -1,6 +1,7 @@
-"""The ``ntkal`` command: ``run``, ``select``, ``plot``, ``bench``.
+"""The ``ntkal`` command: ``run``, ``select``, ``train``, ``plot``, ``bench``.
 
     ntkal run CONFIG.toml [--no-resume] [--out DIR] [--no-compile-cache]
+    ntkal train CONFIG.toml [--out CKPT.msgpack] [--quiet]
     ntkal select --model CKPT --pool FILE --train FILE --budget N --out picked.extxyz [--kernel joint ...]
     ntkal plot RESULTS.json [--out DIR]
     ntkal bench [NAME ...] [--full]
@@ -22,6 +23,7 @@ from pathlib import Path
 
 from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
 from ntkal.select_args import add_select_arguments, main_select, writable_folder_problem
+from ntkal.train_cli import add_train_arguments, main_train
 
 __all__ = ["main", "build_parser", "add_plot_arguments"]
 
@@ -114,9 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("run", help="run an experiment config (a sweep), resumable")
-    p.add_argument("config", type=Path)
+    p.add_argument("config", type=Path, help="experiment config (TOML; see experiments/configs/)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
-    p.add_argument("--no-resume", action="store_true", help="ignore saved state and start over")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start every point over (a saved run made with other settings is otherwise an error)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     add_compile_cache_argument(p)
     p.set_defaults(func=_run)
@@ -124,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="pick a batch from a pool file with a pretrained model")
     add_select_arguments(p)
     p.set_defaults(func=main_select)
+
+    p = sub.add_parser("train", help="pretrain or fine-tune a model from structure files (TOML config)")
+    add_train_arguments(p)
+    p.set_defaults(func=main_train)
 
     p = sub.add_parser("plot", help="learning curves and PV calibration from results.json")
     add_plot_arguments(p)

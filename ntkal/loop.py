@@ -94,7 +94,8 @@ class LoopConfig:
       size_classes: at most this many padding classes of the pool (1 = pad to the largest).
       replay: pretraining structures (drawn once per run from ``seed``) added to every fine-tune.
       reduction: per-structure reduction of row variances (``total``, ``mean``, ``max``).
-      initial: structures labelled at random in round 0.
+      initial: pool structures labelled at random in round 0 (0 is allowed when the context
+        has an initial labelled set, :func:`make_context` ``initial_atoms``).
       batch: structures acquired per round.
       rounds: acquisition rounds after round 0.
       featurize_with: ``"current"`` (fine-tuned) or ``"pretrained"`` parameters.
@@ -135,8 +136,8 @@ class LoopConfig:
             raise ValueError(f"featurize_with must be 'current' or 'pretrained', got {self.featurize_with!r}")
         if self.finetune_from not in ("current", "pretrained"):
             raise ValueError(f"finetune_from must be 'current' or 'pretrained', got {self.finetune_from!r}")
-        if self.initial < 1 or self.batch < 1 or self.rounds < 0:
-            raise ValueError("initial and batch must be >= 1, rounds >= 0")
+        if self.initial < 0 or self.batch < 1 or self.rounds < 0:
+            raise ValueError("initial must be >= 0 (0 needs an initial labelled set), batch >= 1, rounds >= 0")
         if self.replay < 0:
             raise ValueError(f"replay must be >= 0, got {self.replay}")
         if self.method == "committee" and self.committee_size < 2:
@@ -180,10 +181,13 @@ class LoopState(NamedTuple):
       labelled: (n_labelled,) int64 pool ids in the order they were picked.
       params: current fine-tuned model parameters.
       key: (2,) uint32 raw PRNG key of the run.
-      rows: metric records, one per (round, test split).
+      rows: metric records, one per (round, test split); ``n_labels`` is the size of the
+        training set (the initial labelled set plus the labelled picks).
       picks: one record per picked structure: round, pool id, the selector's score at pick
-        time, its posterior variance ``pv`` (kernel methods; NaN otherwise) and the force MAE
-        (eV/Å) of the model that scored it, ``force_mae_before``.
+        time, its posterior variance ``pv`` (kernel methods; NaN otherwise), the force MAE
+        (eV/Å) of the model that scored it, ``force_mae_before``, and ``failed`` (the oracle
+        could not label it; it is never offered again).
+      failed: (n_failed,) int64 pool ids the oracle failed on.
     """
 
     round: int
@@ -192,6 +196,7 @@ class LoopState(NamedTuple):
     key: np.ndarray
     rows: list
     picks: list
+    failed: np.ndarray = np.zeros((0,), np.int64)
 
 
 class LoopContext(NamedTuple):
@@ -203,7 +208,8 @@ class LoopContext(NamedTuple):
       pool: candidate structures (``Structure``), index = pool id.
       pool_atoms: the same as ``ase.Atoms`` (what the oracle labels).
       tests: test split name → list of labelled ``Structure``.
-      oracle: ``oracle(list of Atoms) -> list of labelled Atoms``.
+      oracle: ``oracle(list of Atoms) -> list of labelled Atoms`` in input order; an entry may be
+        ``None`` for a structure the oracle could not label (it is recorded and skipped).
       sizes: per-graph budgets shared by every feature chunk (so rows have one width r).
       config: the :class:`LoopConfig`.
       progress: show progress bars.
@@ -224,11 +230,14 @@ class LoopContext(NamedTuple):
     progress: bool
     replay: Sequence[Structure] = ()
     cache: dict | None = None
+    initial: Sequence[Structure] = ()
+    initial_atoms: Sequence[ase.Atoms] = ()
 
 
 def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests: dict,
                  oracle: Callable, config: LoopConfig, *, progress: bool = True,
-                 replay_atoms: Sequence[ase.Atoms] = (), cache: dict | None = None) -> LoopContext:
+                 replay_atoms: Sequence[ase.Atoms] = (), cache: dict | None = None,
+                 initial_atoms: Sequence[ase.Atoms] = ()) -> LoopContext:
     """Validate and graph the pool and test sets once.
 
     Args:
@@ -244,6 +253,8 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         pool (pretrained pool features, predicted max forces); pass one dict to the contexts of
         several runs with the same model, parameters and pool (the seeds and methods of a sweep)
         to compute them once. Default: a new dict.
+      initial_atoms: labelled structures (not from the pool) that every fine-tune includes and
+        that define the posterior with the picks, e.g. the user's existing training set.
     """
     cutoff, elements = model.config.cutoff, model.config.elements
     pool_atoms = list(pool_atoms)
@@ -251,6 +262,11 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
     tests = {name: [s for _, s in structures_from_atoms(list(atoms), cutoff, elements=elements,
                                                         require_labels=True)]
              for name, atoms in tests.items()}
+    initial_atoms = list(initial_atoms)
+    initial = ([s for _, s in structures_from_atoms(initial_atoms, cutoff, elements=elements, require_labels=True)]
+               if initial_atoms else [])
+    if config.initial == 0 and not initial:
+        raise ValueError("initial = 0 needs an initial labelled set (initial_atoms / [data] initial_files)")
     if config.initial + config.batch * config.rounds > len(pool):
         raise ValueError(f"the run needs {config.initial + config.batch * config.rounds} labels but "
                          f"the pool holds only {len(pool)} structures")
@@ -264,7 +280,7 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         replay = [s for _, s in structures_from_atoms([replay_atoms[i] for i in pick], cutoff,
                                                       elements=elements, require_labels=True)]
     return LoopContext(model, pretrained, pool, pool_atoms, tests, oracle, sizes, config, progress,
-                       replay, {} if cache is None else cache)
+                       replay, {} if cache is None else cache, initial, initial_atoms)
 
 
 def replay_sample(n_available: int, count: int, seed: int) -> np.ndarray:
@@ -312,9 +328,11 @@ def _acquirer(ctx: LoopContext) -> tuple[Acquirer, StructureSet]:
     key = ("acquirer", id(ctx.model), cfg)
     if key not in ctx.cache:
         ctx.cache[key] = (ctx.model, Acquirer(ctx.model, ctx.pretrained, cfg, store=ctx.cache))
-    plan_key = ("structure_set", cfg.max_classes(len(ctx.pool)), cfg.max_padding, len(ctx.pool))
+    structures = list(ctx.pool) + list(ctx.initial)  # ids: pool ids, then the initial set's
+    n = len(structures)
+    plan_key = ("structure_set", cfg.max_classes(n), cfg.max_padding, len(ctx.pool), len(ctx.initial))
     if plan_key not in ctx.cache:
-        ctx.cache[plan_key] = structure_set(ctx.pool, cfg.max_classes(len(ctx.pool)), cfg.max_padding)
+        ctx.cache[plan_key] = structure_set(structures, cfg.max_classes(n), cfg.max_padding)
     return ctx.cache[key][1], ctx.cache[plan_key]
 
 
@@ -322,13 +340,15 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
                   energies: np.ndarray | None = None):
     """Kernel-method picks through the acquisition pipeline: ``(ids, selector scores, pv, noise_var)``.
 
-    ``energies`` (eV, aligned with ``state.labelled``) feed the evidence rule. With
-    ``featurize_with="pretrained"`` every pool structure is featurised once per run (or sweep).
+    ``energies`` (eV, aligned with ``state.labelled`` followed by the initial labelled set) feed
+    the evidence rule. With ``featurize_with="pretrained"`` every pool structure is featurised once
+    per run (or sweep).
     """
     pretrained_features = ctx.config.featurize_with == "pretrained"
     params = ctx.pretrained if pretrained_features else state.params
     acquirer, data = _acquirer(ctx)
-    picks = acquirer.pick(params, data, state.labelled, unlabelled, budget, key,
+    train_ids = np.concatenate([state.labelled, len(ctx.pool) + np.arange(len(ctx.initial))]).astype(np.int64)
+    picks = acquirer.pick(params, data, train_ids, unlabelled, budget, key,
                           train_energies=None if energies is None else np.asarray(energies, np.float64),
                           cache=ctx.cache if pretrained_features else None,
                           progress=ctx.progress and not pretrained_features)
@@ -376,6 +396,8 @@ def _per_graph_forces(forces, graph, max_atoms):
 # --- rounds ---------------------------------------------------------------------------------
 
 def _labelled_structures(ctx: LoopContext, atoms: Sequence[ase.Atoms]) -> list[Structure]:
+    if not len(atoms):
+        return []
     return [s for _, s in structures_from_atoms(atoms, ctx.model.config.cutoff,
                                                 elements=ctx.model.config.elements, require_labels=True)]
 
@@ -395,36 +417,48 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     r = state.round
     times = {}
     key = jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(state.key)), r)
-    unlabelled = np.setdiff1d(np.arange(len(ctx.pool)), state.labelled)
+    unlabelled = np.setdiff1d(np.arange(len(ctx.pool)), np.concatenate([state.labelled, state.failed]))
     t = time.perf_counter()
-    budget = cfg.initial if r == 0 else cfg.batch
+    budget = min(cfg.initial if r == 0 else cfg.batch, len(unlabelled))
     pv = np.full((budget,), np.nan)
     noise_var = float("nan")
-    if r == 0 or cfg.method == "random":
+    if budget == 0:
+        ids, scores = np.zeros((0,), np.int64), np.zeros((0,))
+    elif r == 0 or cfg.method == "random":
         ids = np.sort(np.asarray(jax.random.choice(key, unlabelled, (budget,), replace=False), np.int64))
         scores = np.full((budget,), np.nan)
     elif cfg.method == "committee":
-        ids, scores = _committee_picks(ctx, _labelled_structures(ctx, labelled_atoms), unlabelled, key, budget)
+        ids, scores = _committee_picks(ctx, list(ctx.initial) + _labelled_structures(ctx, labelled_atoms),
+                                       unlabelled, key, budget)
     else:
-        energies = [labels_of(a)[0] for a in labelled_atoms] if cfg.uses_evidence else None
+        energies = ([labels_of(a)[0] for a in list(labelled_atoms) + list(ctx.initial_atoms)]
+                    if cfg.uses_evidence else None)
         ids, scores, pv, noise_var = _kernel_picks(state, ctx, unlabelled, key, budget, energies)
     times["select_s"] = time.perf_counter() - t
     if len(set(ids.tolist())) != len(ids) or np.isin(ids, state.labelled).any():
         raise RuntimeError(f"round {r}: selector returned duplicate or already-labelled ids {ids}")
 
     t = time.perf_counter()
-    new_atoms = ctx.oracle([ctx.pool_atoms[i] for i in ids])
+    new_atoms = list(ctx.oracle([ctx.pool_atoms[i] for i in ids])) if len(ids) else []
+    if len(new_atoms) != len(ids):
+        raise RuntimeError(f"round {r}: the oracle returned {len(new_atoms)} structures for {len(ids)}")
     times["label_s"] = time.perf_counter() - t
-    labelled_atoms = list(labelled_atoms) + list(new_atoms)
-    labelled = np.concatenate([state.labelled, ids])
+    ok = np.array([a is not None for a in new_atoms], bool)
+    labelled_atoms = list(labelled_atoms) + [a for a in new_atoms if a is not None]
+    labelled = np.concatenate([state.labelled, ids[ok]])
+    failed = np.concatenate([state.failed, ids[~ok]]).astype(np.int64)
 
     t = time.perf_counter()
     start = ctx.pretrained if cfg.finetune_from == "pretrained" else state.params
-    train_structures = _labelled_structures(ctx, labelled_atoms)
+    picked = _labelled_structures(ctx, labelled_atoms)
+    train_structures = list(ctx.initial) + picked
     # Realised error of the model that scored the picks (for PV-vs-error calibration).
-    errors_before = _pick_errors(ctx, state.params, train_structures[-len(ids):])
+    n_new = int(ok.sum())
+    errors = iter(_pick_errors(ctx, state.params, picked[len(picked) - n_new:]))
+    errors_before = [next(errors) if good else float("nan") for good in ok]
     train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * cfg.seed + r)
-    params = fit(ctx.model, start, train_structures, None, train_cfg, replay=ctx.replay, progress=False).params
+    params = fit(ctx.model, start, train_structures, None, train_cfg, replay=ctx.replay,
+                 progress=ctx.progress).params
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -432,12 +466,12 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     metrics = {name: evaluate(sums, params, make_batches(structures, 16))
                for name, structures in ctx.tests.items()}
     times["evaluate_s"] = time.perf_counter() - t
-    rows = list(state.rows) + [{"round": r, "n_labels": int(len(labelled)), "split": name, **m, **times}
+    rows = list(state.rows) + [{"round": r, "n_labels": int(len(ctx.initial) + len(labelled)), "split": name, **m, **times}
                                for name, m in metrics.items()]
     picks = list(state.picks) + [{"round": r, "id": int(i), "score": float(s), "pv": float(v),
-                                  "force_mae_before": float(e), "noise_var": noise_var}
-                                 for i, s, v, e in zip(ids, scores, pv, errors_before)]
-    return LoopState(r + 1, labelled, params, state.key, rows, picks), labelled_atoms
+                                  "force_mae_before": float(e), "noise_var": noise_var, "failed": not good}
+                                 for i, s, v, e, good in zip(ids, scores, pv, errors_before, ok)]
+    return LoopState(r + 1, labelled, params, state.key, rows, picks, failed), labelled_atoms
 
 
 def _pick_errors(ctx: LoopContext, params, structures: Sequence[Structure]) -> list[float]:
@@ -497,6 +531,7 @@ def save_state(directory: str | Path, state: LoopState, labelled_atoms: Sequence
         "key": np.asarray(state.key),
         "rows": json.dumps(state.rows),
         "picks": json.dumps(state.picks),
+        "failed": np.asarray(state.failed, np.int64),
         "atoms": {str(k): _atoms_record(a) for k, a in enumerate(labelled_atoms)},
     }
     atomic_write_bytes(directory / "state.msgpack", serialization.msgpack_serialize(payload))
@@ -514,8 +549,9 @@ def load_state(directory: str | Path) -> tuple[LoopState, list] | None:
     if len(atoms) != labelled.size:
         raise ValueError(f"{directory}/state.msgpack: holds {len(atoms)} labelled structures, expected "
                          f"{labelled.size}")
+    failed = np.asarray(payload.get("failed", np.zeros((0,), np.int64)), np.int64).reshape(-1)
     state = LoopState(int(payload["round"]), labelled, payload["params"], np.asarray(payload["key"]),
-                      json.loads(payload["rows"]), json.loads(payload["picks"]))
+                      json.loads(payload["rows"]), json.loads(payload["picks"]), failed)
     return state, atoms
 
 

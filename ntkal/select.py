@@ -26,10 +26,10 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -42,7 +42,10 @@ from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
 from ntkal.data import EmptyInputError, InvalidStructureError, atoms_to_structure, labels_of
+from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes, load_pretrained
+from ntkal.models.checkpoint import TEMP_SUFFIX, new_file_mode, remove_stale_temp_files
+from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
 
 __all__ = ["SelectSummary", "select_from_files", "read_frames", "read_structures"]
 
@@ -99,21 +102,21 @@ def read_frames(path: str | os.PathLike, *, tag: bool = True) -> Iterator[ase.At
     index in the file) are set so validation errors name both. Read errors are re-raised as
     :class:`~ntkal.data.InvalidStructureError` naming the file and frame.
     """
+    from ntkal.datasets import DatasetFormatError
+    from ntkal.datasets.files import read_ase_frames
+
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
-    if os.path.getsize(path) == 0:
-        return
-    frames = ase.io.iread(path, index=":")
+    frames = read_ase_frames(path)
     frame = 0
     while True:
         try:
             atoms = next(frames)
         except StopIteration:
             return
-        except Exception as err:  # ase raises many parser error types
-            raise InvalidStructureError(f"cannot read: {err}", index=frame,
-                                        info={"source": path, "frame": frame}) from err
+        except DatasetFormatError as err:
+            raise InvalidStructureError(err.reason, index=frame, info={"source": path, "frame": frame}) from err
         if tag:
             atoms.info["source"] = path
             atoms.info["frame"] = frame
@@ -177,7 +180,14 @@ def select_from_files(
 
     Raises:
       ValueError: ``budget`` < 1 or larger than the pool, empty pool, bad config.
-      InvalidStructureError: a pool/training frame is unreadable or invalid (names file+frame).
+      InvalidStructureError: a pool/training frame is unreadable or invalid (names file+frame);
+        :class:`~ntkal.data.UnknownElementError` when the pool holds elements outside the model
+        (all of them named, with the first frame holding one), before any feature is computed.
+
+    Warns:
+      UnseenElementWarning: the pool holds model elements missing from the checkpoint metadata's
+        ``train_elements`` (:func:`ntkal.models.coverage.check_element_coverage`); the text is also
+        the summary's ``element_warning``.
     """
     t_start = time.perf_counter()
     if not isinstance(config, AcquisitionConfig):
@@ -187,12 +197,19 @@ def select_from_files(
     budget = int(budget)
     out_path = Path(out_path)
     timings = {}
+    # a killed earlier run may have left its temporary files beside the outputs
+    remove_stale_temp_files(out_path.parent, names=(out_path.name, _summary_path(out_path).name))
 
-    model, params, _ = load_pretrained(str(model_path))
+    model, params, metadata = load_pretrained(str(model_path))
     cutoff, elements = model.config.cutoff, model.config.elements
 
     t = time.perf_counter()
-    pool, _ = read_structures(pool_path, cutoff, elements, progress=progress, desc="read pool")
+    pool, _ = read_structures(pool_path, cutoff, None, progress=progress, desc="read pool")
+    # elements outside the model: error (all of them, one example frame); known but never trained on: warn
+    element_warning = check_element_coverage(elements, metadata, (s.numbers for s in pool), what="pool",
+                                             source=os.fspath(pool_path))
+    if element_warning:
+        warnings.warn(element_warning, UnseenElementWarning, stacklevel=2)
     n_pool = len(pool)
     if budget > n_pool:
         raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
@@ -228,9 +245,9 @@ def select_from_files(
         "w_force": picks.w_force, "feature_scale": float(picks.scale.scale),
         "size_classes": [list(b) for b in data.plan.budgets], "padding_ratio": padding,
         "ids": list(summary.ids), "scores": list(summary.scores), "pv": list(summary.pv),
-        "stats": stats, "timings": timings,
+        "stats": stats, "timings": timings, "element_warning": element_warning,
     }
-    atomic_write_bytes(summary.summary_path, json.dumps(record, indent=2).encode())
+    atomic_write_bytes(summary.summary_path, strict_dumps(record, indent=2).encode())
     return summary
 
 
@@ -249,8 +266,9 @@ def _write_picked(pool_path, out_path: Path, ids: np.ndarray, scores: np.ndarray
         raise RuntimeError(f"{pool_path}: frames {missing} vanished between passes")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fmt = filetype(str(out_path), read=False) or "extxyz"
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=TEMP_SUFFIX)
     os.close(fd)
+    os.chmod(tmp, new_file_mode())
     try:
         ase.io.write(tmp, picked, format=fmt)
         os.replace(tmp, out_path)

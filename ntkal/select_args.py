@@ -27,7 +27,7 @@ from ntkal.kernels.config import KINDS
 
 __all__ = ["ACQUISITION_FLAGS", "AcquisitionFlag", "SelectArgumentError", "PARAM_FILTER_NAMES",
            "add_select_arguments", "config_from_args", "config_to_argv", "validate_select_args",
-           "main_select", "shipped_model_names", "writable_folder_problem"]
+           "main_select", "shipped_model_names", "writable_folder_problem", "input_file_problem"]
 
 #: The named parameter filters of :func:`ntkal.kernels.select_params`; any other
 #: ``--param-filter`` value is a comma-separated list of path substrings.
@@ -289,7 +289,8 @@ def _model_problem(value: str) -> str | None:
     return f"{value!r} is neither a checkpoint file nor a shipped model ({', '.join(shipped_model_names())})"
 
 
-def _input_problem(value: str) -> str | None:
+def input_file_problem(value: str) -> str | None:
+    """Why ASE cannot read the structure file ``value`` (``None`` if it can); imports no JAX."""
     from ase.io.formats import UnknownFileTypeError, filetype
 
     path = Path(value)
@@ -383,7 +384,7 @@ def validate_select_args(args: argparse.Namespace) -> None:
     problems = []
     if args.budget < 1:
         problems.append(("--budget", f"must be >= 1, got {args.budget}"))
-    for flag, check in (("--model", _model_problem), ("--pool", _input_problem), ("--train", _input_problem)):
+    for flag, check in (("--model", _model_problem), ("--pool", input_file_problem), ("--train", input_file_problem)):
         what = check(str(getattr(args, flag[2:])))
         if what:
             problems.append((flag, what))

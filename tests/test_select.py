@@ -3,6 +3,7 @@
 import argparse
 import dataclasses
 import json
+import os
 
 import ase.io
 import jax
@@ -41,6 +42,9 @@ def files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def picked(files):
+    (files / "out").mkdir()
+    (files / "out" / ".picked.extxyz.k1ll3d.tmp").write_text("left by a killed run")
+    (files / "out" / ".notes.txt.abc.tmp").write_text("someone else's")
     args = add_select_arguments(argparse.ArgumentParser()).parse_args([
         "--model", str(files / "model.msgpack"), "--pool", str(files / "pool.extxyz"),
         "--train", str(files / "train.extxyz"), "--budget", str(BUDGET), "--kernel", "joint",
@@ -76,7 +80,18 @@ def test_summary_json(picked):
     assert summary["ids"] == [a.info["pool_id"] for a in out]
     assert summary["scores"] == pytest.approx([a.info["score"] for a in out])
     assert summary["w_force"] > 0 and summary["timings"]["total_s"] > 0
-    assert not list(picked.parent.glob(".*tmp"))  # no temporary files left behind
+    # a killed run's temporary files are removed at the next start (only those of our outputs)
+    assert [p.name for p in picked.parent.glob(".*tmp")] == [".notes.txt.abc.tmp"]
+
+
+def test_outputs_are_strict_json_with_normal_file_modes(picked):
+    def no_constants(token):
+        raise AssertionError(f"non-standard JSON token {token}")
+    json.loads(picked.with_name("picked.summary.json").read_text(), parse_constant=no_constants)
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (picked, picked.with_name("picked.summary.json")):
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask, path  # what open(path, "w") would give
 
 
 def test_budget_larger_than_pool_is_rejected(files):

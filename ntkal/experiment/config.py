@@ -21,11 +21,12 @@ from pathlib import Path
 from typing import Any
 
 from ntkal.kernels import KernelConfig
+from ntkal.labelling import OracleConfig
 from ntkal.loop import LoopConfig
 from ntkal.train import TrainConfig
 
 __all__ = ["DataConfig", "ExperimentConfig", "ConfigError", "load_sweep", "expand_sweep",
-           "sweep_label"]
+           "sweep_label", "data_file_problems"]
 
 
 class ConfigError(ValueError):
@@ -34,12 +35,14 @@ class ConfigError(ValueError):
 
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
-    """Where the pool and the test sets come from.
+    """Where the pool and the test sets come from: a generator, or the user's own files.
 
     Attributes:
-      dataset: a generator of :mod:`ntkal.datasets` (``oc20_like``, ``t1x_like``).
+      dataset: a generator of :mod:`ntkal.datasets` (``oc20_like``, ``t1x_like``), or
+        ``"files"``: the pool, the initial labelled set, the test splits and the replay data
+        come from the ``*_files`` fields (any format of :mod:`ntkal.datasets.files`).
       size: generator size (``tiny``, ``small``, ``default``, ``large``).
-      seed: generator seed.
+      seed: generator seed (and the seed of the ``split:count`` / ``max_test`` subsamples).
       cache_dir: dataset cache folder.
       pool: pool composition: split names, each optionally ``"split:count"`` to draw
         ``count`` structures at random from that split (seeded by ``seed``).
@@ -47,9 +50,17 @@ class DataConfig:
         (OC20-like: clean slabs and atomic adsorbates on ID metals); ``"all"`` keeps it.
       tests: test split names.
       max_test: at most this many structures per test split (random, seeded); 0 = all.
-      oracle: ``"stored"`` (the reference labels computed when the dataset was generated
-        by the same calculator), ``"emt"`` or ``"xtb"`` (recompute).
+      oracle: ``"stored"`` (the labels already in the data: the generator's reference labels,
+        or the labels in the user's pool files), ``"emt"`` or ``"xtb"`` (recompute); an
+        ``[oracle]`` table in the config names any other calculator.
       replay_split: split the loop's ``replay`` sample is drawn from (the pretraining data).
+      pool_files: ``dataset = "files"``: candidate structures (labels, if any, are used only
+        by ``oracle = "stored"``). Paths relative to the config file.
+      initial_files: labelled structures the first fine-tune starts from (then
+        ``[loop] initial`` may be 0: no random initial picks from the pool).
+      test_files: split name → file spec or list of file specs (labelled), e.g.
+        ``test_files = {val = "val.extxyz", ood = ["a.traj", "b.traj"]}``.
+      replay_files: labelled pretraining structures for ``[loop] replay``.
     """
 
     dataset: str = "oc20_like"
@@ -62,11 +73,19 @@ class DataConfig:
     max_test: int = 0
     oracle: str = "stored"
     replay_split: str = "pretrain"
+    pool_files: tuple[str, ...] = ()
+    initial_files: tuple[str, ...] = ()
+    test_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    replay_files: tuple[str, ...] = ()
 
     def __post_init__(self):
-        for name in ("pool", "tests"):
+        for name in ("pool", "tests", "pool_files", "initial_files", "replay_files"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        tests = self.test_files
+        items = tests.items() if isinstance(tests, dict) else tests
+        object.__setattr__(self, "test_files", tuple(
+            (str(name), (specs,) if isinstance(specs, str) else tuple(specs)) for name, specs in items))
         if self.pool_filter not in ("target", "all"):
             raise ValueError(f"pool_filter must be 'target' or 'all', got {self.pool_filter!r}")
         if self.oracle not in ("stored", "emt", "xtb"):
@@ -74,6 +93,28 @@ class DataConfig:
         for spec in self.pool:
             if ":" in spec and not spec.split(":", 1)[1].isdigit():
                 raise ValueError(f"pool entry {spec!r} must be 'split' or 'split:count'")
+        files = self.pool_files or self.initial_files or self.test_files or self.replay_files
+        if self.from_files and not self.pool_files:
+            raise ValueError("dataset = 'files' needs pool_files (the candidate structures)")
+        if files and not self.from_files:
+            raise ValueError("pool_files, initial_files, test_files and replay_files need dataset = 'files'")
+
+    @property
+    def from_files(self) -> bool:
+        """Whether the data comes from the user's files (``dataset = "files"``)."""
+        return self.dataset == "files"
+
+    @property
+    def test_names(self) -> tuple[str, ...]:
+        """Names of the test splits."""
+        return tuple(name for name, _ in self.test_files) if self.from_files else self.tests
+
+    def file_specs(self) -> dict[str, tuple[str, ...]]:
+        """Every file the data reads, by config key (``pool_files``, ``test_files.val``, ...)."""
+        out = {"pool_files": self.pool_files, "initial_files": self.initial_files,
+               "replay_files": self.replay_files}
+        out.update({f"test_files.{name}": specs for name, specs in self.test_files})
+        return {k: v for k, v in out.items() if v}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +128,9 @@ class ExperimentConfig:
       loop: :class:`ntkal.loop.LoopConfig` (method, selector, kernel, train, seed, ...).
       out: output folder of the experiment.
       source: the file this point came from.
+      oracle: the ``[oracle]`` table (:class:`ntkal.labelling.OracleConfig`: any ASE calculator
+        or function, executor, retries, failure policy, label store), or ``None``: the labels
+        come from ``data.oracle``.
     """
 
     name: str
@@ -95,6 +139,7 @@ class ExperimentConfig:
     loop: LoopConfig
     out: str = "runs"
     source: str = ""
+    oracle: OracleConfig | None = None
 
     @property
     def label(self) -> str:
@@ -102,8 +147,13 @@ class ExperimentConfig:
 
 
 _SECTIONS = {"data": DataConfig, "kernel": KernelConfig, "train": TrainConfig, "loop": LoopConfig}
-_LIST_FIELDS = {("data", "pool"), ("data", "tests"), ("kernel", "param_filter")}
-_TOP = {"name", "seeds", "out", "data", "model", "loop", "kernel", "train", "variants"}
+_LIST_FIELDS = {("data", "pool"), ("data", "tests"), ("kernel", "param_filter"), ("data", "pool_files"),
+                ("data", "initial_files"), ("data", "replay_files")}
+#: data keys with file paths (resolved against the config file's folder)
+_PATH_FIELDS = ("pool_files", "initial_files", "replay_files", "test_files")
+#: data keys that only a generator uses
+_GENERATOR_FIELDS = ("size", "cache_dir", "pool", "pool_filter", "tests", "replay_split")
+_TOP = {"name", "seeds", "out", "data", "model", "loop", "kernel", "train", "variants", "oracle"}
 
 
 def _line_of(text: str, key: str) -> int | None:
@@ -186,14 +236,31 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
     if set(model) - {"checkpoint"}:
         key = sorted(set(model) - {"checkpoint"})[0]
         _fail(source, text, key, f"unknown key {key!r} in [model] (expected 'checkpoint')")
+    checkpoint = str(model["checkpoint"])
+    beside = Path(source).resolve().parent / checkpoint if Path(source).is_file() else None
+    if beside is not None and not Path(checkpoint).is_absolute() and beside.is_file():
+        checkpoint = str(beside)  # a checkpoint file next to the config (else cwd or a shipped name)
     seeds = raw.get("seeds", [0])
     seeds = seeds if isinstance(seeds, list) else [seeds]
+    oracle = None
+    if "oracle" in raw:
+        try:
+            oracle = OracleConfig.from_dict(raw["oracle"])
+        except (TypeError, ValueError, ImportError) as err:
+            key = next((k for k in _keys_in(str(err)) if k in raw["oracle"]), "oracle")
+            _fail(source, text, key, str(err))
+        if raw.get("data", {}).get("oracle", "stored") != "stored":
+            _fail(source, text, "oracle", "set either [data] oracle (a shortcut) or an [oracle] table, not both")
+        if oracle.store and not Path(oracle.store).is_absolute() and Path(source).is_file():
+            oracle = dataclasses.replace(oracle, store=str(Path(source).resolve().parent / oracle.store))
 
     axes = []
     for section, cls in _SECTIONS.items():
         table = raw.get(section, {})
         if not isinstance(table, dict):
             _fail(source, text, section, f"[{section}] must be a table")
+        if section == "data":
+            table = _resolve_data_paths(table, source, text)
         fields = {f.name for f in dataclasses.fields(cls)} - {"kernel", "train", "seed"}
         for key in table:
             if key not in fields:
@@ -222,12 +289,62 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
                 f: getattr(base, f) for f in ("shortlist", "noise_var", "noise_rule", "feature_norm",
                                               "max_force_quantile", "reduction", "featurize_with",
                                               "cascade", "cascade_keep", "size_classes")})
-        point = ExperimentConfig(name=str(raw["name"]), checkpoint=str(model["checkpoint"]), data=data,
-                                 loop=loop, out=str(raw.get("out", f"runs/{raw['name']}")), source=source)
+        point = ExperimentConfig(name=str(raw["name"]), checkpoint=checkpoint, data=data,
+                                 loop=loop, out=str(raw.get("out", f"runs/{raw['name']}")), source=source,
+                                 oracle=oracle)
         if point not in seen:
             seen.add(point)
             points.append(point)
     return points
+
+
+def _resolve_data_paths(table: dict, source: str, text: str) -> dict:
+    """The ``[data]`` table with file paths made absolute against the config file's folder,
+    after checking that a ``files`` dataset sets no generator key."""
+    if table.get("dataset") == "files":
+        for key in _GENERATOR_FIELDS:
+            if key in table:
+                _fail(source, text, key, f"[data] {key} applies to generated datasets, not dataset = 'files' "
+                                         f"(use pool_files / test_files / initial_files / replay_files)")
+    if "test_files" in table and not isinstance(table["test_files"], dict):
+        _fail(source, text, "test_files", "test_files must be a table: split name = file or list of files, "
+                                          "e.g. test_files = {val = \"val.extxyz\"}")
+    base = Path(source).resolve().parent if Path(source).is_file() else Path.cwd()
+
+    def resolve(spec):
+        if isinstance(spec, list):
+            return [resolve(item) for item in spec]
+        if not isinstance(spec, str):
+            return spec
+        return str(base / spec) if not Path(spec).is_absolute() else spec
+
+    out = dict(table)
+    for key in _PATH_FIELDS:
+        if key in out:
+            value = out[key]
+            out[key] = {k: resolve(v) for k, v in value.items()} if isinstance(value, dict) else resolve(value)
+    return out
+
+
+def data_file_problems(points: list[ExperimentConfig]) -> list[str]:
+    """Every unreadable data file of ``points`` as ``"<config>, line L: [data] key: problem"``
+    (cheap: existence, permissions and format, no structure is parsed)."""
+    from ntkal.datasets.files import file_spec_problem
+
+    problems, seen = [], set()
+    for point in points:
+        text = Path(point.source).read_text() if Path(point.source).is_file() else ""
+        for key, specs in point.data.file_specs().items():
+            for spec in specs:
+                if (key, spec) in seen:
+                    continue
+                seen.add((key, spec))
+                problem = file_spec_problem(spec)
+                if problem:
+                    line = _line_of(text, key.split(".")[0])
+                    where = f"{point.source}, line {line}" if line else point.source
+                    problems.append(f"{where}: [data] {key}: {problem}")
+    return problems
 
 
 def _keys_in(message: str) -> list[str]:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
-import json
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
-from ntkal.experiment.config import DataConfig, ExperimentConfig, load_sweep
+from ntkal.experiment.config import DataConfig, ExperimentConfig, data_file_problems, load_sweep
+from ntkal.experiment.record import check_record, config_record, record_hash, write_record
+from ntkal.jsonio import dumps as strict_dumps
 from ntkal.loop import make_context, round0_fingerprint, run_loop
 from ntkal.models import atomic_write_bytes, load_pretrained
+from ntkal.models.checkpoint import remove_stale_temp_files
 
 __all__ = ["Results", "run", "run_sweep", "load_data", "make_oracle", "write_results"]
 
@@ -43,15 +47,50 @@ def _subsample(items: list, count: int, rng: np.random.Generator) -> list:
     return [items[i] for i in keep]
 
 
-def load_data(data: DataConfig, *, progress: bool = True):
-    """Pool structures and test sets of ``data`` (generated on first use, then cached).
+def _read_files(specs, *, stored_labels: bool, progress: bool, desc: str) -> list:
+    from tqdm.auto import tqdm
+
+    from ntkal.datasets.files import read_structure_file
+
+    atoms = []
+    for spec in specs:
+        frames = read_structure_file(spec)
+        if progress:
+            frames = tqdm(frames, desc=f"{desc} {Path(spec).name}", unit="frame", leave=False)
+        atoms.extend(frames)
+    if stored_labels:
+        from ntkal.data import labels_of
+
+        for a in atoms:
+            if labels_of(a)[0] is None:
+                raise ValueError(f"{a.info.get('source')}, frame {a.info.get('frame')}: no energy label "
+                                 f"({desc}; label it, or name a calculator in [oracle])")
+    return atoms
+
+
+def load_data(data: DataConfig, *, progress: bool = True, stored_labels: bool | None = None):
+    """Pool structures and test sets of ``data`` (generated on first use, then cached, or read
+    from the user's files).
+
+    ``stored_labels`` (default: ``data.oracle == "stored"``): the pool files must carry labels
+    (the run's oracle returns them); checked before any compute.
 
     Returns:
       ``(pool_atoms, tests)`` with ``tests`` a dict split → list of ``ase.Atoms``.
     """
+    rng = np.random.default_rng(data.seed)
+    if data.from_files:
+        stored = data.oracle == "stored" if stored_labels is None else stored_labels
+        pool = _read_files(data.pool_files, stored_labels=stored, progress=progress, desc="pool")
+        if not pool:
+            raise ValueError(f"the pool files {list(data.pool_files)} hold no structures")
+        tests = {name: _subsample(_read_files(specs, stored_labels=True, progress=progress, desc=f"test {name}"),
+                                  data.max_test, rng)
+                 for name, specs in data.test_files}
+        return pool, tests
+
     from ntkal import datasets
 
-    rng = np.random.default_rng(data.seed)
     pool = []
     for spec in data.pool:
         split, _, count = spec.partition(":")
@@ -70,14 +109,46 @@ def load_data(data: DataConfig, *, progress: bool = True):
     return pool, tests
 
 
-def make_oracle(name: str) -> Callable:
-    """``oracle(list of Atoms) -> list of labelled Atoms`` for a :class:`DataConfig` oracle name."""
-    if name == "stored":
-        return lambda atoms_list: list(atoms_list)
-    from ntkal import datasets
+def load_initial(data: DataConfig, *, progress: bool = True) -> list:
+    """The labelled structures of ``data.initial_files`` (empty without them)."""
+    return _read_files(data.initial_files, stored_labels=True, progress=progress, desc="initial")
 
-    oracle = datasets.emt_oracle() if name == "emt" else datasets.xtb_oracle()
-    return oracle.label
+
+def oracle_config(config: ExperimentConfig):
+    """The :class:`~ntkal.labelling.OracleConfig` of a sweep point, or ``None`` for labels
+    already in the data (``data.oracle = "stored"`` and no ``[oracle]`` table). The shortcuts
+    ``emt``/``xtb`` label in this process, one structure at a time."""
+    from ntkal.labelling import OracleConfig
+
+    if config.oracle is not None:
+        return config.oracle
+    if config.data.oracle == "stored":
+        return None
+    return OracleConfig(calculator=config.data.oracle, executor="serial",
+                        retries=3 if config.data.oracle == "xtb" else 1)
+
+
+def make_oracle(oracle, *, store=None, executor=None, progress: bool = False) -> Callable:
+    """``oracle(list of Atoms) -> list of labelled Atoms`` (``None`` for a structure that failed
+    and was skipped) for the loop.
+
+    Args:
+      oracle: an :class:`~ntkal.labelling.OracleConfig`, a :class:`DataConfig` oracle name
+        (``"stored"``, ``"emt"``, ``"xtb"``), or ``None`` (= ``"stored"``: the labels in the data).
+      store: the :class:`~ntkal.labelling.LabelStore` (required for a calculator); every label is
+        written there as it completes, and looked up there before any calculation.
+      executor: a long-lived executor (:func:`ntkal.labelling.make_executor`); default: one per call.
+    """
+    from ntkal.labelling import OracleConfig, label_structures
+
+    if oracle is None or oracle == "stored":
+        return lambda atoms_list: list(atoms_list)
+    if isinstance(oracle, str):
+        oracle = OracleConfig(calculator=oracle, executor="serial", retries=3 if oracle == "xtb" else 1)
+    if store is None:
+        raise ValueError("a calculator oracle needs a label store")
+    return lambda atoms_list: label_structures(list(atoms_list), oracle, store, executor=executor,
+                                               progress=progress).atoms
 
 
 def _columns(config: ExperimentConfig) -> dict:
@@ -96,7 +167,9 @@ def _columns(config: ExperimentConfig) -> dict:
 
 
 def load_replay(data: DataConfig, *, progress: bool = True) -> list:
-    """Labelled source structures for replay (the whole ``data.replay_split``)."""
+    """Labelled source structures for replay (``data.replay_files`` or the whole ``data.replay_split``)."""
+    if data.from_files:
+        return _read_files(data.replay_files, stored_labels=True, progress=progress, desc="replay")
     from ntkal import datasets
 
     return list(datasets.load_split(data.dataset, data.replay_split, size=data.size, seed=data.seed,
@@ -105,7 +178,8 @@ def load_replay(data: DataConfig, *, progress: bool = True) -> list:
 
 def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume: bool = True,
         progress: bool = True, log: Callable[[str], None] | None = print,
-        shared_round0: str | Path | None = None, cache: dict | None = None) -> Results:
+        shared_round0: str | Path | None = None, cache: dict | None = None,
+        oracle: Callable | None = None) -> Results:
     """Run one sweep point end to end.
 
     Args:
@@ -117,13 +191,22 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
       shared_round0: folder for the round-0 state shared by the methods of a paired study.
       cache: per-pool cache shared by points with the same checkpoint and data (see
         :func:`ntkal.loop.make_context`).
+      oracle: the labelling function (:func:`make_oracle`); default: from ``config`` with a
+        label store ``labels.db`` in ``directory`` (in memory without a directory) and one
+        executor per round.
     """
     t0 = time.perf_counter()
-    model, params, _ = load_pretrained(config.checkpoint)
-    pool, tests = load_data(config.data, progress=progress)
+    if directory is not None:
+        prepare_directory(directory, config, resume=resume)
+    model, params, metadata = load_pretrained(config.checkpoint)
+    pool, tests = load_data(config.data, progress=progress, stored_labels=oracle_config(config) is None)
     replay = load_replay(config.data, progress=progress) if config.loop.replay else ()
-    ctx = make_context(model, params, pool, tests, make_oracle(config.data.oracle), config.loop,
-                       progress=progress, replay_atoms=replay, cache=cache)
+    initial = load_initial(config.data, progress=progress)
+    _check_elements(model, metadata, pool, tests, initial, log)
+    if oracle is None:
+        oracle = _default_oracle(config, directory, progress)
+    ctx = make_context(model, params, pool, tests, oracle, config.loop,
+                       progress=progress, replay_atoms=replay, cache=cache, initial_atoms=initial)
     state = run_loop(ctx, directory, resume=resume, log=log, shared_round0=shared_round0)
     columns = _columns(config)
     rows = [{**columns, **row} for row in state.rows]
@@ -131,13 +214,67 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
     return Results(config, rows, picks, time.perf_counter() - t0)
 
 
+def _check_elements(model, metadata, pool, tests, initial, log) -> None:
+    """Elements outside the model are an error (naming file and frame); elements it knows but
+    never saw in training (checkpoint metadata ``train_elements``) are reported once."""
+    from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
+
+    groups = [("pool", pool), ("initial labelled set", initial)] + [(f"test split {k}", v) for k, v in tests.items()]
+    for what, atoms in groups:
+        if not atoms:
+            continue
+        locate = lambda k, atoms=atoms: (atoms[k].info.get("source"), atoms[k].info.get("frame", k))
+        warning = check_element_coverage(model.config.elements, metadata, (a.numbers for a in atoms),
+                                         what=what, locate=locate)
+        if warning and what == "pool":
+            warnings.warn(warning, UnseenElementWarning, stacklevel=3)
+            if log:
+                log(f"warning: {warning}")
+
+
+def _default_oracle(config: ExperimentConfig, directory, progress: bool) -> Callable:
+    spec = oracle_config(config)
+    if spec is None:
+        return make_oracle(None)
+    from ntkal.labelling import LabelStore
+
+    if spec.store:
+        store_path = spec.store
+    elif directory is not None:
+        store_path = Path(directory) / "labels.db"
+    else:
+        import tempfile
+        store_path = Path(tempfile.mkdtemp(prefix="ntkal-labels-")) / "labels.db"
+    return make_oracle(spec, store=LabelStore(store_path), progress=progress)
+
+
+def prepare_directory(directory: str | Path, config: ExperimentConfig, *, resume: bool) -> None:
+    """Make ``directory`` ready for ``config``: remove temporary files of a killed run; when
+    resuming, check that the saved run was made with the same settings (else
+    :class:`~ntkal.experiment.record.ConfigMismatchError` naming them); when not, delete the saved
+    state. Then record the config (``config.json``)."""
+    directory = Path(directory)
+    remove_stale_temp_files(directory, recursive=True)
+    has_state = (directory / "state.msgpack").exists()
+    if resume:
+        check_record(directory, config, has_state=has_state)
+    elif has_state:
+        (directory / "state.msgpack").unlink()
+    write_record(directory, config)
+
+
 def write_results(results: list[Results], out_dir: str | Path) -> tuple[Path, Path]:
-    """Atomically write ``results.json`` (rows + picks) and ``results.csv`` (rows) in ``out_dir``."""
+    """Atomically write ``results.json`` (rows, picks and the config record of every point; strict
+    JSON: missing numbers are ``null``) and ``results.csv`` (rows) in ``out_dir``."""
     out_dir = Path(out_dir)
     rows = [row for r in results for row in r.rows]
     picks = [pick for r in results for pick in r.picks]
+    configs = {}
+    for r in results:
+        record = config_record(r.config)
+        configs[f"{r.config.label}-seed{r.config.loop.seed}"] = {"hash": record_hash(record), "config": record}
     json_path, csv_path = out_dir / "results.json", out_dir / "results.csv"
-    atomic_write_bytes(json_path, json.dumps({"rows": rows, "picks": picks}, indent=1).encode())
+    atomic_write_bytes(json_path, strict_dumps({"rows": rows, "picks": picks, "configs": configs}).encode())
     fields = list(dict.fromkeys(key for row in rows for key in row))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields)
@@ -151,22 +288,56 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
               log: Callable[[str], None] | None = print) -> list[Results]:
     """Run every point of the config at ``path``; results are rewritten after each point.
 
-    Each point keeps its resumable state in ``<out>/points/<label>-seed<k>/``. Points whose
-    round 0 is identical (same seed, data, checkpoint and fine-tuning: a paired study) share it
-    through ``<out>/points/_round0-seed<k>-<fingerprint>/``: it is computed once.
+    Each point keeps its resumable state in ``<out>/points/<label>-seed<k>/`` with the
+    ``config.json`` it was made with; resuming a point whose settings changed is an error naming
+    them (``resume=False`` starts it over). Points whose round 0 is identical (same seed, data,
+    checkpoint and fine-tuning: a paired study) share it through
+    ``<out>/points/_round0-seed<k>-<fingerprint>/``: it is computed once.
+
+    Calculator oracles write every label to ``<out>/labels.db`` (or the ``[oracle] store``) as
+    it completes and look there first, so no structure is labelled twice by the same oracle:
+    not after a crash, not by another method or seed of the sweep. One executor (process pool
+    or Dask client) serves the whole sweep.
     """
     points = load_sweep(path)
+    problems = data_file_problems(points)
+    if problems:
+        raise ValueError("\n".join(problems))
     out_dir = Path(out or points[0].out)
+    remove_stale_temp_files(out_dir)
+    if resume:  # every point's settings checked before any compute
+        for point in points:
+            directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
+            check_record(directory, point, has_state=(directory / "state.msgpack").exists())
+    with contextlib.ExitStack() as stack:
+        return _run_points(points, out_dir, resume, progress, log, stack)
+
+
+def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack: contextlib.ExitStack):
+    from ntkal.labelling import LabelStore, make_executor
+
     results = []
     caches: dict = {}  # (checkpoint, data) -> per-pool cache shared by the points using that pool
+    oracles: dict = {}  # OracleConfig -> the labelling function (one store and executor each)
+    cleared: set = set()
     for k, point in enumerate(points):
         if log:
             log(f"== point {k + 1}/{len(points)}: {point.label} seed {point.loop.seed}")
         directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
-        fingerprint = round0_fingerprint(point.loop, point.checkpoint, point.data)
+        digests = config_record(point)["data_files"]
+        fingerprint = round0_fingerprint(point.loop, point.checkpoint, point.data, *sorted(digests.items()))
         shared = out_dir / "points" / f"_round0-seed{point.loop.seed}-{fingerprint}"
+        if not resume and shared not in cleared:  # --no-resume recomputes the shared round 0 once
+            cleared.add(shared)
+            if (shared / "state.msgpack").exists():
+                (shared / "state.msgpack").unlink()
         cache = caches.setdefault((point.checkpoint, point.data), {})
+        spec = oracle_config(point)
+        if spec is not None and spec not in oracles:
+            store = LabelStore(spec.store or out_dir / "labels.db")
+            oracles[spec] = make_oracle(spec, store=store, executor=stack.enter_context(make_executor(spec)),
+                                        progress=progress)
         results.append(run(point, directory=directory, resume=resume, progress=progress, log=log,
-                           shared_round0=shared, cache=cache))
+                           shared_round0=shared, cache=cache, oracle=oracles.get(spec) or make_oracle(None)))
         write_results(results, out_dir)
     return results

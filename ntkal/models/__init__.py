@@ -1,14 +1,25 @@
-"""Functional MLIPs: the protocol, the built-in equivariant network, reference energies, checkpoints."""
+"""Functional MLIPs: the protocol, the built-in equivariant network, reference energies, checkpoints.
 
-from ntkal.models.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
-from ntkal.models.config import ModelConfig
-from ntkal.models.mlip import (MLIP, ModelOutput, build_model, count_parameters,
-                               energy_and_forces_fn, forces_fn, species_index, with_positions)
-from ntkal.models.pretrained import PRETRAINED_DIR, load_pretrained, pretrained_names
-from ntkal.models.reference import adapt_config, fit_reference_energies, force_rms
+Names are imported on first use (``from ntkal.models import ModelConfig`` loads no JAX).
+"""
 
-__all__ = ["ModelConfig", "MLIP", "ModelOutput", "build_model", "count_parameters",
-           "energy_and_forces_fn", "forces_fn", "species_index", "with_positions",
-           "atomic_write_bytes", "load_checkpoint", "save_checkpoint", "fit_reference_energies",
-           "force_rms", "adapt_config",
-           "PRETRAINED_DIR", "load_pretrained", "pretrained_names"]
+from __future__ import annotations
+
+from ntkal._lazy import lazy_attributes
+
+_MLIP = ("MLIP", "ModelOutput", "build_model", "count_parameters", "energy_and_forces_fn", "forces_fn",
+         "species_index", "with_positions")
+_WHERE = {
+    "ModelConfig": "ntkal.models.config",
+    **{name: "ntkal.models.mlip" for name in _MLIP},
+    "atomic_write_bytes": "ntkal.models.checkpoint", "load_checkpoint": "ntkal.models.checkpoint",
+    "save_checkpoint": "ntkal.models.checkpoint",
+    "fit_reference_energies": "ntkal.models.reference", "force_rms": "ntkal.models.reference",
+    "adapt_config": "ntkal.models.reference",
+    "PRETRAINED_DIR": "ntkal.models.pretrained", "load_pretrained": "ntkal.models.pretrained",
+    "pretrained_names": "ntkal.models.pretrained",
+}
+
+__all__ = list(_WHERE)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)

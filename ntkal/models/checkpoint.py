@@ -20,7 +20,43 @@ from flax import serialization
 from ntkal.models.config import ModelConfig
 from ntkal.models.mlip import MLIP, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes"]
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "new_file_mode",
+           "remove_stale_temp_files", "TEMP_SUFFIX"]
+
+#: suffix of the temporary files of :func:`atomic_write_bytes` (``.<name>.<random>.tmp``)
+TEMP_SUFFIX = ".tmp"
+
+
+def new_file_mode() -> int:
+    """The permission bits a plain ``open(path, "w")`` would give a new file (0o666 minus the
+    umask). ``tempfile.mkstemp`` creates 0o600 files; atomic writes restore this mode."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def remove_stale_temp_files(folder: str | os.PathLike, *, names: tuple[str, ...] | None = None,
+                            recursive: bool = False) -> list[Path]:
+    """Delete temporary files left in ``folder`` by atomic writes that were killed.
+
+    Only names of the form ``.<name>.<random>.tmp`` (what :func:`atomic_write_bytes` and the
+    picks writer create) are removed; with ``names``, only those of the given target file
+    names (use this in a user's folder). Call it when a run starts, before anything writes.
+
+    Returns:
+      the removed paths.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    patterns = [f".{name}.*{TEMP_SUFFIX}" for name in names] if names is not None else [f".*{TEMP_SUFFIX}"]
+    removed = []
+    for pattern in patterns:
+        for path in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
+            if path.is_file() and path.name.count(".") >= 3:
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
 
 FORMAT = "ntkal-checkpoint"
 VERSION = 1
@@ -30,13 +66,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

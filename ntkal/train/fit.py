@@ -25,66 +25,11 @@ from ntkal.data.structure import Structure
 from ntkal.models.mlip import MLIP
 from ntkal.train.loss import make_loss_fn
 from ntkal.train.metrics import evaluate, make_error_sums_fn
-from ntkal.train.schedule import SCHEDULES, holdout_split, learning_rate_at
+from ntkal.train.config import TrainConfig
+from ntkal.train.schedule import holdout_split, learning_rate_at
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "make_batches", "batch_budget", "make_optimizer",
            "replay_indices"]
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of :func:`fit`.
-
-    Attributes:
-      learning_rate: peak Adam step size.
-      max_epochs: upper bound on passes over the training set (also the length of the cosine decay).
-      batch_size: structures per optimisation step.
-      energy_weight: weight of the per-atom energy MSE ((eV/atom)⁻²).
-      force_weight: weight of the force-component MSE ((eV/Å)⁻²).
-      patience: stop after this many epochs without validation improvement.
-      grad_clip: global-norm gradient clipping (0 disables).
-      seed: shuffling (and hold-out) seed; same seed and data ⇒ same parameters.
-      val_fraction: with no explicit validation set, hold out ``max(1, round(val_fraction · n))``
-        of the ``n`` training structures (none if ``n < 4``) for early stopping; in ``[0, 1)``.
-      schedule: ``"constant"``, ``"cosine"`` or ``"warmup_cosine"``, evaluated per step by
-        :func:`ntkal.train.learning_rate_at`.
-      min_lr_ratio: final (and warmup-start) learning rate as a fraction of ``learning_rate``; in ``[0, 1]``.
-      warmup_epochs: length of the linear warmup of ``"warmup_cosine"`` (epochs, ≥ 0).
-      replay_weight: expected number of times each replay structure is drawn per epoch (≥ 0):
-        ``floor(w)`` copies of every replay structure plus a seeded random ``round(frac(w) · n_replay)``
-        of them. This is a sampling weight, not a loss weight (the loss stays a plain mean over
-        the structures of a batch), so changing it never recompiles.
-    """
-
-    learning_rate: float = 2e-3
-    max_epochs: int = 100
-    batch_size: int = 8
-    energy_weight: float = 1.0
-    force_weight: float = 10.0
-    patience: int = 10
-    grad_clip: float = 10.0
-    seed: int = 0
-    val_fraction: float = 0.0
-    schedule: str = "constant"
-    min_lr_ratio: float = 0.05
-    warmup_epochs: int = 1
-    replay_weight: float = 1.0
-
-    def __post_init__(self):
-        if self.batch_size < 1:
-            raise ValueError(f"TrainConfig: batch_size must be ≥ 1, got {self.batch_size}")
-        if self.max_epochs < 0:
-            raise ValueError(f"TrainConfig: max_epochs must be ≥ 0, got {self.max_epochs}")
-        if not 0.0 <= self.val_fraction < 1.0:
-            raise ValueError(f"TrainConfig: val_fraction must be in [0, 1), got {self.val_fraction}")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"TrainConfig: schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if not 0.0 <= self.min_lr_ratio <= 1.0:
-            raise ValueError(f"TrainConfig: min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"TrainConfig: warmup_epochs must be ≥ 0, got {self.warmup_epochs}")
-        if not (math.isfinite(self.replay_weight) and self.replay_weight >= 0.0):
-            raise ValueError(f"TrainConfig: replay_weight must be finite and ≥ 0, got {self.replay_weight}")
 
 
 class TrainResult(NamedTuple):

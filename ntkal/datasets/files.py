@@ -1,0 +1,136 @@
+"""One reader for a user's structure files, by format: ``read_structure_file(spec)``.
+
+A *file spec* is a path, optionally with ``:group`` after an HDF5 file (``t1x.h5:train``):
+
+* ``*.aselmdb`` — OC20 ASE-LMDB (:func:`ntkal.datasets.read_oc20_aselmdb`; needs
+  ``ase-db-backends``);
+* ``*.db`` / ``*.json`` ASE databases (:func:`ntkal.datasets.read_ase_db`);
+* ``*.h5`` / ``*.hdf5`` — Transition1x layout (a ``/data`` group; ``:train`` etc. picks a
+  split, default everything) or RGD1 layout (one group per reaction; energy-only labels);
+* ``*.extxyz[.xz|.gz]`` with an OC20 ``*.txt[.xz]`` beside it — OC20 S2EF chunk (tags and
+  system ids from the txt);
+* anything else ASE can read (extxyz, xyz, traj, VASP OUTCAR/vasprun, CIF, ...) through
+  ``ase.io.iread``.
+
+Every frame gets ``info["source"]`` (the file) and ``info["frame"]`` (its 0-based index), so
+later validation errors name both. Labels (energy eV, forces eV/Å) are kept when the file has
+them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import ase
+import ase.io
+
+from ntkal.datasets._errors import DatasetFormatError
+
+__all__ = ["read_structure_file", "read_ase_frames", "split_spec", "file_spec_problem", "HDF5_SUFFIXES"]
+
+HDF5_SUFFIXES = (".h5", ".hdf5")
+
+
+def split_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
+    """``"file.h5:train"`` → ``("file.h5", "train")``; other specs → ``(path, None)``."""
+    spec = os.fspath(spec)
+    if os.path.exists(spec):
+        return spec, None
+    path, sep, group = spec.rpartition(":")
+    if sep and path.lower().endswith(HDF5_SUFFIXES) and group:
+        return path, group
+    return spec, None
+
+
+def _is_t1x(path: str) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as fh:
+        return "data" in fh
+
+
+def read_ase_frames(path: str | os.PathLike) -> Iterator[ase.Atoms]:
+    """Stream the frames of any ASE-readable file lazily (``ase.io.iread``); an empty file yields
+    nothing.
+
+    Raises:
+      DatasetFormatError: naming the file and the frame that cannot be parsed.
+    """
+    path = os.fspath(path)
+    if os.path.getsize(path) == 0:
+        return
+    frames = ase.io.iread(path, index=":")
+    frame = 0
+    while True:
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            return
+        except Exception as err:  # ase raises many parser error types
+            raise DatasetFormatError(path, frame, f"cannot read: {err}") from err
+        yield atoms
+        frame += 1
+
+
+def read_structure_file(spec: str | os.PathLike) -> Iterator[ase.Atoms]:
+    """Stream the structures of one file spec (see the module docstring).
+
+    Yields:
+      ``ase.Atoms`` with ``info["source"]`` and ``info["frame"]``; labels when present.
+
+    Raises:
+      FileNotFoundError: no such file.
+      DatasetFormatError: a frame or group that cannot be read (names file and frame).
+    """
+    from ntkal import datasets
+
+    path, group = split_spec(spec)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    lower = path.lower()
+    if lower.endswith(HDF5_SUFFIXES):
+        if _is_t1x(path):
+            frames = datasets.read_t1x(path, group)
+        elif group is not None:
+            raise DatasetFormatError(path, None, f"':{group}' selects a split of a Transition1x file; "
+                                                 f"this HDF5 file has no /data group (RGD1 layout?)")
+        else:
+            frames = datasets.read_rgd1(path)
+    elif lower.endswith(".aselmdb"):
+        frames = datasets.read_oc20_aselmdb(path)
+    elif lower.endswith((".db", ".json")):
+        frames = datasets.read_ase_db(path)
+    elif ".extxyz" in lower and _oc20_txt(path):
+        frames = datasets.read_oc20_extxyz(path)
+    else:
+        frames = read_ase_frames(path)
+    for frame, atoms in enumerate(frames):
+        atoms.info["source"] = os.fspath(spec)
+        atoms.info["frame"] = frame
+        yield atoms
+
+
+def _oc20_txt(path: str) -> bool:
+    from ntkal.datasets.oc20 import _txt_for
+
+    return _txt_for(path) is not None
+
+
+def file_spec_problem(spec: str) -> str | None:
+    """Why ``spec`` cannot be read (``None`` if it looks readable); cheap, imports no JAX."""
+    path, group = split_spec(spec)
+    if not os.path.exists(path):
+        return f"no such file: {path}"
+    if not os.path.isfile(path):
+        return f"{path} is not a file"
+    if not os.access(path, os.R_OK):
+        return f"{path} is not readable"
+    lower = path.lower()
+    if lower.endswith(HDF5_SUFFIXES + (".aselmdb", ".db", ".json")):
+        return None
+    if os.path.getsize(path) == 0:
+        return f"{path} is empty"
+    from ntkal.select_args import input_file_problem
+
+    return input_file_problem(path)

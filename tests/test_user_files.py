@@ -1,0 +1,232 @@
+"""The loop on a user's own problem: data from files, an oracle named by import path, a label
+store that survives crashes, failure policies and runs that refuse to resume a changed config."""
+
+import json
+from pathlib import Path
+
+import ase.io
+import jax
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+
+from tiny_models import tiny_config
+from ntkal.data import batch_atoms
+from ntkal.data.toy import cu_pt_slab_frames
+from ntkal.datasets import LabellingError
+from ntkal.experiment import run_sweep
+from ntkal.experiment.record import ConfigMismatchError
+from ntkal.labelling import LabelStore, OracleConfig
+from ntkal.labelling.store import structure_hash
+from ntkal.models import build_model, save_checkpoint
+
+LOGGER = str(Path(__file__).resolve().parent)  # where labelling_oracles.py lives (spawned workers)
+
+
+def _unlabelled(frames):
+    out = []
+    for atoms in frames:
+        atoms = atoms.copy()  # drops the calculator: the pool carries no labels
+        out.append(atoms)
+    return out
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny checkpoint and user files: 10 unlabelled pool frames, 3 labelled initial frames
+    and a 4-frame labelled test split (EMT Cu/Pt slabs)."""
+    root = tmp_path_factory.mktemp("user")
+    config = tiny_config(num_layers=1, lmax=1)  # compiles fastest: this file is about plumbing
+    model = build_model(config)
+    params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
+    save_checkpoint(root / "model.msgpack", params, config)
+    ase.io.write(root / "pool.extxyz", _unlabelled(cu_pt_slab_frames(10, seed=1, size=(2, 2, 2))))
+    ase.io.write(root / "initial.extxyz", list(cu_pt_slab_frames(3, seed=2, size=(2, 2, 2))))
+    ase.io.write(root / "test.extxyz", list(cu_pt_slab_frames(4, seed=3, size=(2, 2, 2))))
+    return root
+
+
+def config_text(root, *, out, oracle, loop="", pool="pool.extxyz", method="energy"):
+    out = Path(root) / out
+    return f"""
+name = "user"
+seeds = [0]
+out = "{out}"
+[model]
+checkpoint = "model.msgpack"
+[data]
+dataset = "files"
+pool_files = ["{pool}"]
+initial_files = ["initial.extxyz"]
+test_files = {{val = "test.extxyz"}}
+[oracle]
+{oracle}
+[loop]
+method = "{method}"
+selector = "maxdet"
+initial = 0
+batch = 2
+rounds = 2
+shortlist = 6
+{loop}
+[kernel]
+sketch_dim = 16
+[train]
+max_epochs = 1
+batch_size = 4
+"""
+
+
+def write_config(root, name, text):
+    path = Path(root) / name
+    path.write_text(text)
+    return path
+
+
+def strict_json(path):
+    def no_constants(token):
+        raise AssertionError(f"non-standard JSON token {token} in {path}")
+    return json.loads(Path(path).read_text(), parse_constant=no_constants)
+
+
+def emt_labels(atoms):
+    work = atoms.copy()
+    work.calc = EMT()
+    return work.get_potential_energy(), work.get_forces(apply_constraint=False)
+
+
+@pytest.fixture(scope="module")
+def process_run(files):
+    """A 2-round run from user files only, EMT named by import path, a 2-process spawn pool."""
+    oracle = 'calculator = "ase.calculators.emt:EMT"\nexecutor = "process"\nworkers = 2'
+    path = write_config(files, "process.toml", config_text(files, out="out_process", oracle=oracle))
+    results = run_sweep(path, progress=False, log=None)
+    return path, results
+
+
+def test_run_from_user_files_labels_with_a_calculator_named_by_import_path(files, process_run):
+    path, results = process_run
+    out = files / "out_process"
+    data = strict_json(out / "results.json")
+    assert [row["n_labels"] for row in data["rows"]] == [3, 5, 7]  # 3 initial files, then 2 + 2 picks
+    picks = [p for p in data["picks"] if p["round"] > 0]
+    assert len(picks) == 4 and not any(p["failed"] for p in picks)
+    # the run's labels are EMT's, computed once each, and all in the label store
+    pool = list(ase.io.iread(files / "pool.extxyz"))
+    store, fingerprint = LabelStore(out / "labels.db"), results[0].config.oracle.fingerprint()
+    assert store.counts(fingerprint)["labelled"] == 4
+    for pick in picks:
+        stored = store.get(pool[pick["id"]], fingerprint)
+        energy, forces = emt_labels(pool[pick["id"]])
+        assert stored.get_potential_energy() == pytest.approx(energy, abs=1e-10)
+        np.testing.assert_allclose(stored.get_forces(apply_constraint=False), forces, atol=1e-10)
+    # the point directory records the whole resolved config and its hash
+    record = json.loads((out / "points" / f"{results[0].config.label}-seed0" / "config.json").read_text())
+    assert record["config"]["loop"]["train"]["max_epochs"] == 1
+    assert set(record["config"]["data_files"]) == {str(files / n) for n in ("pool.extxyz", "initial.extxyz",
+                                                                          "test.extxyz")}
+    assert data["configs"][f"{results[0].config.label}-seed0"]["hash"] == record["hash"]
+
+
+def test_a_local_dask_cluster_labels_the_same(files, process_run):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        oracle = f'calculator = "ase.calculators.emt:EMT"\nscheduler = "{cluster.scheduler_address}"'
+        path = write_config(files, "dask.toml", config_text(files, out="out_dask", oracle=oracle))
+        path = write_config(files, "dask.toml", path.read_text().replace('method = "energy"', 'method = "random"'))
+        results = run_sweep(path, progress=False, log=None)
+    assert results[0].config.oracle.executor == "dask"
+    data = strict_json(files / "out_dask" / "results.json")
+    assert [row["n_labels"] for row in data["rows"]] == [3, 5, 7]
+    # the cluster's labels are EMT's (random picks: no kernel compile, this test is about Dask)
+    pool = list(ase.io.iread(files / "pool.extxyz"))
+    store = LabelStore(files / "out_dask" / "labels.db")
+    picks = [p for p in data["picks"] if p["round"] > 0]
+    assert store.counts(results[0].config.oracle.fingerprint())["labelled"] == len(picks) == 4
+    for pick in picks:
+        stored = store.get(pool[pick["id"]], results[0].config.oracle.fingerprint())
+        assert stored.get_potential_energy() == pytest.approx(emt_labels(pool[pick["id"]])[0], abs=1e-10)
+
+
+def test_resuming_an_edited_config_names_the_changed_settings(files, process_run):
+    path, _ = process_run
+    edited = write_config(files, "edited.toml", path.read_text().replace("max_epochs = 1", "max_epochs = 2")
+                          .replace('selector = "maxdet"', 'selector = "maxdet"\nnoise_var = 0.5'))
+    with pytest.raises(ConfigMismatchError) as info:
+        run_sweep(edited, progress=False, log=None)
+    message = str(info.value)
+    assert "loop.train.max_epochs: 1 → 2" in message and "loop.noise_var: 0.01 → 0.5" in message
+    # a different executor is not a different config: the finished run resumes (nothing to do)
+    moved = write_config(files, "moved.toml", path.read_text().replace('executor = "process"', 'executor = "thread"'))
+    again = run_sweep(moved, progress=False, log=None)
+    assert [r["force_mae"] for r in again[0].rows] == [r["force_mae"] for r in process_run[1][0].rows]
+
+
+def test_the_label_store_prevents_relabelling_after_a_crash(files, tmp_path):
+    log = tmp_path / "calls.log"
+    Path(str(log) + ".crash").touch()  # the "DFT code" dies after 3 successful calls
+    oracle = (f'function = "labelling_oracles:emt_until_flag"\nexecutor = "serial"\n'
+              f'kwargs = {{log = "{log}", crash_after = 3}}')
+    path = write_config(tmp_path, "crash.toml", config_text(files, out=tmp_path / "out", oracle=oracle,
+                                                            method="random")
+                        .replace('"model.msgpack"', f'"{files}/model.msgpack"')
+                        .replace('"pool.extxyz"', f'"{files}/pool.extxyz"')
+                        .replace('"initial.extxyz"', f'"{files}/initial.extxyz"')
+                        .replace('"test.extxyz"', f'"{files}/test.extxyz"'))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_sweep(path, progress=False, log=None)  # round 1 labels 2, round 2 labels 1, then dies
+    Path(str(log) + ".crash").unlink()
+    results = run_sweep(path, progress=False, log=None)  # resumes round 2 from the saved round 1
+    lines = log.read_text().split()
+    ok = [h for outcome, h in zip(lines[::2], lines[1::2]) if outcome == "ok"]
+    assert len(ok) == len(set(ok)) == 4  # every structure computed exactly once
+    assert [row["n_labels"] for row in results[0].rows] == [3, 5, 7]
+
+
+@pytest.mark.parametrize("policy", ["skip", "stop"])
+def test_a_structure_the_oracle_cannot_label(files, tmp_path, policy):
+    frames = _unlabelled(cu_pt_slab_frames(6, seed=1, size=(2, 2, 2)))
+    frames[2].info["poison"] = True  # raises CalculationFailed: retried, then failed
+    ase.io.write(tmp_path / "pool.extxyz", frames)
+    log = tmp_path / "calls.log"
+    oracle = (f'function = "labelling_oracles:counting_emt"\nexecutor = "serial"\nretries = 1\n'
+              f'on_failure = "{policy}"\nkwargs = {{log = "{log}"}}')
+    text = (config_text(files, out=tmp_path / "out", oracle=oracle, method="random",
+                        pool=tmp_path / "pool.extxyz")
+            .replace("batch = 2\nrounds = 2", "batch = 6\nrounds = 1")
+            .replace('"model.msgpack"', f'"{files}/model.msgpack"')
+            .replace('"initial.extxyz"', f'"{files}/initial.extxyz"')
+            .replace('"test.extxyz"', f'"{files}/test.extxyz"'))
+    path = write_config(tmp_path, "fail.toml", text)
+    store = LabelStore(tmp_path / "out" / "labels.db")
+    fingerprint = OracleConfig.from_dict({"function": "labelling_oracles:counting_emt",
+                                          "kwargs": {"log": str(log)}}).fingerprint()
+    if policy == "stop":
+        with pytest.raises(LabellingError):
+            run_sweep(path, progress=False, log=None)
+        assert store.counts(fingerprint)["failed"] == 1
+        return
+    results = run_sweep(path, progress=False, log=None)
+    picks = [p for p in results[0].picks if p["round"] == 1]
+    failed = [p["id"] for p in picks if p["failed"]]
+    assert failed == [2]
+    assert [row["n_labels"] for row in results[0].rows] == [3, 3 + 5]
+    record = store.failure(list(ase.io.iread(tmp_path / "pool.extxyz"))[2], fingerprint)  # as the run read it
+    assert "poisoned structure" in record.error and len(record.attempts) == 2
+    assert log.read_text().count("fail ") == 2  # first attempt + one retry
+
+
+def test_data_file_problems_are_reported_before_any_compute(files, tmp_path):
+    text = config_text(files, out=tmp_path / "out", oracle='calculator = "emt"', method="random")
+    text = text.replace(f'"{files}/model.msgpack"', "model.msgpack")
+    path = write_config(files, "missing.toml", text.replace('"test.extxyz"', '"nope.extxyz"'))
+    with pytest.raises(ValueError, match=r"missing.toml, line \d+: \[data\] test_files.val: no such file"):
+        run_sweep(path, progress=False, log=None)
+    assert not (tmp_path / "out").exists()  # nothing was computed or written
+    bad = write_config(files, "generator_key.toml", text.replace('dataset = "files"', 'dataset = "files"\nsize = "small"'))
+    with pytest.raises(ValueError, match=r"line 9: \[data\] size applies to generated datasets"):
+        run_sweep(bad, progress=False, log=None)
+    both = write_config(files, "both.toml", text.replace('dataset = "files"', 'dataset = "files"\noracle = "emt"'))
+    with pytest.raises(ValueError, match=r"either \[data\] oracle .* or an \[oracle\] table"):
+        run_sweep(both, progress=False, log=None)
