@@ -72,7 +72,7 @@ def test_config_errors_name_file_and_line(tmp_path, edit, message):
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    config = tiny_config(elements=("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"))
+    config = tiny_config(elements=("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"), num_layers=1, lmax=1)
     model = build_model(config)
     params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
     path = tmp_path_factory.mktemp("ckpt") / "tiny.msgpack"

@@ -19,7 +19,7 @@ TIME_KEYS = {"select_s", "label_s", "finetune_s", "evaluate_s"}
 
 @pytest.fixture(scope="module")
 def setup():
-    config = tiny_config()
+    config = tiny_config(num_layers=1, lmax=1)  # loop plumbing: the smallest model compiles fastest
     model = build_model(config)
     pool = list(cu_pt_slab_frames(40, seed=11))
     tests = {"id": list(cu_pt_slab_frames(8, seed=12)), "hot": list(cu_pt_slab_frames(8, seed=13, rattle=(0.25, 0.3)))}

@@ -27,7 +27,7 @@ SMALL = AcquisitionConfig(kernel=KernelConfig(kind="joint", sketch_dim=32, num_p
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("select")
-    config = tiny_config()
+    config = tiny_config(num_layers=1, lmax=1)  # CLI plumbing: the smallest model compiles fastest
     model = build_model(config)
     train = list(cu_pt_slab_frames(N_TRAIN, seed=1))
     pool = list(cu_pt_slab_frames(N_POOL, seed=2))
