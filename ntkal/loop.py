@@ -586,7 +586,8 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
         if log:
             rows = [row for row in state.rows if row["round"] == state.round - 1]
             summary = "  ".join(f"{row['split']} F-MAE {row['force_mae']:.4f}" for row in rows)
-            log(f"[{ctx.config.method}] round {state.round - 1}: {len(state.labelled)} labels  {summary}")
+            log(f"[{ctx.config.method}] round {state.round - 1}: {len(ctx.initial) + len(state.labelled)} labels  "
+                f"{summary}")
     return state
 
 

@@ -336,3 +336,22 @@ def test_failed_structure_stop_raises_after_storing_successes(tmp_path):
     with pytest.raises(LabellingError, match="recorded in"):  # a recorded failure stops at once
         label_structures(ref, cfg, store)
     assert len(log_lines(log)) == n_lines
+
+
+def test_store_keeps_numpy_valued_info(tmp_path):
+    """ASE's extxyz reader returns integer fields as numpy.int64 and ase.build slabs carry a
+    dict of numpy values (adsorbate_info): both must store (a crash here loses a DFT label)."""
+    from ase.build import fcc111
+
+    atoms = fcc111("Cu", size=(2, 2, 2), vacuum=4.0)
+    atoms.info.update(sid=np.int64(7), weight=np.float32(0.5), flags=[np.int64(1), "x"])
+    atoms.calc = EMT()
+    atoms.get_forces()
+    store, fp = LabelStore(tmp_path / "labels.db"), "fp"
+    store.put(atoms, fp)
+    got = store.get(atoms, fp)
+    assert got.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), abs=1e-12)
+    row = next(iter(store.labelled(fp)))
+    assert row.info["sid"] == 7 and row.info["weight"] == 0.5
+    store.put_failure(atoms, "other", "SCF failed", ["default"])
+    assert store.failure(atoms, "other").error == "SCF failed"

@@ -227,6 +227,11 @@ def test_data_file_problems_are_reported_before_any_compute(files, tmp_path):
     bad = write_config(files, "generator_key.toml", text.replace('dataset = "files"', 'dataset = "files"\nsize = "small"'))
     with pytest.raises(ValueError, match=r"line 9: \[data\] size applies to generated datasets"):
         run_sweep(bad, progress=False, log=None)
+    missing_module = write_config(files, "module.toml", text.replace('calculator = "emt"',
+                                                                      'calculator = "my_dft_wrappers:Vasp"'))
+    with pytest.raises(ValueError, match=r"module.toml: \[oracle\] .*module my_dft_wrappers not found .*PYTHONPATH"):
+        run_sweep(missing_module, progress=False, log=None)
+    assert not (tmp_path / "out").exists()
     both = write_config(files, "both.toml", text.replace('dataset = "files"', 'dataset = "files"\noracle = "emt"'))
     with pytest.raises(ValueError, match=r"either \[data\] oracle .* or an \[oracle\] table"):
         run_sweep(both, progress=False, log=None)

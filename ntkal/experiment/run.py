@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 import time
 import warnings
 from pathlib import Path
@@ -248,6 +249,24 @@ def _default_oracle(config: ExperimentConfig, directory, progress: bool) -> Call
     return make_oracle(spec, store=LabelStore(store_path), progress=progress)
 
 
+def _check_oracles_import(points) -> None:
+    """Import every oracle's calculator / function now, so a missing module is reported before
+    any compute (and not in round 1). The current folder is searchable, as with ``python -m``."""
+    import sys
+
+    from ntkal.labelling import resolve_import
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # spawned workers inherit sys.path
+    for spec in {oracle_config(p) for p in points} - {None}:
+        for role, path in (("oracle calculator", spec.calculator), ("oracle function", spec.function)):
+            if ":" in path:
+                try:
+                    resolve_import(path, role)
+                except ImportError as err:
+                    raise ValueError(f"{points[0].source}: [oracle] {err}") from err
+
+
 def prepare_directory(directory: str | Path, config: ExperimentConfig, *, resume: bool) -> None:
     """Make ``directory`` ready for ``config``: remove temporary files of a killed run; when
     resuming, check that the saved run was made with the same settings (else
@@ -303,6 +322,7 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
     problems = data_file_problems(points)
     if problems:
         raise ValueError("\n".join(problems))
+    _check_oracles_import(points)
     out_dir = Path(out or points[0].out)
     remove_stale_temp_files(out_dir)
     if resume:  # every point's settings checked before any compute

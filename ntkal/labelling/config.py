@@ -93,7 +93,8 @@ def resolve_import(path: str, role: str = "oracle calculator") -> Any:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as err:
         if err.name and (module_name == err.name or module_name.startswith(err.name + ".")):
-            raise ImportError(f"{role} {path!r}: module {module_name} not found") from err
+            raise ImportError(f"{role} {path!r}: module {module_name} not found (is it installed, or on "
+                              f"PYTHONPATH? `ntkal` also looks in the current folder)") from err
         raise ImportError(f"{role} {path!r}: importing module {module_name} failed: {err}") from err
     obj = module
     for part in attr.split("."):

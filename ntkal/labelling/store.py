@@ -101,6 +101,24 @@ def _key(structure: str, fingerprint: str) -> str:
     return f"{structure}-{fingerprint}"
 
 
+def storable_info(info: dict) -> dict:
+    """``atoms.info`` in a form ``ase.db`` can store: numpy scalars become Python numbers
+    (ASE's extxyz reader returns integer fields as ``numpy.int64``), nested dicts and lists are
+    converted recursively, arrays are kept, anything else becomes its ``str``."""
+    def convert(value):
+        if isinstance(value, np.generic):
+            return value.item()
+        if isinstance(value, (str, int, float, bool, np.ndarray)) or value is None:
+            return value
+        if isinstance(value, dict):
+            return {str(k): convert(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(v) for v in value]
+        return str(value)
+
+    return {str(k): convert(v) for k, v in info.items()}
+
+
 class LabelStore:
     """Labels and failures per (structure, oracle fingerprint) in an ``ase.db`` SQLite file.
 
@@ -208,7 +226,7 @@ class LabelStore:
             raise ValueError(f"forces of shape {forces.shape}, expected ({len(atoms)}, 3)")
         work = atoms.copy()
         work.calc = SinglePointCalculator(work, energy=energy, free_energy=energy, forces=forces)
-        self._write(work, structure_hash(atoms), fingerprint, "ok", {"info": dict(atoms.info)})
+        self._write(work, structure_hash(atoms), fingerprint, "ok", {"info": storable_info(atoms.info)})
 
     def put_failure(self, atoms: Atoms, fingerprint: str, error: str, attempts: Sequence[str]) -> None:
         """Record that the oracle ``fingerprint`` failed on ``atoms`` after ``attempts``
@@ -216,7 +234,8 @@ class LabelStore:
         work = atoms.copy()
         work.calc = None
         self._write(work, structure_hash(atoms), fingerprint, "failed",
-                    {"info": dict(atoms.info), "error": str(error), "attempts": [str(a) for a in attempts]})
+                    {"info": storable_info(atoms.info), "error": str(error),
+                     "attempts": [str(a) for a in attempts]})
 
     def forget_failures(self, fingerprint: str | None = None) -> int:
         """Delete recorded failures (of one oracle, or all) so they are offered again; returns
