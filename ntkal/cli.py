@@ -15,6 +15,7 @@ unless ``--no-compile-cache`` is given.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import time
@@ -53,6 +54,10 @@ def _run(args) -> int:
     from ntkal.experiment import load_sweep, results_table, run_sweep
 
     load_sweep(args.config)  # every config error (file, line, key) before any side effect
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # a user's oracle module in the current folder imports, as with `python -m`
+        # (spawned labelling workers inherit sys.path)
+        sys.path.insert(0, os.getcwd())
     if not args.no_compile_cache:
         enable_compile_cache_or_warn()  # before the first compilation
 

@@ -129,6 +129,7 @@ def files(tmp_path_factory):
     (root / "pool.foo").write_text("not a structure file\n")
     (root / "empty.extxyz").write_text("")
     (root / "a_file.txt").write_text("x\n")
+    (root / "ok.toml").write_text('name = "ok"\n[model]\ncheckpoint = "oc20_like"\n')
     (root / "folder").mkdir()
     (root / "dir.extxyz").mkdir()
     return root
@@ -172,6 +173,8 @@ def _bad_cases(files: Path) -> dict[str, tuple[list[str], str, str]]:
         "bad joint force": (_select(files, **{"--joint-force": "both"}), "--joint-force", "probe"),
         "run: missing config": (["run", str(files / "nope.toml")], "nope.toml", "cannot read"),
         "run: invalid TOML": (["run", str(files / "pool.extxyz")], "pool.extxyz", "invalid TOML"),
+        "run: out is a file": (["run", str(files / "ok.toml"), "--out", str(files / "a_file.txt")], "--out",
+                               "not a folder"),
         "plot: missing results": (["plot", str(files / "nope.json")], "results", "no such file"),
     }
 

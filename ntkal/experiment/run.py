@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-import os
 import time
 import warnings
 from pathlib import Path
@@ -251,13 +250,9 @@ def _default_oracle(config: ExperimentConfig, directory, progress: bool) -> Call
 
 def _check_oracles_import(points) -> None:
     """Import every oracle's calculator / function now, so a missing module is reported before
-    any compute (and not in round 1). The current folder is searchable, as with ``python -m``."""
-    import sys
-
+    any compute (and not in round 1)."""
     from ntkal.labelling import resolve_import
 
-    if "" not in sys.path and os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())  # spawned workers inherit sys.path
     for spec in {oracle_config(p) for p in points} - {None}:
         for role, path in (("oracle calculator", spec.calculator), ("oracle function", spec.function)):
             if ":" in path:
