@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["to_jsonable", "dumps", "nan_if_none"]
+__all__ = ["to_jsonable", "dumps"]
 
 
 def to_jsonable(obj: Any) -> Any:
@@ -35,7 +35,3 @@ def dumps(obj: Any, *, indent: int | None = 1) -> str:
     """Strict JSON text of ``obj`` (no ``NaN``/``Infinity`` tokens; missing numbers are ``null``)."""
     return json.dumps(to_jsonable(obj), indent=indent, allow_nan=False)
 
-
-def nan_if_none(value: Any) -> float:
-    """``float(value)``, with ``None`` (a missing number in strict JSON) read as NaN."""
-    return float("nan") if value is None else float(value)

@@ -27,7 +27,6 @@ Example::
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -44,7 +43,7 @@ from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
 from ntkal.data import EmptyInputError, InvalidStructureError, atoms_to_structure, labels_of
 from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes, load_pretrained
-from ntkal.models.checkpoint import TEMP_SUFFIX, new_file_mode, remove_stale_temp_files
+from ntkal.models.checkpoint import atomic_path, remove_stale_temp_files
 from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
 
 __all__ = ["SelectSummary", "select_from_files", "read_frames", "read_structures"]
@@ -108,20 +107,15 @@ def read_frames(path: str | os.PathLike, *, tag: bool = True) -> Iterator[ase.At
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
-    frames = read_ase_frames(path)
-    frame = 0
-    while True:
-        try:
-            atoms = next(frames)
-        except StopIteration:
-            return
-        except DatasetFormatError as err:
-            raise InvalidStructureError(err.reason, index=frame, info={"source": path, "frame": frame}) from err
-        if tag:
-            atoms.info["source"] = path
-            atoms.info["frame"] = frame
-        yield atoms
-        frame += 1
+    try:
+        for frame, atoms in enumerate(read_ase_frames(path)):
+            if tag:
+                atoms.info["source"] = path
+                atoms.info["frame"] = frame
+            yield atoms
+    except DatasetFormatError as err:  # names the frame it could not parse
+        raise InvalidStructureError(err.reason, index=err.where,
+                                    info={"source": path, "frame": err.where}) from err
 
 
 def read_structures(path, cutoff: float, elements, *, progress: bool = False, desc: str = "read"):
@@ -264,15 +258,6 @@ def _write_picked(pool_path, out_path: Path, ids: np.ndarray, scores: np.ndarray
     missing = [int(ids[k]) for k, a in enumerate(picked) if a is None]
     if missing:
         raise RuntimeError(f"{pool_path}: frames {missing} vanished between passes")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     fmt = filetype(str(out_path), read=False) or "extxyz"
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    os.chmod(tmp, new_file_mode())
-    try:
+    with atomic_path(out_path) as tmp:
         ase.io.write(tmp, picked, format=fmt)
-        os.replace(tmp, out_path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

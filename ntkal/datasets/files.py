@@ -19,6 +19,7 @@ them.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Iterator
 
@@ -27,7 +28,8 @@ import ase.io
 
 from ntkal.datasets._errors import DatasetFormatError
 
-__all__ = ["read_structure_file", "read_ase_frames", "split_spec", "file_spec_problem", "HDF5_SUFFIXES"]
+__all__ = ["read_structure_file", "read_ase_frames", "split_spec", "file_spec_problem", "file_sha256",
+           "HDF5_SUFFIXES"]
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
 
@@ -41,6 +43,15 @@ def split_spec(spec: str | os.PathLike) -> tuple[str, str | None]:
     if sep and path.lower().endswith(HDF5_SUFFIXES) and group:
         return path, group
     return spec, None
+
+
+def file_sha256(spec: str | os.PathLike) -> str:
+    """Hex sha256 of the bytes of the file behind a file spec (``path`` or ``path.h5:group``)."""
+    digest = hashlib.sha256()
+    with open(split_spec(spec)[0], "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _is_t1x(path: str) -> bool:

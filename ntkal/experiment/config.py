@@ -104,11 +104,6 @@ class DataConfig:
         """Whether the data comes from the user's files (``dataset = "files"``)."""
         return self.dataset == "files"
 
-    @property
-    def test_names(self) -> tuple[str, ...]:
-        """Names of the test splits."""
-        return tuple(name for name, _ in self.test_files) if self.from_files else self.tests
-
     def file_specs(self) -> dict[str, tuple[str, ...]]:
         """Every file the data reads, by config key (``pool_files``, ``test_files.val``, ...)."""
         out = {"pool_files": self.pool_files, "initial_files": self.initial_files,

@@ -40,17 +40,13 @@ _DIGESTS: dict[tuple[str, int, int], str] = {}
 def file_digest(spec: str) -> str:
     """sha256 of the file behind a data file spec (``path`` or ``path.h5:group``), memoised per
     (path, size, mtime) within a process."""
-    from ntkal.datasets.files import split_spec
+    from ntkal.datasets.files import file_sha256, split_spec
 
     path = Path(split_spec(spec)[0])
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if key not in _DIGESTS:
-        digest = hashlib.sha256()
-        with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        _DIGESTS[key] = digest.hexdigest()
+        _DIGESTS[key] = file_sha256(path)
     return _DIGESTS[key]
 
 

@@ -118,14 +118,32 @@ def oracle_config(config: ExperimentConfig):
     """The :class:`~ntkal.labelling.OracleConfig` of a sweep point, or ``None`` for labels
     already in the data (``data.oracle = "stored"`` and no ``[oracle]`` table). The shortcuts
     ``emt``/``xtb`` label in this process, one structure at a time."""
-    from ntkal.labelling import OracleConfig
-
     if config.oracle is not None:
         return config.oracle
-    if config.data.oracle == "stored":
+    return _shortcut_oracle(config.data.oracle)
+
+
+def _shortcut_oracle(name: str):
+    """The :class:`~ntkal.labelling.OracleConfig` of a :class:`DataConfig` oracle name (``None``
+    for ``"stored"``): ``emt``/``xtb`` in this process, one structure at a time."""
+    from ntkal.labelling import OracleConfig
+
+    if name == "stored":
         return None
-    return OracleConfig(calculator=config.data.oracle, executor="serial",
-                        retries=3 if config.data.oracle == "xtb" else 1)
+    return OracleConfig(calculator=name, executor="serial", retries=3 if name == "xtb" else 1)
+
+
+def _label_store(spec, folder: str | Path | None):
+    """The label store of ``spec``: its ``store``, else ``<folder>/labels.db`` (a fresh temporary
+    folder when ``folder`` is ``None``)."""
+    from ntkal.labelling import LabelStore
+
+    if spec.store:
+        return LabelStore(spec.store)
+    if folder is None:
+        import tempfile
+        folder = tempfile.mkdtemp(prefix="ntkal-labels-")
+    return LabelStore(Path(folder) / "labels.db")
 
 
 def make_oracle(oracle, *, store=None, executor=None, progress: bool = False) -> Callable:
@@ -139,12 +157,12 @@ def make_oracle(oracle, *, store=None, executor=None, progress: bool = False) ->
         written there as it completes, and looked up there before any calculation.
       executor: a long-lived executor (:func:`ntkal.labelling.make_executor`); default: one per call.
     """
-    from ntkal.labelling import OracleConfig, label_structures
+    from ntkal.labelling import label_structures
 
-    if oracle is None or oracle == "stored":
-        return lambda atoms_list: list(atoms_list)
     if isinstance(oracle, str):
-        oracle = OracleConfig(calculator=oracle, executor="serial", retries=3 if oracle == "xtb" else 1)
+        oracle = _shortcut_oracle(oracle)
+    if oracle is None:
+        return lambda atoms_list: list(atoms_list)
     if store is None:
         raise ValueError("a calculator oracle needs a label store")
     return lambda atoms_list: label_structures(list(atoms_list), oracle, store, executor=executor,
@@ -236,16 +254,7 @@ def _default_oracle(config: ExperimentConfig, directory, progress: bool) -> Call
     spec = oracle_config(config)
     if spec is None:
         return make_oracle(None)
-    from ntkal.labelling import LabelStore
-
-    if spec.store:
-        store_path = spec.store
-    elif directory is not None:
-        store_path = Path(directory) / "labels.db"
-    else:
-        import tempfile
-        store_path = Path(tempfile.mkdtemp(prefix="ntkal-labels-")) / "labels.db"
-    return make_oracle(spec, store=LabelStore(store_path), progress=progress)
+    return make_oracle(spec, store=_label_store(spec, directory), progress=progress)
 
 
 def _check_oracles_import(points) -> None:
@@ -329,7 +338,7 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
 
 
 def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack: contextlib.ExitStack):
-    from ntkal.labelling import LabelStore, make_executor
+    from ntkal.labelling import make_executor
 
     results = []
     caches: dict = {}  # (checkpoint, data) -> per-pool cache shared by the points using that pool
@@ -349,9 +358,8 @@ def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack:
         cache = caches.setdefault((point.checkpoint, point.data), {})
         spec = oracle_config(point)
         if spec is not None and spec not in oracles:
-            store = LabelStore(spec.store or out_dir / "labels.db")
-            oracles[spec] = make_oracle(spec, store=store, executor=stack.enter_context(make_executor(spec)),
-                                        progress=progress)
+            oracles[spec] = make_oracle(spec, store=_label_store(spec, out_dir),
+                                        executor=stack.enter_context(make_executor(spec)), progress=progress)
         results.append(run(point, directory=directory, resume=resume, progress=progress, log=log,
                            shared_round0=shared, cache=cache, oracle=oracles.get(spec) or make_oracle(None)))
         write_results(results, out_dir)

@@ -7,11 +7,12 @@ file or the new one, never a partial file.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
@@ -20,7 +21,7 @@ from flax import serialization
 from ntkal.models.config import ModelConfig
 from ntkal.models.mlip import MLIP, build_model
 
-__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "new_file_mode",
+__all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_path", "new_file_mode",
            "remove_stale_temp_files", "TEMP_SUFFIX"]
 
 #: suffix of the temporary files of :func:`atomic_write_bytes` (``.<name>.<random>.tmp``)
@@ -62,22 +63,31 @@ FORMAT = "ntkal-checkpoint"
 VERSION = 1
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path ``.<name>.<random>.tmp`` beside ``path``; when the block ends
+    without an error it gets normal permissions (:func:`new_file_mode`) and replaces ``path``
+    (``os.replace``), otherwise it is removed. A crash leaves the old file or the new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
         os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`atomic_path`), flushed to disk first."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def save_checkpoint(path: str | os.PathLike, params, config: ModelConfig,

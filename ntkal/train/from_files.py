@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-import hashlib
 import json
 import os
 import time
@@ -33,7 +32,7 @@ import numpy as np
 
 import ntkal
 from ntkal.data import EmptyInputError, atoms_to_structure
-from ntkal.datasets.files import read_structure_file, split_spec
+from ntkal.datasets.files import file_sha256, read_structure_file
 from ntkal.jsonio import to_jsonable
 from ntkal.models import (ModelConfig, adapt_config, atomic_write_bytes, build_model, count_parameters,
                           fit_reference_energies, load_pretrained, save_checkpoint)
@@ -44,7 +43,7 @@ from ntkal.train.metrics import evaluate
 from ntkal.train.schedule import holdout_split
 from ntkal.train_cli import TrainSpec, load_train_spec
 
-__all__ = ["TrainFromFilesResult", "train_from_files", "read_labelled", "file_sha256", "model_card"]
+__all__ = ["TrainFromFilesResult", "train_from_files", "read_labelled", "model_card"]
 
 
 class TrainFromFilesResult(NamedTuple):
@@ -63,15 +62,6 @@ class TrainFromFilesResult(NamedTuple):
     metadata: dict
     config: ModelConfig
     params: Any
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_labelled(specs, cutoff: float, elements) -> tuple[list, list[dict]]:
@@ -96,7 +86,7 @@ def read_labelled(specs, cutoff: float, elements) -> tuple[list, list[dict]]:
             n += 1
         if n == 0:
             raise EmptyInputError(f"{spec}: no structures in the file")
-        files.append({"path": spec, "sha256": file_sha256(split_spec(spec)[0]), "frames": n})
+        files.append({"path": spec, "sha256": file_sha256(spec), "frames": n})
     return structures, files
 
 
