@@ -1,8 +1,9 @@
-"""The ``ntkal`` command: ``run``, ``select``, ``train``, ``plot``, ``bench``.
+"""The ``ntkal`` command: ``run``, ``select``, ``train``, ``md``, ``plot``, ``bench``.
 
     ntkal run CONFIG.toml [--no-resume] [--out DIR] [--no-compile-cache]
     ntkal train CONFIG.toml [--out CKPT.msgpack] [--quiet]
     ntkal select --model CKPT --pool FILE --train FILE --budget N --out picked.extxyz [--kernel joint ...]
+    ntkal md CONFIG.toml [--out DIR] [--no-resume] [--quiet] [--no-compile-cache]
     ntkal plot RESULTS.json [--out DIR]
     ntkal bench [NAME ...] [--full]
 
@@ -77,6 +78,37 @@ def _run(args) -> int:
     return 0
 
 
+def _md(args) -> int:
+    from ntkal.onthefly.config import load_md_spec
+
+    spec = load_md_spec(args.config, out=args.out)  # every problem (file, line) before JAX loads
+    if spec.out.exists() and not spec.out.is_dir():
+        raise ValueError(f"{spec.out} exists and is not a folder")
+    problem = writable_folder_problem(spec.out)
+    if problem:
+        raise ValueError(f"output folder: {problem}")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # a user's oracle module in the current folder
+    if not args.no_compile_cache:
+        enable_compile_cache_or_warn()
+    from tqdm.auto import tqdm
+
+    from ntkal.onthefly.run import run_md
+
+    result = run_md(spec, resume=not args.no_resume, progress=not args.quiet,
+                    log=None if args.quiet else tqdm.write)
+    s = result.summary
+    print(f"{s['steps']} steps, {s['labels']} labels, {s['restarts']} restarts, {s['failed']} failed, "
+          f"{s['finetunes']} fine-tunes ({result.wall_s:.0f} s)")
+    print(f"outputs: {result.out}")
+    try:
+        from ntkal.plots import plot_md_log
+    except ImportError:
+        return 0
+    print(f"plot: {plot_md_log(result.out / 'log.csv', result.out / 'md.png')}")
+    return 0
+
+
 def add_plot_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``ntkal plot`` arguments to ``parser`` (here, not in :mod:`ntkal.plots`, so that
     building the parser does not import matplotlib)."""
@@ -136,6 +168,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="pretrain or fine-tune a model from structure files (TOML config)")
     add_train_arguments(p)
     p.set_defaults(func=main_train)
+
+    p = sub.add_parser("md", help="on-the-fly active learning: (uncertainty-biased) MD that labels "
+                                   "what the model does not know, resumable")
+    p.add_argument("config", type=Path, help="md config (TOML; see experiments/onthefly/)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: the config's 'out')")
+    p.add_argument("--no-resume", action="store_true", help="start over (a saved run is otherwise continued)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or event lines")
+    add_compile_cache_argument(p)
+    p.set_defaults(func=_md)
 
     p = sub.add_parser("plot", help="learning curves and PV calibration from results.json")
     add_plot_arguments(p)

@@ -41,7 +41,7 @@ from ntkal.cli import add_plot_arguments  # noqa: E402,F401
 
 __all__ = ["Curve", "CalibrationPlot", "aggregate_curves", "calibration_stats",
            "plot_learning_curves", "plot_calibration", "plot_results", "add_plot_arguments",
-           "main_plot"]
+           "main_plot", "plot_md_log"]
 
 #: Axis labels (with units) of the metrics the loop reports.
 METRIC_LABELS = {
@@ -309,3 +309,34 @@ def main_plot(args: argparse.Namespace) -> int:
     for path in plot_results(args.results, args.out, metrics=metrics, log=print):
         print(f"wrote {path}")
     return 0
+
+
+def plot_md_log(log_csv: str | os.PathLike, out_png: str | os.PathLike) -> Path:
+    """σ² along an ``ntkal md`` run (log scale, threshold, labels, restarts) over the cumulative
+    oracle calls; returns the PNG path."""
+    import csv
+
+    with open(log_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"{log_csv}: no steps logged")
+    col = {k: np.array([float(r[k]) for r in rows]) for k in ("step", "variance", "threshold",
+                                                                "labelled", "restart")}
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5), sharex=True,
+                                      gridspec_kw={"height_ratios": [2, 1]})
+    top.plot(col["step"], col["variance"], lw=0.8, color="C0", label="σ² (posterior variance)")
+    top.plot(col["step"], col["threshold"], lw=1.0, ls="--", color="k", label="threshold")
+    lab = col["labelled"] > 0
+    top.scatter(col["step"][lab], col["variance"][lab], marker="o", color="C3", zorder=3,
+                s=18, label=f"labelled ({int(lab.sum())})")
+    for k, s_ in enumerate(col["step"][col["restart"] > 0]):
+        top.axvline(s_, color="C1", lw=0.6, alpha=0.6, label="restart" if k == 0 else None)
+    if np.all(col["variance"] > 0):
+        top.set_yscale("log")
+    top.set_ylabel("σ² (relative)")
+    top.legend(fontsize=8, loc="best")
+    bottom.step(col["step"], np.cumsum(col["labelled"]), where="post", color="C3")
+    bottom.set_ylabel("oracle calls")
+    bottom.set_xlabel("MD step")
+    fig.tight_layout()
+    return _save(fig, out_png)

@@ -1,0 +1,423 @@
+"""On-the-fly active learning: uncertainty-(biased) Langevin MD that labels what it does not know.
+
+:func:`run_md` drives one run of an :class:`~ntkal.onthefly.config.OnTheFlySpec`:
+
+1. the initial training set (labelled files, or the start frame labelled by the oracle) defines
+   the feature normalisation and the posterior (:class:`~ntkal.onthefly.UncertainPotential`);
+2. each step is one compiled BAOAB step on E − τσ² (:mod:`ntkal.onthefly.dynamics`); the host
+   reads σ² and the positions back, rebuilds the Verlet list after a skin/2 move;
+3. a frame whose σ² crosses the threshold (or a pre-drawn random step, the baseline) goes to the
+   oracle; its feature rows are added to the posterior by a rank-r Cholesky update, and every
+   ``finetune_every`` labels the model is fine-tuned on all labels (from the starting parameters);
+4. forces above ``max_force``, σ² above ``max_variance``, atoms too close or non-finite values
+   restart the dynamics from the last labelled frame with fresh velocities;
+5. the state is saved atomically every ``checkpoint_every`` steps and after every label; the
+   trajectory, log and label files are cut back to the saved state on resume, so a killed run
+   resumes to the same trajectory and labels as an uninterrupted one.
+
+Outputs in ``out``: ``trajectory.extxyz`` (every ``write_every`` steps and every labelled
+frame; info: step, model energy eV, variance, labelled), ``labels.extxyz`` (oracle labels),
+``log.csv`` (one row per step), ``labels.db`` (label store: a rerun never recomputes a label),
+``state.msgpack`` (resumable state), ``summary.json`` and ``md.png``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import ase
+import ase.io
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import serialization
+from tqdm.auto import tqdm
+
+from ntkal.data import atoms_to_structure
+from ntkal.data.errors import InvalidStructureError
+from ntkal.data.structure import _free_mask
+from ntkal.jsonio import dumps as json_dumps
+from ntkal.models.checkpoint import atomic_write_bytes, remove_stale_temp_files
+from ntkal.onthefly.config import OnTheFlySpec, threshold_of
+from ntkal.onthefly.dynamics import (MDState, kinetic_temperature, langevin_params, langevin_step,
+                                     maxwell_boltzmann)
+from ntkal.onthefly.posterior import CholeskyPosterior, add_rows
+from ntkal.onthefly.potential import SystemGraph, UncertainPotential
+
+__all__ = ["run_md", "MDResult", "LOG_COLUMNS"]
+
+LOG_COLUMNS = ("step", "time_fs", "energy_eV", "variance", "threshold", "labelled", "restart",
+               "max_force", "temperature_K")
+_FILES = ("trajectory.extxyz", "labels.extxyz", "log.csv")
+
+
+class MDResult(NamedTuple):
+    """What :func:`run_md` hands back.
+
+    Attributes:
+      out: the output folder.
+      steps: steps taken.
+      labels: oracle labels added by the run (not counting the initial set).
+      restarts: dynamics restarts.
+      failed: frames the oracle failed on (skipped).
+      wall_s: wall time of this call, s.
+      summary: the ``summary.json`` record.
+    """
+
+    out: Path
+    steps: int
+    labels: int
+    restarts: int
+    failed: int
+    wall_s: float
+    summary: dict
+
+
+def _labelled_structures(frames, cutoff, elements):
+    return [atoms_to_structure(a, cutoff, elements=elements, require_labels=True, index=k)
+            for k, a in enumerate(frames)]
+
+
+def _read_frames(spec: str) -> list[ase.Atoms]:
+    from ntkal.datasets.files import read_structure_file
+
+    return list(read_structure_file(spec))
+
+
+class _Run:
+    """The mutable driver of one run (host side); the physics lives in pure functions."""
+
+    def __init__(self, spec: OnTheFlySpec, out: Path, progress: bool, log: Callable | None):
+        from ntkal.models.pretrained import load_pretrained
+
+        self.spec, self.out, self.progress, self.log = spec, out, progress, log or (lambda msg: None)
+        self.model, params, self.metadata = load_pretrained(spec.checkpoint)
+        self.start_params = params
+        frames = _read_frames(spec.start)
+        if not -len(frames) <= spec.index < len(frames):
+            raise ValueError(f"[system] index {spec.index}: {spec.start} has {len(frames)} frames")
+        self.start_atoms = frames[spec.index]
+        cfg = self.model.config
+        self.graphs = SystemGraph(self.start_atoms, cfg.cutoff, spec.md.skin, cfg.elements)
+        self.n = self.graphs.n_atoms
+        self.acq = spec.uncertainty.acquisition(seed=spec.md.seed)
+        self.potential = UncertainPotential(self.model, params, self.acq)
+        free = _free_mask(self.start_atoms)
+        self.lp = langevin_params(self.start_atoms.get_masses(), free, self.graphs.n_node,
+                                  timestep_fs=spec.md.timestep, temperature_K=spec.md.temperature,
+                                  friction_per_fs=spec.md.friction)
+        self.key = jax.random.key(spec.md.seed)
+        self.bias = spec.md.tau != 0.0
+        self._step = None
+        self.initial = [a for s in spec.initial for a in _read_frames(s)]
+
+    # --- compiled step ---------------------------------------------------------------------
+
+    def step_fn(self):
+        """The jitted MD step (built once per edge capacity)."""
+        sizes = self.graphs.sizes
+        if self._step is None or self._step[0] != sizes:
+            f = self.potential.evaluation_fn(sizes, self.bias)
+            lp = self.lp
+
+            def step(params, fparams, chol, noise_var, factor, tau, graph, state, key):
+                return langevin_step(lambda r: f(params, fparams, chol, noise_var, factor, tau, graph, r),
+                                     state, key, lp)
+
+            self._step = (sizes, jax.jit(step))
+        return self._step[1]
+
+    # --- pieces ------------------------------------------------------------------------------
+
+    def fparams(self):
+        return self.start_params if self.spec.uncertainty.featurize_with == "pretrained" else self.params
+
+    def frame(self, positions) -> ase.Atoms:
+        atoms = self.start_atoms.copy()
+        atoms.calc = None
+        atoms.info = {k: v for k, v in atoms.info.items() if k in ("source", "frame")}
+        atoms.set_positions(np.asarray(positions, np.float64)[: self.n])
+        return atoms
+
+    def raw_rows_of(self, atoms: ase.Atoms):
+        """Unit-weight rows of a labelled frame: the MD graph when it is this system, else its own."""
+        if len(atoms) == self.n and np.array_equal(atoms.numbers, self.start_atoms.numbers):
+            graph, sizes = self.graphs.build(atoms.positions), self.graphs.sizes
+        else:
+            from ntkal.calculator import padded_graph
+            _, graph, sizes = padded_graph(self.model, atoms, keep_constraints=True)
+        return self.potential.raw_rows(self.fparams(), graph, sizes)
+
+    def refit(self):
+        """Normalisation and posterior from scratch over every training frame."""
+        raws = [self.raw_rows_of(a) for a in self.training]
+        r = max(x[0].shape[0] for x in raws)
+        if any(x[0].shape[0] != r for x in raws):
+            raise ValueError("training frames gave different feature row counts")
+        self.posterior, self.factor = self.potential.fit(np.stack([x[0] for x in raws]),
+                                                         np.stack([x[1] for x in raws]))
+
+    def evaluate_state(self, positions, momenta, step) -> MDState:
+        ev = self.potential.evaluate(self.params, self.fparams(), self.posterior, self.factor, self.graph,
+                                     jnp.asarray(positions, jnp.float32), self.graphs.sizes,
+                                     tau=self.spec.md.tau)
+        mov = jnp.asarray(self.lp.movable, jnp.float32)
+        return MDState(jnp.asarray(positions, jnp.float32), jnp.asarray(momenta, jnp.float32),
+                       ev.biased_forces * mov, ev.forces, ev.energy, ev.variance, jnp.asarray(step, jnp.int32))
+
+    def rebuild(self, positions):
+        self.graph = self.graphs.build(positions)
+        self.reference = np.asarray(positions, np.float64)[: self.n].copy()
+
+    def restart(self, reason: str, step: int):
+        self.restarts += 1
+        self.log(f"step {step}: restart {self.restarts} from the last labelled frame ({reason})")
+        if self.restarts > self.spec.md.max_restarts:
+            raise RuntimeError(f"more than {self.spec.md.max_restarts} restarts; last: {reason}")
+        pos = self.graphs.padded_positions(self.anchor)
+        self.rebuild(pos)
+        p = maxwell_boltzmann(jax.random.fold_in(jax.random.fold_in(self.key, 0x5EED), self.restarts), self.lp)
+        return self.evaluate_state(pos, p, step)
+
+    def finetune(self):
+        from ntkal.train import fit
+
+        cfg = self.model.config
+        structures = _labelled_structures(self.training, cfg.cutoff, cfg.elements)
+        t = time.perf_counter()
+        result = fit(self.model, self.start_params, structures, config=self.spec.train, progress=False)
+        self.params = result.params
+        self.finetunes += 1
+        self.log(f"fine-tuned on {len(structures)} frames in {time.perf_counter() - t:.1f} s "
+                 f"(best epoch {result.best_epoch})")
+        if self.spec.uncertainty.featurize_with == "current":
+            self.refit()
+
+    # --- state on disk -----------------------------------------------------------------------
+
+    def save(self, state: MDState, extra: dict):
+        for handle in self.handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
+        record = {
+            "digest": self.spec.digest(),
+            "sizes": {name: os.path.getsize(self.out / name) for name in _FILES},
+            "state": {k: np.asarray(v) for k, v in state._asdict().items()},
+            "params": jax.tree_util.tree_map(np.asarray, self.params),
+            "chol": self.posterior.chol, "noise_var": self.posterior.noise_var,
+            "n_rows": self.posterior.n_rows, "n_structures": self.posterior.n_structures,
+            "factor": np.asarray(self.factor), "reference": self.reference, "anchor": self.anchor,
+            "capacity": self.graphs.capacity,
+            # the labelled frames bit for bit (the extxyz copy rounds positions)
+            "labelled_positions": np.array([a.positions for a in self.labelled], np.float64).reshape(-1, self.n, 3),
+            "labelled_energy": np.array([a.get_potential_energy() for a in self.labelled], np.float64),
+            "labelled_forces": np.array([a.get_forces(apply_constraint=False) for a in self.labelled],
+                                        np.float64).reshape(-1, self.n, 3),
+            "json": json_dumps(extra),
+        }
+        atomic_write_bytes(self.out / "state.msgpack", serialization.msgpack_serialize(record))
+
+    def load(self):
+        raw = serialization.msgpack_restore((self.out / "state.msgpack").read_bytes())
+        if raw["digest"] != self.spec.digest():
+            raise ValueError(f"{self.out}: the saved run was made with other settings (state digest "
+                             f"{raw['digest']}, config {self.spec.digest()}); use --no-resume or another --out")
+        return raw
+
+
+def _open_outputs(out: Path, sizes: dict | None) -> dict:
+    handles = {}
+    for name in _FILES:
+        path = out / name
+        if sizes is None:
+            path.write_bytes(b"")
+        else:
+            with open(path, "r+b") as f:
+                f.truncate(int(sizes[name]))
+        handles[name] = open(path, "a")
+    if sizes is None:
+        handles["log.csv"].write(",".join(LOG_COLUMNS) + "\n")
+    return handles
+
+
+def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: bool = True,
+           progress: bool = True, log: Callable[[str], None] | None = None,
+           stop_after: int | None = None) -> MDResult:
+    """Run (or resume) on-the-fly MD as described in the module docstring.
+
+    Args:
+      spec: the checked config (:func:`~ntkal.onthefly.load_md_spec`).
+      out: output folder (default ``spec.out``).
+      resume: continue from ``out/state.msgpack`` when present (settings must match).
+      progress: a progress bar over steps.
+      log: called with one line per event (labels, restarts, fine-tunes).
+      stop_after: stop (as if killed, after the last checkpoint) once this many steps are done.
+
+    Returns:
+      :class:`MDResult`.
+    """
+    from ntkal.labelling import LabelStore, label_structures, make_executor
+
+    t0 = time.perf_counter()
+    out = Path(out or spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)
+    run = _Run(spec, out, progress, log)
+    md, rule = spec.md, spec.labelling
+    store = LabelStore(spec.oracle.store or out / "labels.db")
+    saved = run.load() if resume and (out / "state.msgpack").exists() else None
+    if saved is None:
+        (out / "config.json").write_text(json.dumps(spec.record(), indent=1, sort_keys=True))
+
+    with make_executor(spec.oracle) as executor:
+        def label(atoms):
+            outcome = label_structures([atoms], spec.oracle, store, executor=executor)
+            return outcome.atoms[0]
+
+        run.params = run.start_params
+        if saved is None:
+            extra = {"step": 0, "labels": 0, "failed": 0, "restarts": 0, "finetunes": 0, "ratios": [],
+                     "last_label": -10**9}
+            if run.initial:
+                run.training = list(run.initial)
+            else:
+                first = label(run.frame(run.start_atoms.positions))
+                if first is None:
+                    raise RuntimeError("the oracle failed on the start frame")
+                run.training = [first]
+            run.anchor = np.asarray(run.start_atoms.positions, np.float64)
+            run.refit()
+            run.restarts, run.finetunes = 0, 0
+            pos = run.graphs.padded_positions(run.start_atoms.positions)
+            run.rebuild(pos)
+            state = run.evaluate_state(pos, maxwell_boltzmann(jax.random.fold_in(run.key, 0x5EED), run.lp), 0)
+            run.handles = _open_outputs(out, None)
+            labelled_frames = []
+        else:
+            extra = json.loads(saved["json"])
+            run.handles = _open_outputs(out, saved["sizes"])
+            from ntkal.labelling.store import with_labels
+            labelled_frames = [with_labels(run.frame(p), float(e), f) for p, e, f in zip(
+                saved["labelled_positions"], saved["labelled_energy"], saved["labelled_forces"])]
+            run.training = (list(run.initial) if run.initial else [None]) + labelled_frames
+            if not run.initial:  # the labelled start frame comes back from the label store
+                run.training[0] = label(run.frame(run.start_atoms.positions))
+            run.params = serialization.from_state_dict(run.start_params, saved["params"])
+            run.posterior = CholeskyPosterior(np.asarray(saved["chol"]), float(saved["noise_var"]),
+                                              int(saved["n_rows"]), int(saved["n_structures"]))
+            run.factor = np.asarray(saved["factor"])
+            run.anchor = np.asarray(saved["anchor"])
+            run.restarts, run.finetunes = int(extra["restarts"]), int(extra["finetunes"])
+            run.graphs.capacity = int(saved["capacity"])
+            run.graph = run.graphs.build(run.graphs.padded_positions(saved["reference"]))
+            run.reference = np.asarray(saved["reference"])
+            state = MDState(**{k: jnp.asarray(v) for k, v in saved["state"].items()})
+            run.log(f"resumed at step {extra['step']} ({extra['labels']} labels)")
+
+        run.labelled = labelled_frames
+        random_steps = set()
+        if rule.trigger == "random":
+            rng = np.random.default_rng([md.seed, 0xA11])
+            random_steps = set(int(s) for s in rng.choice(np.arange(1, md.steps + 1), rule.max_labels,
+                                                         replace=False))
+        max_var_factor = 100.0
+        writer = csv.writer(run.handles["log.csv"])
+        bar = tqdm(total=md.steps, initial=extra["step"], desc=f"md {spec.name}", disable=not progress,
+                   unit="step", leave=False)
+        steps_done = extra["step"]
+        try:
+            while extra["step"] < md.steps:
+                if stop_after is not None and extra["step"] - steps_done >= stop_after:
+                    break
+                step = extra["step"] + 1
+                chol = jnp.asarray(run.posterior.chol, jnp.float32)
+                state = run.step_fn()(run.params, run.fparams(), chol, run.posterior.noise_var,
+                                      jnp.asarray(run.factor, jnp.float32), md.tau, run.graph, state, run.key)
+                positions = np.asarray(state.positions, np.float64)
+                restart_reason = None
+                if np.max(np.linalg.norm(positions[: run.n] - run.reference, axis=1)) > 0.5 * md.skin:
+                    try:
+                        run.rebuild(positions)
+                        state = run.evaluate_state(positions, state.momenta, step)
+                    except InvalidStructureError as err:
+                        restart_reason = f"invalid structure: {err}"
+                variance = float(state.variance)
+                threshold = threshold_of(rule, extra["ratios"])
+                fmax = float(np.max(np.linalg.norm(np.asarray(state.model_forces)[: run.n], axis=1)))
+                if restart_reason is None:
+                    if not (np.isfinite(variance) and np.isfinite(fmax) and np.all(np.isfinite(positions))):
+                        restart_reason = "non-finite energy, forces or positions"
+                    elif fmax > md.max_force:
+                        restart_reason = f"max force {fmax:.1f} eV/Å > {md.max_force}"
+                    elif variance > (rule.max_variance or max_var_factor * threshold):
+                        restart_reason = f"σ² {variance:.3g} above the hard limit"
+                labelled = False
+                if restart_reason is not None:
+                    state = run.restart(restart_reason, step)
+                    extra["restarts"] = run.restarts
+                elif extra["labels"] < rule.max_labels and (
+                        (rule.trigger == "variance" and variance > threshold
+                         and step - extra["last_label"] >= rule.min_interval)
+                        or (rule.trigger == "random" and step in random_steps)):
+                    atoms = run.frame(positions)
+                    done = label(atoms)
+                    if done is None:
+                        extra["failed"] += 1
+                        run.log(f"step {step}: the oracle failed; frame skipped")
+                    else:
+                        labelled = True
+                        f_ref = np.asarray(done.get_forces(apply_constraint=False))
+                        free = np.asarray(run.lp.movable)[: run.n, 0] > 0
+                        diff = (np.asarray(state.model_forces, np.float64)[: run.n] - f_ref)[free]
+                        ratio = float(np.mean(diff ** 2) / max(variance, 1e-30))
+                        extra["ratios"].append(ratio)
+                        done.info.update(step=step, variance=variance, model_energy=float(state.energy))
+                        labelled_frames.append(done)
+                        run.training.append(done)
+                        ase.io.write(run.handles["labels.extxyz"], done, format="extxyz")
+                        raw, mask = run.raw_rows_of(done)
+                        run.posterior = add_rows(run.posterior, run.potential.normalise(raw, mask, run.factor))
+                        extra["labels"] += 1
+                        extra["last_label"] = step
+                        run.anchor = positions[: run.n].copy()
+                        run.log(f"step {step}: labelled (σ² {variance:.3g} > {threshold:.3g}; force RMSE "
+                                f"{np.sqrt(np.mean(diff ** 2)):.3f} eV/Å)")
+                        if rule.finetune_every and extra["labels"] % rule.finetune_every == 0:
+                            run.finetune()
+                            extra["finetunes"] = run.finetunes
+                        state = run.evaluate_state(positions, state.momenta, step)
+                extra["step"] = step
+                state = state._replace(step=jnp.asarray(step, jnp.int32))
+                writer.writerow([step, f"{step * md.timestep:.6g}", f"{float(state.energy):.8g}",
+                                 f"{variance:.6g}", f"{threshold:.6g}", int(labelled),
+                                 int(restart_reason is not None), f"{fmax:.6g}",
+                                 f"{kinetic_temperature(state.momenta, run.lp):.4g}"])
+                if labelled or step % md.write_every == 0:
+                    frame = run.frame(np.asarray(state.positions, np.float64))
+                    frame.info.update(step=step, model_energy=float(state.energy),
+                                      variance=float(state.variance), labelled=bool(labelled))
+                    ase.io.write(run.handles["trajectory.extxyz"], frame, format="extxyz")
+                if labelled or restart_reason is not None or step % md.checkpoint_every == 0 or step == md.steps:
+                    run.save(state, extra)
+                bar.update(1)
+                bar.set_postfix(labels=extra["labels"], var=f"{variance:.3g}", restarts=run.restarts)
+        finally:
+            bar.close()
+            for handle in run.handles.values():
+                handle.close()
+
+    summary = {"name": spec.name, "steps": extra["step"], "labels": extra["labels"],
+               "failed": extra["failed"], "restarts": extra["restarts"], "finetunes": extra["finetunes"],
+               "final_threshold": threshold_of(rule, extra["ratios"]),
+               "error_variance_ratios": extra["ratios"], "wall_s_this_call": time.perf_counter() - t0,
+               "config": spec.record()}
+    (out / "summary.json").write_text(json_dumps(summary, indent=1))
+    return MDResult(out, extra["step"], extra["labels"], extra["restarts"], extra["failed"],
+                    time.perf_counter() - t0, summary)
