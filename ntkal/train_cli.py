@@ -233,18 +233,18 @@ def _spec_problem(spec: str) -> str | None:
     return input_file_problem(spec)
 
 
-def _files(problems: _Problems, base: Path, key: str, value) -> tuple[str, ...]:
+def _files(problems: _Problems, base: Path, key: str, value, table: str = "data") -> tuple[str, ...]:
     if isinstance(value, str):
         value = [value]
     if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        problems.add("data", key, f"[data] {key} must be a file name or a list of file names, got {value!r}")
+        problems.add(table, key, f"[{table}] {key} must be a file name or a list of file names, got {value!r}")
         return ()
     specs = []
     for item in value:
         spec = str(_resolve(base, item))
         problem = _spec_problem(spec)
         if problem:
-            problems.add("data", key, f"[data] {key}: {problem}")
+            problems.add(table, key, f"[{table}] {key}: {problem}")
         specs.append(spec)
     return tuple(specs)
 

@@ -57,3 +57,13 @@ def emt_until_flag(atoms, log="", crash_after=0):
             _log(log, "crash", atoms)
             raise RuntimeError("simulated crash of the DFT code")
     return counting_emt(atoms, log)
+
+
+def slow_emt(atoms, delay=0.0):
+    """EMT ``(energy, forces)`` after sleeping ``delay`` s (a slow oracle to kill a run in)."""
+    import time
+
+    time.sleep(float(delay))
+    work = atoms.copy()
+    work.calc = EMT()
+    return work.get_potential_energy(), work.get_forces(apply_constraint=False)

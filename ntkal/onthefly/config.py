@@ -265,10 +265,7 @@ def load_md_spec(path, *, out=None) -> OnTheFlySpec:
     if "start" not in system:
         problems.add("system", None, "[system] start (the file of the start structure) is required")
     else:
-        # the [data] wording of _files names the table; say [system]
-        sub = _Problems(path, text)
-        start = _files(sub, base, "start", system["start"])
-        problems.problems += [p.replace("[data]", "[system]") for p in sub.problems]
+        start = _files(problems, base, "start", system["start"], table="system")
         if len(start) > 1:
             problems.add("system", "start", "[system] start must be one file")
     index = system.get("index", 0)
@@ -277,9 +274,7 @@ def load_md_spec(path, *, out=None) -> OnTheFlySpec:
         index = 0
     initial = ()
     if "initial" in system:
-        sub = _Problems(path, text)
-        initial = _files(sub, base, "initial", system["initial"])
-        problems.problems += [p.replace("[data]", "[system]") for p in sub.problems]
+        initial = _files(problems, base, "initial", system["initial"], table="system")
 
     model = tables["model"]
     checkpoint = None

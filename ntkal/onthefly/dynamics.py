@@ -38,6 +38,7 @@ class MDState(NamedTuple):
       model_forces: (n_node, 3) eV/Å, −∂E/∂r of the model.
       energy: model energy E, eV.
       variance: posterior variance σ² at ``positions``.
+      rows: (r, d) normalised feature rows at ``positions`` (added to the posterior on a label).
       step: steps taken.
     """
 
@@ -47,6 +48,7 @@ class MDState(NamedTuple):
     model_forces: jax.Array
     energy: jax.Array
     variance: jax.Array
+    rows: jax.Array
     step: jax.Array
 
 
@@ -110,4 +112,4 @@ def langevin_step(force_fn: Callable, state: MDState, key, lp: LangevinParams) -
     r = r + 0.5 * dt * p * inv_m
     ev = force_fn(r)
     p = p + 0.5 * dt * ev.biased_forces * mov
-    return MDState(r, p, ev.biased_forces * mov, ev.forces, ev.energy, ev.variance, state.step + 1)
+    return MDState(r, p, ev.biased_forces * mov, ev.forces, ev.energy, ev.variance, ev.rows, state.step + 1)

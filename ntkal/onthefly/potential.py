@@ -58,12 +58,14 @@ class Evaluation(NamedTuple):
       forces: (n_node, 3) eV/Å, −∂E/∂r.
       variance: σ²(r) (scalar, dimensionless).
       biased_forces: (n_node, 3) eV/Å, −∂(E − τσ²)/∂r (= ``forces`` when τ = 0).
+      rows: (r, d) the normalised feature rows at r (what a label adds to the posterior).
     """
 
     energy: jax.Array
     forces: jax.Array
     variance: jax.Array
     biased_forces: jax.Array
+    rows: jax.Array
 
 
 class SystemGraph:
@@ -220,20 +222,23 @@ class UncertainPotential:
         def var(pos):
             rows, mask = self.feature_map.apply_padded(fparams, with_positions(graph, pos), sizes)
             rows = _normalise(rows[0], mask[0], factor.astype(rows.dtype), groups, self.per_structure)
-            return variance(chol.astype(rows.dtype), noise_var, rows)
+            return variance(chol.astype(rows.dtype), noise_var, rows), rows
 
         if bias:
-            (e, v), pullback = jax.vjp(lambda p: (energy(p), var(p)), positions)
-            one, zero = jnp.ones_like(e), jnp.zeros_like(e)
-            (grad_e,) = pullback((one, jnp.zeros_like(v)))
-            (grad_v,) = pullback((zero, jnp.ones_like(v)))
+            def both(p):
+                v, rows = var(p)
+                return (energy(p), v), rows
+
+            (e, v), pullback, rows = jax.vjp(both, positions, has_aux=True)
+            (grad_e,) = pullback((jnp.ones_like(e), jnp.zeros_like(v)))
+            (grad_v,) = pullback((jnp.zeros_like(e), jnp.ones_like(v)))
             forces = -grad_e
             biased = forces + tau * grad_v
         else:
             e, grad_e = jax.value_and_grad(energy)(positions)
-            v = var(positions)
+            v, rows = var(positions)
             forces = biased = -grad_e
-        return Evaluation(e, forces, v, biased)
+        return Evaluation(e, forces, v, biased, rows)
 
     def evaluate(self, params, fparams, posterior: CholeskyPosterior, factor, graph, positions,
                  sizes: GraphSizes, tau: float = 0.0) -> Evaluation:

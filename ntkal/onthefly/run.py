@@ -116,6 +116,7 @@ class _Run:
         self.key = jax.random.key(spec.md.seed)
         self.bias = spec.md.tau != 0.0
         self._step = None
+        self.step_compilations = 0
         self.initial = [a for s in spec.initial for a in _read_frames(s)]
 
     # --- compiled step ---------------------------------------------------------------------
@@ -128,6 +129,7 @@ class _Run:
             lp = self.lp
 
             def step(params, fparams, chol, noise_var, factor, tau, graph, state, key):
+                self.step_compilations += 1  # runs only while tracing
                 return langevin_step(lambda r: f(params, fparams, chol, noise_var, factor, tau, graph, r),
                                      state, key, lp)
 
@@ -170,7 +172,8 @@ class _Run:
                                      tau=self.spec.md.tau)
         mov = jnp.asarray(self.lp.movable, jnp.float32)
         return MDState(jnp.asarray(positions, jnp.float32), jnp.asarray(momenta, jnp.float32),
-                       ev.biased_forces * mov, ev.forces, ev.energy, ev.variance, jnp.asarray(step, jnp.int32))
+                       ev.biased_forces * mov, ev.forces, ev.energy, ev.variance, ev.rows,
+                       jnp.asarray(step, jnp.int32))
 
     def rebuild(self, positions):
         self.graph = self.graphs.build(positions)
@@ -382,8 +385,8 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         labelled_frames.append(done)
                         run.training.append(done)
                         ase.io.write(run.handles["labels.extxyz"], done, format="extxyz")
-                        raw, mask = run.raw_rows_of(done)
-                        run.posterior = add_rows(run.posterior, run.potential.normalise(raw, mask, run.factor))
+                        # the step already computed this frame's normalised rows: a rank-r update
+                        run.posterior = add_rows(run.posterior, np.asarray(state.rows, np.float64))
                         extra["labels"] += 1
                         extra["last_label"] = step
                         run.anchor = positions[: run.n].copy()
@@ -416,7 +419,8 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
     summary = {"name": spec.name, "steps": extra["step"], "labels": extra["labels"],
                "failed": extra["failed"], "restarts": extra["restarts"], "finetunes": extra["finetunes"],
                "final_threshold": threshold_of(rule, extra["ratios"]),
-               "error_variance_ratios": extra["ratios"], "wall_s_this_call": time.perf_counter() - t0,
+               "error_variance_ratios": extra["ratios"],
+               "step_compilations_this_call": run.step_compilations, "wall_s_this_call": time.perf_counter() - t0,
                "config": spec.record()}
     (out / "summary.json").write_text(json_dumps(summary, indent=1))
     return MDResult(out, extra["step"], extra["labels"], extra["restarts"], extra["failed"],

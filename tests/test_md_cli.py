@@ -1,0 +1,154 @@
+"""``ntkal md`` end to end (float32, as users run it): one compiled step, labels, kill and resume."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import ase.io
+import jax
+import numpy as np
+import pytest
+
+from tiny_models import tiny_config
+from ntkal.data import batch_atoms
+from ntkal.data.toy import cu_pt_slab_frames
+from ntkal.models import build_model
+from ntkal.models.checkpoint import save_checkpoint
+from ntkal.onthefly import load_md_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = tiny_config(num_layers=1, lmax=1)
+
+MD_TOML = """
+name = "tiny"
+out = "out"
+[system]
+start = "start.extxyz"
+[model]
+checkpoint = "tiny.msgpack"
+[md]
+steps = 200
+timestep = 2.0
+temperature = 1500
+friction = 0.02
+tau = {tau}
+skin = 0.3
+write_every = 10
+checkpoint_every = 40
+[uncertainty]
+kernel = "energy"
+sketch_dim = 16
+[labelling]
+threshold = {threshold}
+max_labels = 4
+min_interval = 10
+finetune_every = 2
+[train]
+max_epochs = 2
+[oracle]
+function = "labelling_oracles:slow_emt"
+executor = "serial"
+kwargs = {{delay = {delay}}}
+"""
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("md")
+    model = build_model(CONFIG)
+    frames = list(cu_pt_slab_frames(2, seed=1, rattle=(0.05, 0.1)))
+    params = model.init(jax.random.key(0), batch_atoms(frames, CONFIG.cutoff, elements=CONFIG.elements))
+    save_checkpoint(folder / "tiny.msgpack", params, CONFIG, {"train_elements": list(CONFIG.elements)})
+    ase.io.write(folder / "start.extxyz", frames[0])
+    return folder
+
+
+def _config(folder, name, *, tau=0.05, threshold=1e-3, delay=0.0):
+    path = folder / f"{name}.toml"
+    path.write_text(MD_TOML.format(tau=tau, threshold=threshold, delay=delay))
+    return path
+
+
+def _rows(out):
+    with open(out / "log.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _command(folder, config, out):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), str(ROOT)]),
+           "NTKAL_CACHE_DIR": str(folder / "jax-cache")}  # later runs reuse the compiled programs
+    return [sys.executable, "-m", "ntkal.cli", "md", str(config), "--out", str(out), "--quiet"], env
+
+
+@pytest.fixture(scope="module")
+def reference(folder):
+    out = folder / "reference"
+    cmd, env = _command(folder, _config(folder, "reference"), out)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return out
+
+
+def test_md_compiles_the_step_once_and_labels(reference):
+    """200 steps with Verlet rebuilds, labels (rank-r updates) and fine-tunes: one step compilation."""
+    s = json.loads((reference / "summary.json").read_text())
+    assert s["steps"] == 200 and s["step_compilations_this_call"] == 1
+    assert 2 <= s["labels"] <= 4 and s["finetunes"] >= 1 and s["restarts"] == 0
+    rows = _rows(reference)
+    assert [int(r["step"]) for r in rows] == list(range(1, 201))
+    labelled = [r for r in rows if r["labelled"] == "1"]
+    assert len(labelled) == s["labels"]
+    for r in labelled:  # the frame that triggered a label was above the threshold
+        assert float(r["variance"]) > float(r["threshold"])
+    frames = ase.io.read(reference / "labels.extxyz", ":")
+    assert len(frames) == s["labels"] and all(np.isfinite(a.get_potential_energy()) for a in frames)
+    temps = np.array([float(r["temperature_K"]) for r in rows[50:]])
+    assert 500 < temps.mean() < 3000  # thermostat at 1500 K (12 atoms, 4 fixed: large fluctuations)
+    assert (reference / "md.png").stat().st_size > 0
+
+
+def test_md_kill_and_resume_reproduces_trajectory_and_labels(folder, reference):
+    """SIGKILL ``ntkal md`` after its first label (next label's oracle call sleeps 1.5 s), rerun:
+    the log, trajectory and labels equal the uninterrupted run's, byte for byte."""
+    out = folder / "killed"
+    cmd, env = _command(folder, _config(folder, "killed", delay=1.5), out)
+    # the oracle's delay is part of the config digest but not of the physics
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while not (out / "labels.extxyz").exists() or os.path.getsize(out / "labels.extxyz") == 0:
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read().decode()[-3000:]
+        time.sleep(0.1)
+    time.sleep(0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert len(_rows(out)) < 200  # really interrupted
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    for name in ("log.csv", "trajectory.extxyz", "labels.extxyz"):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+def test_md_refuses_to_resume_other_settings(folder, reference):
+    cmd, env = _command(folder, _config(folder, "other", tau=0.07), reference)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "other settings" in done.stderr
+
+
+def test_md_config_errors_name_file_and_line(folder):
+    bad = folder / "bad.toml"
+    text = MD_TOML.format(tau=0.0, threshold=1e-3, delay=0.0)
+    bad.write_text(text.replace('start = "start.extxyz"', 'start = "missing.extxyz"').replace("steps = 200", "stepz = 200"))
+    with pytest.raises(ValueError) as err:
+        load_md_spec(bad)
+    lines = str(err.value).splitlines()
+    assert len(lines) == 2  # every problem at once
+    assert lines[0].startswith(f"{bad}, line 5: [system] start: no such file") and "missing.extxyz" in lines[0]
+    assert lines[1].startswith(f"{bad}, line 9: unknown key 'stepz' in [md]")
+    bad.write_text(text.replace("tau = 0.0", "tau = -1.0"))
+    with pytest.raises(ValueError, match=rf"{bad}, line 13: \[md\] tau must be >= 0"):
+        load_md_spec(bad)
