@@ -110,6 +110,9 @@ def test_md_compiles_the_step_once_and_labels(reference):
     temps = np.array([float(r["temperature_K"]) for r in rows[50:]])
     assert 500 < temps.mean() < 3000  # thermostat at 1500 K (12 atoms, 4 fixed: large fluctuations)
     assert (reference / "md.png").stat().st_size > 0
+    from ntkal.models.pretrained import load_pretrained
+    _, _, meta = load_pretrained(str(reference / "model.msgpack"))  # the fine-tuned product
+    assert meta["md_labels"] == s["labels"] and meta["md_finetunes"] == s["finetunes"]
 
 
 def test_md_kill_and_resume_reproduces_trajectory_and_labels(folder, reference):

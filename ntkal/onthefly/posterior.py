@@ -9,7 +9,7 @@ With normalised feature rows Φ̂(t) (r × d per structure t) of the training se
                   = σ^2 \lVert L^{-1} Φ̂(x)^⊤ \rVert_F^2 .
 
 Adding a labelled structure adds its r rows X to A: A' = A + XᵀX. :func:`add_rows` updates L
-by r rank-one Cholesky updates (O(r d²), no refactorisation and no refeaturisation of the
+by r rank-one Cholesky updates (O(r d²), vectorised; no refactorisation and no refeaturisation of the
 training set); :func:`posterior_from_rows` factorises from scratch (the reference). Both run
 on the host in float64; :func:`variance` is a pure JAX function (jit/grad-friendly) for the
 dynamics, in the dtype of its inputs.
@@ -22,6 +22,7 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.linalg import solve_triangular
+from scipy.linalg import solve_triangular as solve_triangular_np  # scipy comes with jax
 
 __all__ = ["CholeskyPosterior", "posterior_from_rows", "add_rows", "variance", "cholesky_update"]
 
@@ -72,21 +73,22 @@ def posterior_from_rows(rows, noise_var: float, *, n_structures: int | None = No
 
 
 def cholesky_update(chol: np.ndarray, x: np.ndarray) -> np.ndarray:
-    """L' with L'L'ᵀ = L Lᵀ + x xᵀ (rank one, O(d²); L lower-triangular, float64)."""
-    L = np.array(chol, np.float64, copy=True)
-    x = np.array(x, np.float64, copy=True)
-    d = L.shape[0]
-    for k in range(d):
-        lkk, xk = L[k, k], x[k]
-        if xk == 0.0:
-            continue
-        r = np.hypot(lkk, xk)
-        c, s = r / lkk, xk / lkk
-        L[k, k] = r
-        if k + 1 < d:
-            L[k + 1:, k] = (L[k + 1:, k] + s * x[k + 1:]) / c
-            x[k + 1:] = c * x[k + 1:] - s * L[k + 1:, k]
-    return L
+    """L' with L'L'ᵀ = L Lᵀ + x xᵀ (rank one, O(d²), vectorised; L lower-triangular, float64).
+
+    With w = L⁻¹x, L Lᵀ + x xᵀ = L (I + w wᵀ) Lᵀ and the Cholesky factor of I + w wᵀ is known in
+    closed form: with t_0 = 1 and t_j = 1 + Σ_{i≤j} w_i², its diagonal is α_j = √(t_j / t_{j−1})
+    and its entry (i, j), i > j, is w_i β_j with β_j = w_j / √(t_j t_{j−1}). Hence column j of L'
+    is α_j L[:, j] + β_j Σ_{i>j} w_i L[:, i]: one triangular solve and a cumulative sum.
+    """
+    L = np.asarray(chol, np.float64)
+    w = solve_triangular_np(L, np.asarray(x, np.float64), lower=True, check_finite=False)
+    t = 1.0 + np.cumsum(w * w)
+    t_prev = np.empty_like(t)
+    t_prev[0], t_prev[1:] = 1.0, t[:-1]
+    alpha = np.sqrt(t / t_prev)
+    beta = w / np.sqrt(t * t_prev)
+    prefix = np.cumsum(L * w, axis=1)
+    return L * alpha + (prefix[:, -1:] - prefix) * beta
 
 
 def add_rows(posterior: CholeskyPosterior, rows, *, n_structures: int = 1) -> CholeskyPosterior:

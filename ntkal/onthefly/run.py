@@ -18,7 +18,9 @@
 Outputs in ``out``: ``trajectory.extxyz`` (every ``write_every`` steps and every labelled
 frame; info: step, model energy eV, variance, labelled), ``labels.extxyz`` (oracle labels),
 ``log.csv`` (one row per step), ``labels.db`` (label store: a rerun never recomputes a label),
-``state.msgpack`` (resumable state), ``summary.json`` and ``md.png``.
+``state.msgpack`` (resumable state), ``model.msgpack`` (the model fine-tuned on every label, written
+when the run completes; ``ntkal select --model`` and ``[model] checkpoint`` take it),
+``summary.json`` and ``md.png``.
 """
 
 from __future__ import annotations
@@ -235,6 +237,19 @@ class _Run:
         return raw
 
 
+def _save_model(run: "_Run", path: Path, extra: dict) -> None:
+    from ntkal.models.checkpoint import save_checkpoint
+
+    meta = dict(run.metadata)
+    elements = set(meta.get("train_elements") or ())
+    for atoms in run.training:
+        elements |= set(int(z) for z in atoms.numbers)
+    meta.update(name=f"{run.spec.name} (ntkal md)", train_elements=sorted(elements), parent=run.spec.checkpoint,
+                md_labels=extra["labels"], md_steps=extra["step"], md_finetunes=extra["finetunes"],
+                md_config=run.spec.record())
+    save_checkpoint(path, run.params, run.model.config, meta)
+
+
 def _open_outputs(out: Path, sizes: dict | None) -> dict:
     handles = {}
     for name in _FILES:
@@ -395,6 +410,7 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         if rule.finetune_every and extra["labels"] % rule.finetune_every == 0:
                             run.finetune()
                             extra["finetunes"] = run.finetunes
+                            extra["finetuned_labels"] = extra["labels"]
                         state = run.evaluate_state(positions, state.momenta, step)
                 extra["step"] = step
                 state = state._replace(step=jnp.asarray(step, jnp.int32))
@@ -415,6 +431,14 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
             bar.close()
             for handle in run.handles.values():
                 handle.close()
+
+        if extra["step"] >= md.steps and not (out / "model.msgpack").exists():
+            # the run's product: the model fine-tuned on every label
+            if rule.finetune_every and extra["labels"] > extra.get("finetuned_labels", 0):
+                run.finetune()
+                extra["finetunes"] = run.finetunes
+                extra["finetuned_labels"] = extra["labels"]
+            _save_model(run, out / "model.msgpack", extra)
 
     summary = {"name": spec.name, "steps": extra["step"], "labels": extra["labels"],
                "failed": extra["failed"], "restarts": extra["restarts"], "finetunes": extra["finetunes"],
