@@ -10,7 +10,8 @@
    oracle; its feature rows are added to the posterior by a rank-r Cholesky update, and every
    ``finetune_every`` labels the model is fine-tuned on all labels (from the starting parameters);
 4. forces above ``max_force``, σ² above ``max_variance``, atoms too close or non-finite values
-   restart the dynamics from the last labelled frame with fresh velocities;
+   restart the dynamics from the last labelled frame with fresh velocities (from the frame
+   before it when the previous restart was less than ``RESTART_WINDOW`` steps ago);
 5. the state is saved atomically every ``checkpoint_every`` steps and after every label; the
    trajectory, log and label files are cut back to the saved state on resume, so a killed run
    resumes to the same trajectory and labels as an uninterrupted one.
@@ -58,6 +59,8 @@ __all__ = ["run_md", "MDResult", "LOG_COLUMNS"]
 LOG_COLUMNS = ("step", "time_fs", "energy_eV", "variance", "threshold", "labelled", "restart",
                "max_force", "temperature_K")
 _FILES = ("trajectory.extxyz", "labels.extxyz", "log.csv")
+#: A restart this many steps after the previous one falls back to the labelled frame before.
+RESTART_WINDOW = 20
 
 
 class MDResult(NamedTuple):
@@ -181,12 +184,18 @@ class _Run:
         self.graph = self.graphs.build(positions)
         self.reference = np.asarray(positions, np.float64)[: self.n].copy()
 
-    def restart(self, reason: str, step: int):
+    def restart(self, reason: str, step: int, last_restart: int):
+        """Fresh velocities at the last labelled frame; if the previous restart was fewer than
+        ``RESTART_WINDOW`` steps ago, that frame is dropped and the one before is used (down to
+        the start structure), so a frame the dynamics cannot leave safely is not retried forever."""
         self.restarts += 1
-        self.log(f"step {step}: restart {self.restarts} from the last labelled frame ({reason})")
+        if step - last_restart < RESTART_WINDOW and len(self.anchors) > 1:
+            self.anchors.pop()
+        which = "the start structure" if len(self.anchors) == 1 else f"labelled frame {len(self.anchors) - 1}"
+        self.log(f"step {step}: restart {self.restarts} from {which} ({reason})")
         if self.restarts > self.spec.md.max_restarts:
             raise RuntimeError(f"more than {self.spec.md.max_restarts} restarts; last: {reason}")
-        pos = self.graphs.padded_positions(self.anchor)
+        pos = self.graphs.padded_positions(self.anchors[-1])
         self.rebuild(pos)
         p = maxwell_boltzmann(jax.random.fold_in(jax.random.fold_in(self.key, 0x5EED), self.restarts), self.lp)
         return self.evaluate_state(pos, p, step)
@@ -218,7 +227,8 @@ class _Run:
             "params": jax.tree_util.tree_map(np.asarray, self.params),
             "chol": self.posterior.chol, "noise_var": self.posterior.noise_var,
             "n_rows": self.posterior.n_rows, "n_structures": self.posterior.n_structures,
-            "factor": np.asarray(self.factor), "reference": self.reference, "anchor": self.anchor,
+            "factor": np.asarray(self.factor), "reference": self.reference,
+            "anchors": np.asarray(self.anchors, np.float64).reshape(-1, self.n, 3),
             "capacity": self.graphs.capacity,
             # the labelled frames bit for bit (the extxyz copy rounds positions)
             "labelled_positions": np.array([a.positions for a in self.labelled], np.float64).reshape(-1, self.n, 3),
@@ -310,7 +320,7 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                 if first is None:
                     raise RuntimeError("the oracle failed on the start frame")
                 run.training = [first]
-            run.anchor = np.asarray(run.start_atoms.positions, np.float64)
+            run.anchors = [np.asarray(run.start_atoms.positions, np.float64)]
             run.refit()
             run.restarts, run.finetunes = 0, 0
             pos = run.graphs.padded_positions(run.start_atoms.positions)
@@ -331,7 +341,7 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
             run.posterior = CholeskyPosterior(np.asarray(saved["chol"]), float(saved["noise_var"]),
                                               int(saved["n_rows"]), int(saved["n_structures"]))
             run.factor = np.asarray(saved["factor"])
-            run.anchor = np.asarray(saved["anchor"])
+            run.anchors = list(np.asarray(saved["anchors"]))
             run.restarts, run.finetunes = int(extra["restarts"]), int(extra["finetunes"])
             run.graphs.capacity = int(saved["capacity"])
             run.graph = run.graphs.build(run.graphs.padded_positions(saved["reference"]))
@@ -378,8 +388,9 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         restart_reason = f"σ² {variance:.3g} above the hard limit"
                 labelled = False
                 if restart_reason is not None:
-                    state = run.restart(restart_reason, step)
+                    state = run.restart(restart_reason, step, extra.get("last_restart", -10**9))
                     extra["restarts"] = run.restarts
+                    extra["last_restart"] = step
                 elif extra["labels"] < rule.max_labels and (
                         (rule.trigger == "variance" and variance > threshold
                          and step - extra["last_label"] >= rule.min_interval)
@@ -404,7 +415,7 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         run.posterior = add_rows(run.posterior, np.asarray(state.rows, np.float64))
                         extra["labels"] += 1
                         extra["last_label"] = step
-                        run.anchor = positions[: run.n].copy()
+                        run.anchors.append(positions[: run.n].copy())
                         run.log(f"step {step}: labelled (σ² {variance:.3g} > {threshold:.3g}; force RMSE "
                                 f"{np.sqrt(np.mean(diff ** 2)):.3f} eV/Å)")
                         if rule.finetune_every and extra["labels"] % rule.finetune_every == 0:
