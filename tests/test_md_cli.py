@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 import os
 import signal
 import subprocess
@@ -155,3 +156,26 @@ def test_md_config_errors_name_file_and_line(folder):
     bad.write_text(text.replace("tau = 0.0", "tau = -1.0"))
     with pytest.raises(ValueError, match=rf"{bad}, line 13: \[md\] tau must be >= 0"):
         load_md_spec(bad)
+
+
+def test_md_restarts_fall_back_to_earlier_frames(folder, reference):
+    """With a force limit the dynamics keep hitting, every violation restarts from a labelled
+    frame, a second one within 20 steps from the frame before (down to the start), and the run
+    still completes."""
+    forces = [float(r["max_force"]) for r in _rows(reference)]
+    limit = float(np.percentile(forces, 60))  # exceeded often, not at every step
+    config = folder / "restarts.toml"
+    config.write_text(MD_TOML.format(tau=0.05, threshold=1e-3, delay=0.0).replace(
+        "skin = 0.3", f"skin = 0.3\nmax_force = {limit}\nmax_restarts = 1000"))
+    cmd, env = _command(folder, config, folder / "restarts")
+    cmd.remove("--quiet")  # event lines on stdout
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    s = json.loads((folder / "restarts" / "summary.json").read_text())
+    rows = _rows(folder / "restarts")
+    assert s["steps"] == 200 and s["restarts"] == sum(r["restart"] == "1" for r in rows) > 2
+    for r in rows:
+        if r["restart"] == "1":
+            assert float(r["max_force"]) > limit
+    events = [line for line in done.stdout.splitlines() if re.match(r"step \d+: restart \d+ from ", line)]
+    assert len(events) == s["restarts"] and any("from the start structure" in e for e in events)

@@ -150,6 +150,8 @@ class LabelRule:
       min_interval: at least this many steps between two labels.
       finetune_every: fine-tune after every this many labels (0 = never; the posterior is
         updated after every label regardless).
+      finetune_error: also fine-tune right after a label whose force RMSE (the model's error on
+        that frame before training on it, eV/Å) exceeds this (0 = off): the error has drifted.
     """
 
     trigger: str = "variance"
@@ -161,6 +163,7 @@ class LabelRule:
     max_labels: int = 20
     min_interval: int = 5
     finetune_every: int = 5
+    finetune_error: float = 0.0
 
     def __post_init__(self):
         if self.trigger not in ("variance", "random"):
@@ -169,7 +172,7 @@ class LabelRule:
             raise ValueError(f"threshold must be > 0, got {self.threshold}")
         if not 0 < self.calibration_quantile < 1:
             raise ValueError(f"calibration_quantile must be in (0, 1), got {self.calibration_quantile}")
-        for name in ("error_threshold", "max_variance"):
+        for name in ("error_threshold", "max_variance", "finetune_error"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("calibration_min", "max_labels", "min_interval", "finetune_every"):

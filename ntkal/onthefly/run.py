@@ -416,9 +416,12 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         extra["labels"] += 1
                         extra["last_label"] = step
                         run.anchors.append(positions[: run.n].copy())
-                        run.log(f"step {step}: labelled (σ² {variance:.3g} > {threshold:.3g}; force RMSE "
-                                f"{np.sqrt(np.mean(diff ** 2)):.3f} eV/Å)")
-                        if rule.finetune_every and extra["labels"] % rule.finetune_every == 0:
+                        rmse = float(np.sqrt(np.mean(diff ** 2)))
+                        why = (f"σ² {variance:.3g} > {threshold:.3g}" if rule.trigger == "variance"
+                               else f"random step; σ² {variance:.3g}")
+                        run.log(f"step {step}: labelled ({why}; force RMSE {rmse:.3f} eV/Å)")
+                        drifted = 0 < rule.finetune_error < rmse
+                        if drifted or (rule.finetune_every and extra["labels"] % rule.finetune_every == 0):
                             run.finetune()
                             extra["finetunes"] = run.finetunes
                             extra["finetuned_labels"] = extra["labels"]
@@ -445,7 +448,7 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
 
         if extra["step"] >= md.steps and not (out / "model.msgpack").exists():
             # the run's product: the model fine-tuned on every label
-            if rule.finetune_every and extra["labels"] > extra.get("finetuned_labels", 0):
+            if (rule.finetune_every or rule.finetune_error) and extra["labels"] > extra.get("finetuned_labels", 0):
                 run.finetune()
                 extra["finetunes"] = run.finetunes
                 extra["finetuned_labels"] = extra["labels"]
