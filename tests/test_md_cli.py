@@ -191,3 +191,15 @@ def test_md_config_errors_name_file_and_line(folder):
     bad.write_text(text.replace("tau = 0.0", "tau = -1.0"))
     with pytest.raises(ValueError, match=rf"{bad}, line 13: \[md\] tau must be >= 0"):
         load_md_spec(bad)
+
+
+def test_calibrated_threshold():
+    """error_threshold: label when c·σ² > tol², c the q-quantile of (force MSE / σ²) of past labels."""
+    from ntkal.onthefly.config import LabelRule, threshold_of
+
+    rule = LabelRule(threshold=0.5, error_threshold=0.2, calibration_quantile=0.5, calibration_min=3)
+    assert threshold_of(rule, [4.0, 8.0]) == 0.5  # too few labels: the fixed threshold
+    assert threshold_of(rule, [4.0, 8.0, 16.0]) == pytest.approx(0.2 ** 2 / 8.0)
+    assert threshold_of(LabelRule(threshold=0.5), [4.0, 8.0, 16.0]) == 0.5  # calibration off
+    with pytest.raises(ValueError, match="calibration_quantile"):
+        LabelRule(calibration_quantile=1.0)
