@@ -9,8 +9,8 @@
 3. a frame whose σ² crosses the threshold (or a pre-drawn random step, the baseline) goes to the
    oracle; its feature rows are added to the posterior by a rank-r Cholesky update, and every
    ``finetune_every`` labels the model is fine-tuned on all labels (from the starting parameters);
-4. forces above ``max_force``, σ² above ``max_variance``, atoms too close or non-finite values
-   restart the dynamics from the last labelled frame with fresh velocities (from the frame
+4. forces above ``max_force``, σ² above ``max_variance``, atoms too close, non-finite values or
+   a frame the oracle fails on (recorded in the label store, skipped) restart the dynamics from the last labelled frame with fresh velocities (from the frame
    before it when the previous restart was less than ``RESTART_WINDOW`` steps ago);
 5. the state is saved atomically every ``checkpoint_every`` steps and after every label; the
    trajectory, log and label files are cut back to the saved state on resume, so a killed run
@@ -397,9 +397,14 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         or (rule.trigger == "random" and step in random_steps)):
                     atoms = run.frame(positions)
                     done = label(atoms)
-                    if done is None:
+                    if done is None:  # a frame the oracle cannot label is no place to continue from
                         extra["failed"] += 1
-                        run.log(f"step {step}: the oracle failed; frame skipped")
+                        extra["last_label"] = step  # min_interval applies to attempts too
+                        state = run.restart("the oracle failed on this frame", step,
+                                            extra.get("last_restart", -10**9))
+                        extra["restarts"] = run.restarts
+                        extra["last_restart"] = step
+                        restart_reason = "oracle failure"
                     else:
                         labelled = True
                         f_ref = np.asarray(done.get_forces(apply_constraint=False))
