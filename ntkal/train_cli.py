@@ -283,6 +283,20 @@ def _out_problem(out: Path, inputs: list[str]) -> str | None:
     return writable_folder_problem(out.parent)
 
 
+def read_toml(path: Path) -> tuple[str, dict]:
+    """``(text, parsed)`` of a TOML config, or :class:`TrainConfigError` naming the file."""
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise TrainConfigError([f"{path}: cannot read ({err.strerror})"]) from err
+    except UnicodeDecodeError as err:
+        raise TrainConfigError([f"{path}: not a text (TOML) file ({err})"]) from err
+    try:
+        return text, tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise TrainConfigError([f"{path}: invalid TOML: {err}"]) from err
+
+
 def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = None) -> TrainSpec:
     """Read and check an ``ntkal train`` config (see the module docstring); imports no JAX.
 
@@ -296,16 +310,7 @@ def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = 
         unreadable, empty or of an unknown format, an output that is not a writable ``.msgpack``.
     """
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise TrainConfigError([f"{path}: cannot read ({err.strerror})"]) from err
-    except UnicodeDecodeError as err:
-        raise TrainConfigError([f"{path}: not a text (TOML) file ({err})"]) from err
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise TrainConfigError([f"{path}: invalid TOML: {err}"]) from err
+    text, raw = read_toml(path)
     base = path.resolve().parent
     problems = _Problems(path, text)
 

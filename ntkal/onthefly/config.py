@@ -28,11 +28,11 @@ import dataclasses
 import hashlib
 import json
 import math
-import tomllib
 from pathlib import Path
 from typing import Any
 
-from ntkal.train_cli import TrainConfigError, _check_fields, _files, _init_from_problem, _Problems
+from ntkal.train_cli import (TrainConfigError, _check_fields, _files, _init_from_problem, _Problems,
+                             read_toml)
 
 __all__ = ["MDConfig", "UncertaintyConfig", "LabelRule", "OnTheFlySpec", "load_md_spec",
            "MDConfigError"]
@@ -238,14 +238,7 @@ def load_md_spec(path, *, out=None) -> OnTheFlySpec:
     from ntkal.train.config import TrainConfig
 
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise MDConfigError([f"{path}: cannot read ({err.strerror})"]) from err
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise MDConfigError([f"{path}: invalid TOML: {err}"]) from err
+    text, raw = read_toml(path)
     problems = _Problems(path, text)
     base = path.resolve().parent
     for key in raw:

@@ -65,11 +65,11 @@ def posterior_from_rows(rows, noise_var: float, *, n_structures: int | None = No
     if not noise_var > 0:
         raise ValueError(f"noise_var must be > 0, got {noise_var}")
     x = _rows2d(rows) if np.size(rows) else np.zeros((0, int(dim)))
+    if n_structures is None:
+        n_structures = np.shape(rows)[0] if np.ndim(rows) == 3 else 0
+    n_rows = np.count_nonzero(np.any(x != 0, axis=1))
     a = x.T @ x + noise_var * np.eye(x.shape[1])
-    n_struct = int(np.shape(rows)[0]) if n_structures is None and np.ndim(rows) == 3 else (
-        int(n_structures or 0))
-    return CholeskyPosterior(np.linalg.cholesky(a), float(noise_var), int(np.count_nonzero(
-        np.any(x != 0, axis=1))), n_struct)
+    return CholeskyPosterior(np.linalg.cholesky(a), float(noise_var), int(n_rows), int(n_structures))
 
 
 def cholesky_update(chol: np.ndarray, x: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ import numpy as np
 from ntkal.acquire.config import AcquisitionConfig
 from ntkal.acquire.pipeline import fit_scale
 from ntkal.acquisition import FeatureChunk
-from ntkal.acquisition.normalize import apply_feature_scale
+from ntkal.acquisition.normalize import FeatureScale, apply_feature_scale
 from ntkal.data import atoms_to_structure, batch_structures, bucket
 from ntkal.kernels import make_feature_map
 from ntkal.kernels.split import GraphSizes
@@ -202,7 +202,6 @@ class UncertainPotential:
         groups = _row_groups(self.config.kernel.kind, rows.shape[1])
         if self.per_structure:
             chunk = FeatureChunk(rows, mask, np.arange(rows.shape[0], dtype=np.int32))
-            from ntkal.acquisition.normalize import FeatureScale
             fs = FeatureScale("per_structure", 1.0, None, groups)
             rows = np.asarray(apply_feature_scale(chunk, fs).rows, np.float64)
         rows = np.where(mask[..., None], rows, 0.0) * np.asarray(factor)[None, :, None]

@@ -61,6 +61,8 @@ LOG_COLUMNS = ("step", "time_fs", "energy_eV", "variance", "threshold", "labelle
 _FILES = ("trajectory.extxyz", "labels.extxyz", "log.csv")
 #: A restart this many steps after the previous one falls back to the labelled frame before.
 RESTART_WINDOW = 20
+#: Without ``max_variance``, σ² above this multiple of the threshold restarts the dynamics.
+MAX_VARIANCE_FACTOR = 100.0
 
 
 class MDResult(NamedTuple):
@@ -99,10 +101,10 @@ def _read_frames(spec: str) -> list[ase.Atoms]:
 class _Run:
     """The mutable driver of one run (host side); the physics lives in pure functions."""
 
-    def __init__(self, spec: OnTheFlySpec, out: Path, progress: bool, log: Callable | None):
+    def __init__(self, spec: OnTheFlySpec, out: Path, log: Callable | None):
         from ntkal.models.pretrained import load_pretrained
 
-        self.spec, self.out, self.progress, self.log = spec, out, progress, log or (lambda msg: None)
+        self.spec, self.out, self.log = spec, out, log or (lambda msg: None)
         self.model, params, self.metadata = load_pretrained(spec.checkpoint)
         self.start_params = params
         frames = _read_frames(spec.start)
@@ -112,8 +114,7 @@ class _Run:
         cfg = self.model.config
         self.graphs = SystemGraph(self.start_atoms, cfg.cutoff, spec.md.skin, cfg.elements)
         self.n = self.graphs.n_atoms
-        self.acq = spec.uncertainty.acquisition(seed=spec.md.seed)
-        self.potential = UncertainPotential(self.model, params, self.acq)
+        self.potential = UncertainPotential(self.model, params, spec.uncertainty.acquisition(seed=spec.md.seed))
         free = _free_mask(self.start_atoms)
         self.lp = langevin_params(self.start_atoms.get_masses(), free, self.graphs.n_node,
                                   timestep_fs=spec.md.timestep, temperature_K=spec.md.temperature,
@@ -123,6 +124,22 @@ class _Run:
         self._step = None
         self.step_compilations = 0
         self.initial = [a for s in spec.initial for a in _read_frames(s)]
+        self.base: list[ase.Atoms] = []      # the initial set, or the labelled start frame
+        self.labelled: list[ase.Atoms] = []  # frames labelled by this run, in order
+        self.extra: dict = {}                # counters saved with the state (JSON)
+
+    @property
+    def training(self) -> list[ase.Atoms]:
+        """Every frame the posterior and the fine-tunes use."""
+        return self.base + self.labelled
+
+    def set_posterior(self, posterior: CholeskyPosterior, factor=None):
+        """The posterior (host, float64), and its float32 device copies the step takes."""
+        self.posterior = posterior
+        self.chol32 = jnp.asarray(posterior.chol, jnp.float32)
+        if factor is not None:
+            self.factor = np.asarray(factor)
+            self.factor32 = jnp.asarray(self.factor, jnp.float32)
 
     # --- compiled step ---------------------------------------------------------------------
 
@@ -168,8 +185,7 @@ class _Run:
         r = max(x[0].shape[0] for x in raws)
         if any(x[0].shape[0] != r for x in raws):
             raise ValueError("training frames gave different feature row counts")
-        self.posterior, self.factor = self.potential.fit(np.stack([x[0] for x in raws]),
-                                                         np.stack([x[1] for x in raws]))
+        self.set_posterior(*self.potential.fit(np.stack([x[0] for x in raws]), np.stack([x[1] for x in raws])))
 
     def evaluate_state(self, positions, momenta, step) -> MDState:
         ev = self.potential.evaluate(self.params, self.fparams(), self.posterior, self.factor, self.graph,
@@ -184,21 +200,23 @@ class _Run:
         self.graph = self.graphs.build(positions)
         self.reference = np.asarray(positions, np.float64)[: self.n].copy()
 
-    def restart(self, reason: str, step: int, last_restart: int):
+    def restart(self, reason: str, step: int):
         """Fresh velocities at the last labelled frame; if the previous restart was fewer than
         ``RESTART_WINDOW`` steps ago, that frame is dropped and the one before is used (down to
         the start structure), so a frame the dynamics cannot leave safely is not retried forever."""
-        self.restarts += 1
-        if step - last_restart < RESTART_WINDOW and len(self.anchors) > 1:
+        extra = self.extra
+        extra["restarts"] += 1
+        if step - extra.get("last_restart", -10**9) < RESTART_WINDOW and len(self.anchors) > 1:
             self.anchors.pop()
+        extra["last_restart"] = step
         which = "the start structure" if len(self.anchors) == 1 else f"labelled frame {len(self.anchors) - 1}"
-        self.log(f"step {step}: restart {self.restarts} from {which} ({reason})")
-        if self.restarts > self.spec.md.max_restarts:
+        self.log(f"step {step}: restart {extra['restarts']} from {which} ({reason})")
+        if extra["restarts"] > self.spec.md.max_restarts:
             raise RuntimeError(f"more than {self.spec.md.max_restarts} restarts; last: {reason}")
         pos = self.graphs.padded_positions(self.anchors[-1])
         self.rebuild(pos)
-        p = maxwell_boltzmann(jax.random.fold_in(jax.random.fold_in(self.key, 0x5EED), self.restarts), self.lp)
-        return self.evaluate_state(pos, p, step)
+        key = jax.random.fold_in(jax.random.fold_in(self.key, 0x5EED), extra["restarts"])
+        return self.evaluate_state(pos, maxwell_boltzmann(key, self.lp), step)
 
     def finetune(self):
         from ntkal.train import fit
@@ -208,7 +226,8 @@ class _Run:
         t = time.perf_counter()
         result = fit(self.model, self.start_params, structures, config=self.spec.train, progress=False)
         self.params = result.params
-        self.finetunes += 1
+        self.extra["finetunes"] += 1
+        self.extra["finetuned_labels"] = self.extra["labels"]
         self.log(f"fine-tuned on {len(structures)} frames in {time.perf_counter() - t:.1f} s "
                  f"(best epoch {result.best_epoch})")
         if self.spec.uncertainty.featurize_with == "current":
@@ -297,7 +316,7 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
     out = Path(out or spec.out)
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)
-    run = _Run(spec, out, progress, log)
+    run = _Run(spec, out, log)
     md, rule = spec.md, spec.labelling
     store = LabelStore(spec.oracle.store or out / "labels.db")
     saved = run.load() if resume and (out / "state.msgpack").exists() else None
@@ -310,52 +329,43 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
             return outcome.atoms[0]
 
         run.params = run.start_params
+        if run.initial:
+            run.base = list(run.initial)
+        else:  # on resume the labelled start frame comes back from the label store
+            first = label(run.frame(run.start_atoms.positions))
+            if first is None:
+                raise RuntimeError("the oracle failed on the start frame")
+            run.base = [first]
         if saved is None:
-            extra = {"step": 0, "labels": 0, "failed": 0, "restarts": 0, "finetunes": 0, "ratios": [],
-                     "last_label": -10**9}
-            if run.initial:
-                run.training = list(run.initial)
-            else:
-                first = label(run.frame(run.start_atoms.positions))
-                if first is None:
-                    raise RuntimeError("the oracle failed on the start frame")
-                run.training = [first]
+            run.extra = extra = {"step": 0, "labels": 0, "failed": 0, "restarts": 0, "finetunes": 0,
+                                 "ratios": [], "last_label": -10**9}
             run.anchors = [np.asarray(run.start_atoms.positions, np.float64)]
             run.refit()
-            run.restarts, run.finetunes = 0, 0
             pos = run.graphs.padded_positions(run.start_atoms.positions)
             run.rebuild(pos)
             state = run.evaluate_state(pos, maxwell_boltzmann(jax.random.fold_in(run.key, 0x5EED), run.lp), 0)
             run.handles = _open_outputs(out, None)
-            labelled_frames = []
         else:
-            extra = json.loads(saved["json"])
+            run.extra = extra = json.loads(saved["json"])
             run.handles = _open_outputs(out, saved["sizes"])
             from ntkal.labelling.store import with_labels
-            labelled_frames = [with_labels(run.frame(p), float(e), f) for p, e, f in zip(
+            run.labelled = [with_labels(run.frame(p), float(e), f) for p, e, f in zip(
                 saved["labelled_positions"], saved["labelled_energy"], saved["labelled_forces"])]
-            run.training = (list(run.initial) if run.initial else [None]) + labelled_frames
-            if not run.initial:  # the labelled start frame comes back from the label store
-                run.training[0] = label(run.frame(run.start_atoms.positions))
             run.params = serialization.from_state_dict(run.start_params, saved["params"])
-            run.posterior = CholeskyPosterior(np.asarray(saved["chol"]), float(saved["noise_var"]),
-                                              int(saved["n_rows"]), int(saved["n_structures"]))
-            run.factor = np.asarray(saved["factor"])
+            run.set_posterior(CholeskyPosterior(np.asarray(saved["chol"]), float(saved["noise_var"]),
+                                                int(saved["n_rows"]), int(saved["n_structures"])), saved["factor"])
             run.anchors = list(np.asarray(saved["anchors"]))
-            run.restarts, run.finetunes = int(extra["restarts"]), int(extra["finetunes"])
             run.graphs.capacity = int(saved["capacity"])
             run.graph = run.graphs.build(run.graphs.padded_positions(saved["reference"]))
             run.reference = np.asarray(saved["reference"])
             state = MDState(**{k: jnp.asarray(v) for k, v in saved["state"].items()})
             run.log(f"resumed at step {extra['step']} ({extra['labels']} labels)")
 
-        run.labelled = labelled_frames
         random_steps = set()
         if rule.trigger == "random":
             rng = np.random.default_rng([md.seed, 0xA11])
             random_steps = set(int(s) for s in rng.choice(np.arange(1, md.steps + 1), rule.max_labels,
                                                          replace=False))
-        max_var_factor = 100.0
         writer = csv.writer(run.handles["log.csv"])
         bar = tqdm(total=md.steps, initial=extra["step"], desc=f"md {spec.name}", disable=not progress,
                    unit="step", leave=False)
@@ -365,9 +375,8 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                 if stop_after is not None and extra["step"] - steps_done >= stop_after:
                     break
                 step = extra["step"] + 1
-                chol = jnp.asarray(run.posterior.chol, jnp.float32)
-                state = run.step_fn()(run.params, run.fparams(), chol, run.posterior.noise_var,
-                                      jnp.asarray(run.factor, jnp.float32), md.tau, run.graph, state, run.key)
+                state = run.step_fn()(run.params, run.fparams(), run.chol32, run.posterior.noise_var,
+                                      run.factor32, md.tau, run.graph, state, run.key)
                 positions = np.asarray(state.positions, np.float64)
                 restart_reason = None
                 if np.max(np.linalg.norm(positions[: run.n] - run.reference, axis=1)) > 0.5 * md.skin:
@@ -384,13 +393,11 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         restart_reason = "non-finite energy, forces or positions"
                     elif fmax > md.max_force:
                         restart_reason = f"max force {fmax:.1f} eV/Å > {md.max_force}"
-                    elif variance > (rule.max_variance or max_var_factor * threshold):
+                    elif variance > (rule.max_variance or MAX_VARIANCE_FACTOR * threshold):
                         restart_reason = f"σ² {variance:.3g} above the hard limit"
                 labelled = False
                 if restart_reason is not None:
-                    state = run.restart(restart_reason, step, extra.get("last_restart", -10**9))
-                    extra["restarts"] = run.restarts
-                    extra["last_restart"] = step
+                    state = run.restart(restart_reason, step)
                 elif extra["labels"] < rule.max_labels and (
                         (rule.trigger == "variance" and variance > threshold
                          and step - extra["last_label"] >= rule.min_interval)
@@ -400,11 +407,8 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                     if done is None:  # a frame the oracle cannot label is no place to continue from
                         extra["failed"] += 1
                         extra["last_label"] = step  # min_interval applies to attempts too
-                        state = run.restart("the oracle failed on this frame", step,
-                                            extra.get("last_restart", -10**9))
-                        extra["restarts"] = run.restarts
-                        extra["last_restart"] = step
-                        restart_reason = "oracle failure"
+                        restart_reason = "the oracle failed on this frame"
+                        state = run.restart(restart_reason, step)
                     else:
                         labelled = True
                         f_ref = np.asarray(done.get_forces(apply_constraint=False))
@@ -413,11 +417,10 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         ratio = float(np.mean(diff ** 2) / max(variance, 1e-30))
                         extra["ratios"].append(ratio)
                         done.info.update(step=step, variance=variance, model_energy=float(state.energy))
-                        labelled_frames.append(done)
-                        run.training.append(done)
+                        run.labelled.append(done)
                         ase.io.write(run.handles["labels.extxyz"], done, format="extxyz")
                         # the step already computed this frame's normalised rows: a rank-r update
-                        run.posterior = add_rows(run.posterior, np.asarray(state.rows, np.float64))
+                        run.set_posterior(add_rows(run.posterior, np.asarray(state.rows, np.float64)))
                         extra["labels"] += 1
                         extra["last_label"] = step
                         run.anchors.append(positions[: run.n].copy())
@@ -428,8 +431,6 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                         drifted = 0 < rule.finetune_error < rmse
                         if drifted or (rule.finetune_every and extra["labels"] % rule.finetune_every == 0):
                             run.finetune()
-                            extra["finetunes"] = run.finetunes
-                            extra["finetuned_labels"] = extra["labels"]
                         state = run.evaluate_state(positions, state.momenta, step)
                 extra["step"] = step
                 state = state._replace(step=jnp.asarray(step, jnp.int32))
@@ -445,7 +446,7 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
                 if labelled or restart_reason is not None or step % md.checkpoint_every == 0 or step == md.steps:
                     run.save(state, extra)
                 bar.update(1)
-                bar.set_postfix(labels=extra["labels"], var=f"{variance:.3g}", restarts=run.restarts)
+                bar.set_postfix(labels=extra["labels"], var=f"{variance:.3g}", restarts=extra["restarts"])
         finally:
             bar.close()
             for handle in run.handles.values():
@@ -455,8 +456,6 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
             # the run's product: the model fine-tuned on every label
             if (rule.finetune_every or rule.finetune_error) and extra["labels"] > extra.get("finetuned_labels", 0):
                 run.finetune()
-                extra["finetunes"] = run.finetunes
-                extra["finetuned_labels"] = extra["labels"]
             _save_model(run, out / "model.msgpack", extra)
 
     summary = {"name": spec.name, "steps": extra["step"], "labels": extra["labels"],
