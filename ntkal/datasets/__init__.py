@@ -9,8 +9,9 @@ Loaders (streaming iterators of labelled ``ase.Atoms``; energy eV, raw forces
 Oracles: :class:`Oracle` (``label(atoms_list) -> list[Atoms]``),
 :func:`emt_oracle`, :func:`xtb_oracle`, :func:`calculator_oracle`.
 
-Generators: :func:`generate` / :func:`load_split` for ``"oc20_like"`` (EMT)
-and ``"t1x_like"`` (GFN2-xTB; needs ``tblite`` and ``OMP_NUM_THREADS=1``).
+Generators: :func:`generate` / :func:`load_split` for ``"oc20_like"`` (EMT),
+``"t1x_like"`` (GFN2-xTB; needs ``tblite`` and ``OMP_NUM_THREADS=1``) and
+``"pmechdb_like"`` (GFN2-xTB paths of template reactions; also needs ``rdkit``).
 """
 
 from ntkal.datasets._errors import DatasetFormatError, LabellingError
@@ -18,6 +19,7 @@ from ntkal.datasets.generic import read_ase_db, read_extxyz
 from ntkal.datasets.oc20 import read_oc20_aselmdb, read_oc20_extxyz, read_oc20_s2ef
 from ntkal.datasets.oc20_like import OC20LikeConfig, generate_oc20_like
 from ntkal.datasets.oc20_like import is_source as oc20_is_source
+from ntkal.datasets.pmechdb_like import PMechDBLikeConfig, generate_pmechdb_like
 from ntkal.datasets.oracles import (LabellingFailure, LabelResult, Oracle, RetryStep,
                                     XTB_LADDER, calculator_oracle, emt_oracle, xtb_oracle)
 from ntkal.datasets.registry import GENERATORS, SIZES, dataset_dir, generate, load_split, splits_of
@@ -32,6 +34,6 @@ __all__ = [
     "Oracle", "RetryStep", "LabellingFailure", "LabelResult", "XTB_LADDER",
     "calculator_oracle", "emt_oracle", "xtb_oracle",
     "OC20LikeConfig", "generate_oc20_like", "oc20_is_source",
-    "T1xLikeConfig", "generate_t1x_like",
+    "T1xLikeConfig", "generate_t1x_like", "PMechDBLikeConfig", "generate_pmechdb_like",
     "generate", "load_split", "dataset_dir", "splits_of", "GENERATORS", "SIZES",
 ]

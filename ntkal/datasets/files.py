@@ -6,7 +6,10 @@ A *file spec* is a path, optionally with ``:group`` after an HDF5 file (``t1x.h5
   ``ase-db-backends``);
 * ``*.db`` / ``*.json`` ASE databases (:func:`ntkal.datasets.read_ase_db`);
 * ``*.h5`` / ``*.hdf5`` — Transition1x layout (a ``/data`` group; ``:train`` etc. picks a
-  split, default everything) or RGD1 layout (one group per reaction; energy-only labels);
+  split, default everything; the level-of-theory prefix is read from the first reaction
+  group when it holds exactly one ``<prefix>.energy``, e.g. ``GFN2-xTB`` in ntkal's
+  generated stand-ins, else T1x's ``wB97x_6-31G(d)``) or RGD1 layout (one group per
+  reaction; energy-only labels);
 * ``*.extxyz[.xz|.gz]`` with an OC20 ``*.txt[.xz]`` beside it — OC20 S2EF chunk (tags and
   system ids from the txt);
 * anything else ASE can read (extxyz, xyz, traj, VASP OUTCAR/vasprun, CIF, ...) through
@@ -61,6 +64,22 @@ def _is_t1x(path: str) -> bool:
         return "data" in fh
 
 
+def _t1x_level_of_theory(path: str) -> str:
+    """The ``<prefix>`` of the first reaction group's ``<prefix>.energy`` (if it has exactly
+    one), else Transition1x's ``wB97x_6-31G(d)``."""
+    import h5py
+
+    from ntkal.datasets.t1x import T1X_LEVEL_OF_THEORY
+
+    with h5py.File(path, "r") as fh:
+        for formula in fh["data"].values():
+            for rxn in formula.values():
+                if isinstance(rxn, h5py.Group):
+                    found = [k[: -len(".energy")] for k in rxn.keys() if k.endswith(".energy")]
+                    return found[0] if len(found) == 1 else T1X_LEVEL_OF_THEORY
+    return T1X_LEVEL_OF_THEORY
+
+
 def read_ase_frames(path: str | os.PathLike) -> Iterator[ase.Atoms]:
     """Stream the frames of any ASE-readable file lazily (``ase.io.iread``); an empty file yields
     nothing.
@@ -102,7 +121,7 @@ def read_structure_file(spec: str | os.PathLike) -> Iterator[ase.Atoms]:
     lower = path.lower()
     if lower.endswith(HDF5_SUFFIXES):
         if _is_t1x(path):
-            frames = datasets.read_t1x(path, group)
+            frames = datasets.read_t1x(path, group, level_of_theory=_t1x_level_of_theory(path))
         elif group is not None:
             raise DatasetFormatError(path, None, f"':{group}' selects a split of a Transition1x file; "
                                                  f"this HDF5 file has no /data group (RGD1 layout?)")

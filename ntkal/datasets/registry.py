@@ -3,7 +3,8 @@
 Datasets are cached under ``cache_dir`` (default ``data_cache/`` in the current
 directory) keyed by (generator, size, seed, version); a second call returns the
 cached files. Sizes: ``"tiny"`` (seconds; tests), ``"small"``, ``"default"``
-(< 5 min on 2 CPU cores), ``"large"`` (≥ 50k structures; scaling runs).
+(< 5 min on 2 CPU cores), ``"large"`` (≥ 50k structures; scaling runs); a generator
+may offer only some of them (``pmechdb_like``: tiny, small, default).
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from collections.abc import Iterator
 
 from ase import Atoms
 
-from ntkal.datasets import oc20_like, t1x_like
+from ntkal.datasets import oc20_like, pmechdb_like, t1x_like
 from ntkal.datasets._cache import DEFAULT_CACHE_DIR, cache_key, cached_build
 from ntkal.datasets.oc20 import read_oc20_aselmdb, read_oc20_s2ef
 from ntkal.datasets.t1x import read_t1x
 
 __all__ = ["generate", "load_split", "dataset_dir", "GENERATORS", "SIZES", "splits_of"]
 
-GENERATORS = ("oc20_like", "t1x_like")
+GENERATORS = ("oc20_like", "t1x_like", "pmechdb_like")
 SIZES = ("tiny", "small", "default", "large")
 
 
@@ -31,13 +32,17 @@ def _spec(name: str):
         return oc20_like.OC20_LIKE_SIZES, oc20_like.generate_oc20_like, oc20_like.VERSION
     if name == "t1x_like":
         return t1x_like.T1X_LIKE_SIZES, t1x_like.generate_t1x_like, t1x_like.VERSION
+    if name == "pmechdb_like":
+        return (pmechdb_like.PMECHDB_LIKE_SIZES, pmechdb_like.generate_pmechdb_like,
+                pmechdb_like.VERSION)
     raise ValueError(f"unknown generator {name!r}; expected one of {GENERATORS}")
 
 
 def splits_of(name: str) -> tuple[str, ...]:
     """Split names of a generator, including the virtual ``"pretrain"`` split."""
     _spec(name)
-    base = oc20_like.OC20_SPLITS if name == "oc20_like" else t1x_like.T1X_SPLITS
+    base = {"oc20_like": oc20_like.OC20_SPLITS, "t1x_like": t1x_like.T1X_SPLITS,
+            "pmechdb_like": pmechdb_like.PMECHDB_SPLITS}[name]
     return (*base, "pretrain")
 
 
@@ -47,7 +52,7 @@ def _build(name: str, size: str, seed: int, cache_dir, progress: bool,
     if size not in sizes:
         raise ValueError(f"unknown size {size!r}; expected one of {tuple(sizes)}")
     key = cache_key(name, size, int(seed), version)
-    preload = ("tblite.ase",) if name == "t1x_like" else ()
+    preload = ("tblite.ase",) if name in ("t1x_like", "pmechdb_like") else ()
     with _single_threaded(preload):
         return cached_build(cache_dir, key, lambda d: fn(d, sizes[size], int(seed), progress=progress,
                                                          workers=workers))
@@ -92,7 +97,8 @@ def generate(name: str, size: str = "default", seed: int = 0,
     """Generate (or reuse from cache) a stand-in dataset.
 
     Args:
-      name: ``"oc20_like"`` (EMT slabs) or ``"t1x_like"`` (GFN2-xTB reactions).
+      name: ``"oc20_like"`` (EMT slabs), ``"t1x_like"`` (GFN2-xTB H-transfer reactions)
+        or ``"pmechdb_like"`` (GFN2-xTB template reactions; needs ``rdkit``).
       size: ``"tiny"``, ``"small"``, ``"default"`` or ``"large"``.
       seed: seed of the numpy Generator that draws everything.
       cache_dir: cache root.
@@ -105,7 +111,8 @@ def generate(name: str, size: str = "default", seed: int = 0,
       ``.aselmdb``; ``pretrain`` lists the train files (read it with
       :func:`load_split`, which applies :func:`oc20_like.is_source`).
       ``t1x_like``: ``(transition1x_like.h5,)`` for train/val/test (the split is
-      a group inside) and ``(near_equilibrium.h5,)`` for ``pretrain``.
+      a group inside) and ``(near_equilibrium.h5,)`` for ``pretrain``;
+      ``pmechdb_like`` likewise with ``pmechdb_like.h5`` for train/val_id/val/test.
     """
     root, man = _build(name, size, seed, cache_dir, progress, workers)
     j = lambda p: os.path.abspath(os.path.join(root, p))
@@ -114,7 +121,7 @@ def generate(name: str, size: str = "default", seed: int = 0,
         out["pretrain"] = out["train"]
         return out
     h5 = j(man["files"]["paths"])
-    out = {s: (h5,) for s in t1x_like.T1X_SPLITS}
+    out = {s: (h5,) for s in splits_of(name) if s != "pretrain"}
     out["pretrain"] = (j(man["files"]["near_equilibrium"]),)
     return out
 
@@ -129,7 +136,8 @@ def load_split(name: str, split: str, *, size: str = "default", seed: int = 0,
       split: one of :func:`splits_of` ``(name)``. ``"pretrain"`` is the source
         distribution: OC20-like train frames passing :func:`oc20_like.is_source`
         (clean slabs, atomic adsorbates, ID metals); T1x-like near-equilibrium
-        MD frames of the train formulas.
+        MD frames of the train formulas; PMechDB-like: MD frames around the endpoints
+        of the train reactions (``info["template"]`` names each frame's template).
       fmt: OC20-like only: ``"extxyz"`` (raw S2EF chunks) or ``"aselmdb"``.
       **reader_kwargs: forwarded to the reader (e.g. ``adsorption_energy=True``
         for OC20-like, ``image_kinds=("path", "ts")`` for T1x-like).
@@ -163,4 +171,6 @@ def load_split(name: str, split: str, *, size: str = "default", seed: int = 0,
         atoms.info["split"] = split
         if split == "pretrain":  # near_equilibrium.h5 holds MD frames only
             atoms.info["image_kind"] = "md"
+        if name == "pmechdb_like":
+            atoms.info["template"] = pmechdb_like.template_of(atoms.info["system_id"])
         yield atoms
