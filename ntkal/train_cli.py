@@ -14,6 +14,8 @@ The TOML file (paths are relative to its folder)::
     elements = ["H", "C", "N", "O"]      # default: the elements of the training data
     cutoff = 4.0                         # Å
     hidden_irreps = "32x0e + 8x1o"
+    # backbone = "mace"                  # or "nequip", "visnet": InstaDeep mlip networks (ntkal[mlip]);
+    # [model.backbone_options]           # ... their own Config fields, e.g. num_channels = 32
     # avg_num_neighbors and energy_scale (eV), unless given, are measured on the training data
     # ... or fine-tune a checkpoint (its architecture is kept; no other [model] key):
     # init_from = "oc20_like"            # a shipped name or a checkpoint path
@@ -354,6 +356,19 @@ def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = 
                               model_config_class())
         if elements is None:  # already reported
             model = None
+        backbone = model_table.get("backbone", "ntkal")
+        if model is not None and backbone != "ntkal":
+            from ntkal.models.config import NTKAL_ONLY_FIELDS, mlip_available
+
+            unused = [k for k in NTKAL_ONLY_FIELDS if k in model_table]
+            if unused:
+                problems.add("model", unused[0], f"[model] {unused[0]} is a setting of the built-in network; the "
+                                                 f"{backbone} backbone takes its own in [model.backbone_options]")
+                model = None
+            if not mlip_available():
+                problems.add("model", "backbone", f"[model] backbone = {backbone!r} needs InstaDeep's mlip package: "
+                                                  f"pip install 'ntkal[mlip]'")
+                model = None
         irreps = model_table.get("hidden_irreps")
         if isinstance(irreps, str) and not _IRREPS.match(irreps):
             problems.add("model", "hidden_irreps", f"[model] hidden_irreps must be e3nn irreps such as "

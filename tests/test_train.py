@@ -189,7 +189,7 @@ def test_replay_lowers_error_on_replay_structures(data):
 
 
 def test_fits_of_different_sizes_and_schedules_share_one_compiled_step(data, caplog):
-    from ntkal.train.fit import _compiled
+    from ntkal.train.fitting import _compiled
 
     model, params, train, _ = data
     train = _dense(train)

@@ -1,4 +1,4 @@
-"""Functional MLIPs: the protocol, the built-in equivariant network, reference energies, checkpoints.
+"""Functional MLIPs: the protocol, the built-in equivariant network, mlip backbones, reference energies, checkpoints.
 
 Names are imported on first use (``from ntkal.models import ModelConfig`` loads no JAX).
 """
@@ -10,7 +10,9 @@ from ntkal._lazy import lazy_attributes
 _MLIP = ("MLIP", "ModelOutput", "build_model", "count_parameters", "energy_and_forces_fn", "forces_fn",
          "species_index", "with_positions")
 _WHERE = {
-    "ModelConfig": "ntkal.models.config",
+    "ModelConfig": "ntkal.models.config", "BACKBONES": "ntkal.models.config",
+    "MLIP_BACKBONES": "ntkal.models.config",
+    "params_from_mlip": "ntkal.models.mlip_adapter", "mlip_available": "ntkal.models.config",
     **{name: "ntkal.models.mlip" for name in _MLIP},
     "atomic_write_bytes": "ntkal.models.checkpoint", "load_checkpoint": "ntkal.models.checkpoint",
     "save_checkpoint": "ntkal.models.checkpoint",

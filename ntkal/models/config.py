@@ -1,4 +1,4 @@
-"""Hyper-parameters of the built-in equivariant MLIP."""
+"""Hyper-parameters of an MLIP: the built-in equivariant network or an ``mlip`` backbone."""
 
 from __future__ import annotations
 
@@ -7,7 +7,38 @@ from typing import Any
 
 import ase.data
 
-__all__ = ["ModelConfig"]
+__all__ = ["ModelConfig", "BACKBONES", "MLIP_BACKBONES", "NTKAL_ONLY_FIELDS", "mlip_available"]
+
+#: ``"ntkal"`` is the built-in NequIP-style network (:mod:`ntkal.models.nequip`); the others are
+#: InstaDeep ``mlip`` networks (optional extra ``ntkal[mlip]``, :mod:`ntkal.models.mlip_adapter`).
+MLIP_BACKBONES = ("mace", "nequip", "visnet")
+BACKBONES = ("ntkal",) + MLIP_BACKBONES
+#: ModelConfig fields that an ``mlip`` backbone takes from ModelConfig, not from ``backbone_options``.
+#: ModelConfig fields that only the built-in ``"ntkal"`` network uses.
+NTKAL_ONLY_FIELDS = ("hidden_irreps", "radial_hidden", "readout_hidden", "envelope_power")
+SHARED_OPTIONS = {"num_layers": "num_layers", "l_max": "lmax", "num_rbf": "num_radial",
+                  "avg_num_neighbors": "avg_num_neighbors"}
+
+
+def mlip_available() -> bool:
+    """Whether InstaDeep's optional ``mlip`` package is installed (nothing is imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("mlip") is not None
+
+
+def _frozen(value: Any, where: str) -> Any:
+    """A TOML/JSON option value as a hashable one (lists → tuples); anything else is rejected."""
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(v, where) for v in value)
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    raise ValueError(f"backbone_options {where}: values must be numbers, strings, booleans or lists, "
+                     f"got {value!r}")
+
+
+def _thawed(value: Any) -> Any:
+    return [_thawed(v) for v in value] if isinstance(value, tuple) else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -15,6 +46,14 @@ class ModelConfig:
     """Frozen hyper-parameters of :func:`ntkal.models.build_model`.
 
     Every field is static: changing one builds a different model (and recompiles).
+
+    ``backbone`` picks the network. ``"ntkal"`` (default) is the built-in network and uses every
+    field below. ``"mace"``, ``"nequip"`` and ``"visnet"`` are InstaDeep ``mlip`` networks: they
+    use ``elements``, ``cutoff``, ``num_layers``, ``lmax`` (their ``l_max``), ``num_radial`` (their
+    ``num_rbf``), ``avg_num_neighbors`` and ``energy_scale``; every other hyper-parameter of the
+    ``mlip`` network comes from ``backbone_options`` (keyword arguments of its ``Config``, e.g.
+    ``{"num_channels": 32, "correlation": 2}`` for MACE), and ``hidden_irreps``,
+    ``radial_hidden``, ``readout_hidden`` and ``envelope_power`` are not used.
 
     Attributes:
       elements: atomic numbers (or symbols) the model knows, in embedding order.
@@ -28,6 +67,9 @@ class ModelConfig:
       avg_num_neighbors: message normalisation (sum of messages / sqrt of this).
       envelope_power: smoothness of the polynomial cutoff envelope.
       energy_scale: per-atom energy scale (eV) applied to the network output.
+      backbone: one of :data:`BACKBONES`.
+      backbone_options: an ``mlip`` network's own hyper-parameters, as sorted ``(name, value)``
+        pairs (a dict is accepted and converted; lists become tuples); empty for ``"ntkal"``.
     """
 
     elements: tuple[int, ...] = (29, 78)
@@ -41,6 +83,8 @@ class ModelConfig:
     avg_num_neighbors: float = 20.0
     envelope_power: int = 6
     energy_scale: float = 1.0
+    backbone: str = "ntkal"
+    backbone_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self):
         elements = tuple(ase.data.atomic_numbers[z] if isinstance(z, str) else int(z) for z in self.elements)
@@ -51,6 +95,25 @@ class ModelConfig:
             raise ValueError(f"invalid atomic number in {elements}")
         if self.cutoff <= 0 or self.num_layers < 1 or self.lmax < 0:
             raise ValueError("cutoff must be > 0, num_layers >= 1, lmax >= 0")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {', '.join(BACKBONES)}, got {self.backbone!r}")
+        options = self.backbone_options
+        pairs = options.items() if isinstance(options, dict) else options
+        try:
+            pairs = [(k, v) for k, v in pairs]
+        except (TypeError, ValueError):
+            raise ValueError(f"backbone_options must be a table of name = value, got {options!r}") from None
+        if any(not isinstance(k, str) for k, _ in pairs):
+            raise ValueError(f"backbone_options names must be strings, got {options!r}")
+        if pairs and self.backbone == "ntkal":
+            raise ValueError("backbone_options are for an mlip backbone (mace, nequip, visnet); the ntkal "
+                             "backbone takes its hyper-parameters from the other fields")
+        shared = sorted(k for k, _ in pairs if k in SHARED_OPTIONS)
+        if shared:
+            raise ValueError(f"backbone_options {shared[0]!r}: set the model field "
+                             f"{SHARED_OPTIONS[shared[0]]!r} instead")
+        object.__setattr__(self, "backbone_options",
+                           tuple(sorted((k, _frozen(v, repr(k))) for k, v in pairs)))
 
     @property
     def symbols(self) -> tuple[str, ...]:
@@ -59,6 +122,7 @@ class ModelConfig:
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["elements"] = list(self.elements)
+        d["backbone_options"] = {k: _thawed(v) for k, v in self.backbone_options}
         return d
 
     @classmethod

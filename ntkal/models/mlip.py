@@ -78,13 +78,19 @@ def _edge_vectors(config: ModelConfig, graph: jraph.GraphsTuple):
 
 
 def build_model(config: ModelConfig) -> MLIP:
-    """Build the built-in NequIP-style model for ``config``.
+    """Build the model for ``config``: the built-in NequIP-style network, or for
+    ``config.backbone`` ``"mace"``/``"nequip"``/``"visnet"`` an InstaDeep ``mlip`` network through
+    :func:`ntkal.models.mlip_adapter.build_mlip_model` (optional extra ``ntkal[mlip]``).
 
     Example:
       >>> model = build_model(ModelConfig(elements=(29, 78)))
       >>> params = model.init(jax.random.key(0), graph)      # doctest: +SKIP
       >>> energies = model.energy(params, graph)               # (n_graph,) eV
     """
+    if config.backbone != "ntkal":
+        from ntkal.models.mlip_adapter import build_mlip_model
+
+        return build_mlip_model(config)
     net = NequIPNet(config)
 
     def init(key, graph: jraph.GraphsTuple):

@@ -1,6 +1,8 @@
 """Fine-tuning MLIPs with optax: losses, metrics, schedules, hold-out, replay, early stopping.
 
-Names are imported on first use (``from ntkal.train import TrainConfig`` loads no JAX).
+Names are imported on first use (``from ntkal.train import TrainConfig`` loads no JAX). No
+submodule shares a name with an attribute exported here: importing a submodule sets the package
+attribute of its name, which would shadow the lazily exported one (``fit`` lives in ``fitting``).
 """
 
 from __future__ import annotations
@@ -9,9 +11,9 @@ from ntkal._lazy import lazy_attributes
 
 _WHERE = {
     "TrainConfig": "ntkal.train.config",
-    "TrainResult": "ntkal.train.fit", "batch_budget": "ntkal.train.fit", "fit": "ntkal.train.fit",
-    "make_batches": "ntkal.train.fit", "make_optimizer": "ntkal.train.fit",
-    "replay_indices": "ntkal.train.fit",
+    "TrainResult": "ntkal.train.fitting", "batch_budget": "ntkal.train.fitting", "fit": "ntkal.train.fitting",
+    "make_batches": "ntkal.train.fitting", "make_optimizer": "ntkal.train.fitting",
+    "replay_indices": "ntkal.train.fitting",
     "label_masks": "ntkal.train.loss", "make_loss_fn": "ntkal.train.loss",
     "METRIC_NAMES": "ntkal.train.metrics", "evaluate": "ntkal.train.metrics",
     "make_error_sums_fn": "ntkal.train.metrics",

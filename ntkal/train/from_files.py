@@ -38,7 +38,7 @@ from ntkal.models import (ModelConfig, adapt_config, atomic_write_bytes, build_m
                           fit_reference_energies, load_pretrained, save_checkpoint)
 from ntkal.models.coverage import check_element_coverage, symbols_of
 from ntkal.train.config import TrainConfig
-from ntkal.train.fit import _compiled, _static_part, batch_budget, fit, make_batches
+from ntkal.train.fitting import _compiled, _static_part, batch_budget, fit, make_batches
 from ntkal.train.metrics import evaluate
 from ntkal.train.schedule import holdout_split
 from ntkal.train_cli import TrainSpec, load_train_spec
@@ -230,6 +230,10 @@ def _fmt(value, scale: float = 1.0, digits: int = 4) -> str:
     return "n/a" if value is None else f"{scale * value:.{digits}f}"
 
 
+_BACKBONE_NAMES = {"ntkal": "Built-in NequIP-style model", "mace": "MACE (InstaDeep mlip) model",
+                   "nequip": "NequIP (InstaDeep mlip) model", "visnet": "ViSNet (InstaDeep mlip) model"}
+
+
 def model_card(metadata: dict, config: ModelConfig, n_params: int) -> str:
     """Markdown model card of a checkpoint written by :func:`train_from_files`."""
     name, data = metadata["name"], metadata["data"]
@@ -238,7 +242,7 @@ def model_card(metadata: dict, config: ModelConfig, n_params: int) -> str:
               else f"new model, initialisation seed {init['seed']}")
     unseen = [z for z in config.elements if z not in set(metadata["train_elements"])]
     lines = [f"# Model card: `{name}`", "",
-             f"Built-in NequIP-style model ({n_params:,} parameters), elements {', '.join(config.symbols)}; "
+             f"{_BACKBONE_NAMES[config.backbone]} ({n_params:,} parameters), elements {', '.join(config.symbols)}; "
              f"{origin}.", "",
              f"- **Training elements** (`train_elements`): {', '.join(symbols_of(metadata['train_elements']))}"
              + (f"; never seen in training: {', '.join(symbols_of(unseen))} (`ntkal select` warns on pools "
