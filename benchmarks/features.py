@@ -26,6 +26,15 @@ Usage::
     python benchmarks/features.py --quick      # N = 27 only, Spearman on 40 structures
     python benchmarks/features.py              # N = 27 and 72, Spearman on 100 structures
     python benchmarks/features.py --chunk-size 16 --dtype float32   # throughput (GPU script)
+    python benchmarks/features.py --backbones ntkal mace nequip visnet --atoms 27 72
+        # per backbone (InstaDeep mlip networks need ntkal[mlip]), matched parameter counts:
+        # energy, forces, energy-NTK, probe-8 and joint features, ratio to forces
+
+Backbones at matched parameter counts (``BACKBONES`` below; all with 2 layers, l_max 2,
+8 radial functions, cutoff 5 Å, Cu/Pt): ntkal's default network (77,968 parameters), mlip
+MACE with 30 channels and correlation 3 (76,914), mlip NequIP with
+``44x0e + 44x0o + 22x1o + 22x1e + 11x2e + 11x2o`` (79,550), mlip ViSNet with 46 channels and
+2 heads (79,191).
 
 Measured (CPU, 2 shared cores — load average 5–9 from other jobs, so absolute times are
 inflated and noisy; float32), command ``python benchmarks/features.py --repeats 2`` (its
@@ -103,6 +112,14 @@ from ntkal.kernels import KernelConfig, featurize, make_feature_map, ntk_functio
 from ntkal.models import ModelConfig, build_model, count_parameters, energy_and_forces_fn
 
 SIZES = {27: (3, 3, 3), 72: (3, 4, 6), 12: (2, 2, 3)}
+#: ``ModelConfig`` overrides per backbone, chosen so that P ≈ 78k parameters for Cu/Pt.
+BACKBONES = {
+    "ntkal": {},
+    "mace": {"backbone": "mace", "backbone_options": {"num_channels": 30, "readout_irreps": ["16x0e", "0e"]}},
+    "nequip": {"backbone": "nequip",
+               "backbone_options": {"target_irreps": "44x0e + 44x0o + 22x1o + 22x1e + 11x2e + 11x2o"}},
+    "visnet": {"backbone": "visnet", "backbone_options": {"num_channels": 46, "num_heads": 2}},
+}
 
 
 def block(x):
@@ -185,7 +202,7 @@ def cost_table(model, params, args):
                 continue
             fm = make_feature_map(model, kc, params)
             add(name, lambda fm=fm: fm.apply(params, chunk.graph))
-            if name == "energy-NTK":
+            if name == "energy-NTK" and not args.backbones:
                 alt = jacrev_energy_ntk(model, params, kc)
                 add("energy-NTK (chunk jacrev)", lambda: alt(params, graph))
         results.append((n_atoms, n_free, rows))
@@ -262,6 +279,8 @@ def main(argv=None):
     p.add_argument("--spearman-train", type=int, default=16)
     p.add_argument("--spearman-atoms", type=int, default=12, choices=sorted(SIZES))
     p.add_argument("--pv-chunk", type=int, default=8)
+    p.add_argument("--backbones", nargs="+", default=None, choices=sorted(BACKBONES),
+                   help="per-backbone table (energy, forces, energy-NTK, probe-8, joint) instead")
     args = p.parse_args(argv)
     if args.atoms is None:
         args.atoms = [27] if args.quick else [27, 72]
@@ -269,6 +288,8 @@ def main(argv=None):
         args.spearman = 40 if args.quick else 100
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
+    if args.backbones:
+        return backbone_table(args, argv)
 
     config = ModelConfig()
     model = build_model(config)
@@ -291,6 +312,40 @@ def main(argv=None):
     else:
         stats = device.memory_stats() or {}
         print(f"# peak device memory {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB")
+
+
+def backbone_table(args, argv):
+    """One row per (backbone, N): per-structure ms of forces, and energy-NTK / probe-8 / joint
+    feature cost as a ratio to forces, all timed in this one process."""
+    args.skip_exact, args.probes = True, [8]
+    device = jax.devices()[0]
+    print(f"# device {device.platform}:{device.device_kind}, jax {jax.__version__}, {args.dtype}, "
+          f"d = {args.sketch_dim}, chunk = {args.chunk_size}")
+    print("# command: python benchmarks/features.py " + " ".join(sys.argv[1:] if argv is None else argv))
+    lines = []
+    for name in args.backbones:
+        config = ModelConfig(**BACKBONES[name])
+        model = build_model(config)
+        frames = list(cu_pt_slab_frames(1, seed=0, size=SIZES[args.atoms[0]]))
+        t0 = time.perf_counter()
+        params = model.init(jax.random.key(0), chunk_of(frames, config.cutoff, config.elements).graph)
+        init_s = time.perf_counter() - t0
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, args.dtype), params)
+        for n_atoms, _, rows in cost_table(model, params, args):
+            t = {r[0]: r[1] for r in rows}
+            first = {r[0]: r[2] for r in rows}
+            force = t["forces"]
+            lines.append(f"| {name} | {count_parameters(params):,} | {n_atoms} | {1e3 * t['energy']:.1f} | "
+                         f"{1e3 * force:.1f} | {t['energy-NTK'] / force:.1f} | "
+                         f"{t['probe force-NTK k=8'] / force:.1f} | {t['joint (energy + probe-8)'] / force:.1f} | "
+                         f"{init_s:.0f} / {first['joint (energy + probe-8)']:.0f} |")
+    print()
+    print("| backbone | P | N | energy ms/str | forces ms/str | energy-NTK ÷ forces | probe-8 ÷ forces "
+          "| joint ÷ forces | init / joint first call (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(lines))
+    if device.platform == "cpu":
+        print(f"# peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
 def table(model, params, args):
