@@ -193,7 +193,7 @@ ACQUISITION_FLAGS: tuple[AcquisitionFlag, ...] = (
 def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``ntkal select`` options to ``parser``; defaults come from ``AcquisitionConfig()``."""
     files = parser.add_argument_group("inputs and output")
-    files.add_argument("--model", required=True, help="ntkal checkpoint file or a shipped pretrained name "
+    files.add_argument("--model", required=True, help="ntkal checkpoint file, InstaDeep mlip model .zip or a shipped pretrained name "
                        f"({', '.join(shipped_model_names())})")
     files.add_argument("--pool", required=True, help="candidate structures (any ASE-readable file)")
     files.add_argument("--train", required=True, help="training structures (define the posterior)")

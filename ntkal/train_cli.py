@@ -18,7 +18,7 @@ The TOML file (paths are relative to its folder)::
     # [model.backbone_options]           # ... their own Config fields, e.g. num_channels = 32
     # avg_num_neighbors and energy_scale (eV), unless given, are measured on the training data
     # ... or fine-tune a checkpoint (its architecture is kept; no other [model] key):
-    # init_from = "oc20_like"            # a shipped name or a checkpoint path
+    # init_from = "oc20_like"            # a shipped name, a checkpoint path or an mlip model .zip
 
     [data]
     train = ["train.extxyz", "more.extxyz.xz"]   # a file or a list; any format ntkal reads
@@ -260,6 +260,11 @@ def _init_from_problem(base: Path, value: str) -> tuple[str | None, str | None]:
             return None, f"checkpoint {path} is empty"
         if not os.access(path, os.R_OK):
             return None, f"checkpoint {path} is not readable"
+        if path.suffix == ".zip":
+            from ntkal.models.config import mlip_available
+
+            if not mlip_available():
+                return None, f"{path} is an mlip model file; reading it needs pip install 'ntkal[mlip]'"
         return str(path), None
     if value in shipped_model_names():
         return value, None

@@ -27,8 +27,8 @@ from ntkal.data.toy import cu_pt_slab_frames  # noqa: E402
 from ntkal.kernels import KernelConfig, make_feature_map  # noqa: E402
 from ntkal.loop import LoopConfig, make_context, run_loop  # noqa: E402
 from ntkal.models import (ModelConfig, build_model, energy_and_forces_fn, load_checkpoint,  # noqa: E402
-                          save_checkpoint)
-from ntkal.models.mlip_adapter import mlip_network  # noqa: E402
+                          load_pretrained, save_checkpoint)
+from ntkal.models.mlip_adapter import load_mlip_zip, mlip_network  # noqa: E402
 from ntkal.train import TrainConfig  # noqa: E402
 from ntkal.train_cli import TrainConfigError, load_train_spec  # noqa: E402
 
@@ -236,3 +236,48 @@ def test_ntkal_train_pretrains_an_mlip_backbone(tmp_path):
     (tmp_path / "bad.toml").write_text(text.replace("lmax = 1\n", 'lmax = 1\nhidden_irreps = "8x0e"\n'))
     with pytest.raises(TrainConfigError, match=r"bad.toml, line 9: \[model\] hidden_irreps is a setting of the built-in"):
         load_train_spec(tmp_path / "bad.toml")
+
+
+def test_loads_an_mlip_model_file(setup, tmp_path):
+    """A model saved by mlip's own ``save_model_to_zip`` (with atomic energies and energy
+    rescaling) loads as an ntkal model whose energies and forces equal mlip's network."""
+    from mlip.data.chemical_system import ChemicalSystem
+    from mlip.data.dataset_info import DatasetInfo
+    from mlip.graph import Graph
+    from mlip.models import ForceField
+    from mlip.models.model_io import save_model_to_zip
+    from mlip.typing.properties import Properties
+
+    backbone, model, params, _ = setup
+    base = mlip_network(model.config)
+    info = DatasetInfo(atomic_energies_map={1: -13.6, 6: -1029.8, 8: -2041.5, 29: -3.2, 78: -5.1},
+                       graph_cutoff_angstrom=CUTOFF, avg_num_neighbors=7.0, scaling_mean=0.3, scaling_stdev=1.7)
+    net = type(base)(base.config, info)
+    props = Properties()
+    predictor = ForceField.get_predictor_class(props, net.config)(
+        mlip_network=net, required_properties=props, energy_head=ForceField.get_energy_head(net.config, props, net))
+    save_model_to_zip(tmp_path / "m.zip", ForceField(predictor, {"params": {"mlip_network": params["net"]["params"]}}))
+
+    loaded, loaded_params, meta = load_mlip_zip(tmp_path / "m.zip")
+    via_name = load_pretrained(str(tmp_path / "m.zip"))  # what [model] checkpoint / init_from use
+    assert via_name[0].config == loaded.config
+    assert loaded.config.backbone == backbone and loaded.config.energy_scale == 1.7
+    assert loaded.config.avg_num_neighbors == 7.0 and loaded.config.elements == ELEMENTS
+    assert dict(loaded.config.backbone_options) == {k: (tuple(v) if isinstance(v, list) else v)
+                                                    for k, v in OPTIONS[backbone].items()}
+    atoms = cu_cell()
+    graph = Graph.from_chemical_system(ChemicalSystem.from_ase_atoms(atoms), graph_cutoff_angstrom=CUTOFF)
+    graph = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64)
+                                   if jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating) else x, graph)
+
+    def reference(pos):
+        out = net.apply(params["net"], graph.replace(nodes=graph.nodes.replace(positions=pos)))
+        return jnp.sum(out.nodes.features["energy"])
+
+    e_ref, g_ref = jax.value_and_grad(reference)(jnp.asarray(atoms.positions, jnp.float64))
+    loaded_params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), loaded_params)
+    e, f = energy_and_forces_fn(loaded.energy)(loaded_params, batch_structures([atoms_to_structure(atoms, CUTOFF)], **BUDGET))
+    # ntkal keeps e0 in float32 (as every checkpoint does): agreement to its rounding
+    e0_rounding = 2 * np.finfo(np.float32).eps * np.abs(np.asarray(loaded_params["e0"])).sum()
+    assert abs(float(e[0]) - float(e_ref)) < e0_rounding and abs(float(e_ref)) > 10
+    np.testing.assert_allclose(np.asarray(f)[:4], -np.asarray(g_ref), atol=1e-9)

@@ -12,7 +12,8 @@ _MLIP = ("MLIP", "ModelOutput", "build_model", "count_parameters", "energy_and_f
 _WHERE = {
     "ModelConfig": "ntkal.models.config", "BACKBONES": "ntkal.models.config",
     "MLIP_BACKBONES": "ntkal.models.config",
-    "params_from_mlip": "ntkal.models.mlip_adapter", "mlip_available": "ntkal.models.config",
+    "params_from_mlip": "ntkal.models.mlip_adapter", "load_mlip_zip": "ntkal.models.mlip_adapter",
+    "mlip_available": "ntkal.models.config",
     **{name: "ntkal.models.mlip" for name in _MLIP},
     "atomic_write_bytes": "ntkal.models.checkpoint", "load_checkpoint": "ntkal.models.checkpoint",
     "save_checkpoint": "ntkal.models.checkpoint",

@@ -31,9 +31,9 @@ def _frozen(value: Any, where: str) -> Any:
     """A TOML/JSON option value as a hashable one (lists → tuples); anything else is rejected."""
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(v, where) for v in value)
-    if isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise ValueError(f"backbone_options {where}: values must be numbers, strings, booleans or lists, "
+    raise ValueError(f"backbone_options {where}: values must be numbers, strings, booleans, null or lists, "
                      f"got {value!r}")
 
 

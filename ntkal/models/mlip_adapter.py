@@ -43,7 +43,7 @@ import jraph
 from ntkal.data.padding import edge_mask, graph_mask, node_graph_index, node_mask
 from ntkal.models.config import MLIP_BACKBONES, ModelConfig
 
-__all__ = ["build_mlip_model", "mlip_network", "to_mlip_graph", "params_from_mlip"]
+__all__ = ["build_mlip_model", "mlip_network", "to_mlip_graph", "params_from_mlip", "load_mlip_zip"]
 
 _CLASSES = {"mace": "Mace", "nequip": "Nequip", "visnet": "Visnet"}
 
@@ -187,3 +187,87 @@ def params_from_mlip(config: ModelConfig, mlip_params: Any, e0=None) -> dict:
     if e0.shape != (len(config.elements),):
         raise ValueError(f"e0 must have shape ({len(config.elements)},), got {e0.shape}")
     return {"net": {"params": inner}, "e0": e0}
+
+
+_SIGNATURES = {"mace": "correlation", "nequip": "target_irreps", "visnet": "num_heads"}
+
+
+def load_mlip_zip(path, *, backbone: str | None = None):
+    """An ``mlip`` model file (``mlip.models.model_io.save_model_to_zip``) as an ntkal model.
+
+    Everything is converted exactly: elements and reference energies from the file's
+    ``atomic_energies_map``, the cutoff and ``avg_num_neighbors`` from its ``DatasetInfo``, the
+    network's hyper-parameters into ``ModelConfig`` (``num_layers``, ``l_max`` → ``lmax``,
+    ``num_rbf`` → ``num_radial``; options that differ from the network's defaults into
+    ``backbone_options``), and ``mlip``'s energy rescaling ``stdev · out + mean + E0[Z]`` into
+    ``energy_scale = stdev`` and ``e0[Z] = mean + E0[Z]``, so energies and forces equal ``mlip``'s.
+
+    Args:
+      path: the ``.zip`` file (``hyperparams.json`` + ``params.npz``).
+      backbone: ``"mace"``, ``"nequip"`` or ``"visnet"``; default: recognised from the file's
+        network config (the file does not name its class).
+
+    Returns:
+      ``(model, params, metadata)`` like :func:`ntkal.models.load_checkpoint`; save it with
+      :func:`ntkal.models.save_checkpoint` to use it as ``[model] checkpoint`` / ``--model``.
+
+    Raises:
+      ValueError: not an ``mlip`` model file, an unrecognised or multi-dataset model, or an
+        option ntkal's config cannot hold (named).
+    """
+    import json
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            hyper = json.loads(archive.read("hyperparams.json"))
+            with archive.open("params.npz") as f:
+                arrays = np.load(f)
+                flat = {k: np.asarray(arrays[k]) for k in arrays.files}
+    except (OSError, KeyError, zipfile.BadZipFile, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: not an mlip model file (hyperparams.json + params.npz): {err}") from err
+    info, net_config = hyper.get("dataset_info", {}), dict(hyper.get("config", {}))
+    if backbone is None:
+        found = [b for b, key in _SIGNATURES.items() if key in net_config]
+        if len(found) != 1:
+            raise ValueError(f"{path}: cannot tell the network class from its config; pass backbone=")
+        backbone = found[0]
+    if backbone not in MLIP_BACKBONES:
+        raise ValueError(f"backbone must be one of {', '.join(MLIP_BACKBONES)}, got {backbone!r}")
+    energies = info.get("atomic_energies_map")
+    if not isinstance(energies, dict):
+        raise ValueError(f"{path}: multi-dataset mlip models (a list of atomic_energies_map) are not supported")
+    if "cutoff_distance_angstrom" in info:  # mlip v1 files
+        info["graph_cutoff_angstrom"] = info.pop("cutoff_distance_angstrom")
+    elements = tuple(sorted(int(z) for z in energies))
+    models, _, _, _ = _mlip()
+    cls = getattr(models, _CLASSES[backbone])
+    plain = json.loads(cls.Config().model_dump_json())
+    given = {k: net_config.pop(k, plain[k]) for k in ("num_layers", "l_max", "num_rbf")}
+    # defaults given the shared fields (some defaults follow them, e.g. MACE's node_symmetry)
+    defaults = json.loads(cls.Config(**given).model_dump_json())
+    avg = net_config.get("avg_num_neighbors") or info.get("avg_num_neighbors", 1.0)
+    shared = {"num_layers": given["num_layers"], "lmax": given["l_max"], "num_radial": given["num_rbf"]}
+    net_config.pop("avg_num_neighbors", None)
+    options = {k: v for k, v in net_config.items() if k in defaults and v != defaults[k]}
+    for key, value in options.items():
+        if isinstance(value, dict):
+            raise ValueError(f"{path}: option {key!r} = {value!r} differs from the default and is a table, "
+                             f"which ModelConfig.backbone_options cannot hold")
+    mean, stdev = float(info.get("scaling_mean", 0.0)), float(info.get("scaling_stdev", 1.0))
+    config = ModelConfig(elements=elements, cutoff=float(info["graph_cutoff_angstrom"]),
+                         avg_num_neighbors=float(avg), energy_scale=stdev, backbone=backbone,
+                         backbone_options=options, **shared)
+    params = {}
+    for key, value in flat.items():
+        node = params
+        *parents, leaf = key.split("#")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = jnp.asarray(value)
+    e0 = [mean + float(energies[str(z)] if str(z) in energies else energies[z]) for z in elements]
+    metadata = {"name": str(path), "mlip_version": hyper.get("version"), "source": "mlip zip",
+                "train_elements": list(elements)}
+    return build_mlip_model(config), params_from_mlip(config, params, e0), metadata

@@ -21,7 +21,9 @@ def pretrained_names() -> tuple[str, ...]:
 
 
 def load_pretrained(name_or_path: str):
-    """Load a shipped checkpoint by name, or any checkpoint by path.
+    """Load a shipped checkpoint by name, or any checkpoint by path; a ``.zip`` path is an
+    InstaDeep ``mlip`` model file (``save_model_to_zip``), converted by
+    :func:`ntkal.models.mlip_adapter.load_mlip_zip` (needs ``ntkal[mlip]``).
 
     Returns:
       ``(model, params, metadata)`` as :func:`ntkal.models.load_checkpoint`.
@@ -30,6 +32,10 @@ def load_pretrained(name_or_path: str):
       FileNotFoundError: neither a shipped name nor an existing file; lists the names.
     """
     path = Path(name_or_path)
+    if path.suffix == ".zip" and path.is_file():
+        from ntkal.models.mlip_adapter import load_mlip_zip
+
+        return load_mlip_zip(path)
     if path.suffix != ".msgpack" or not path.exists():
         candidate = PRETRAINED_DIR / f"{name_or_path}.msgpack"
         if candidate.exists():
