@@ -38,7 +38,7 @@ class DataConfig:
     """Where the pool and the test sets come from: a generator, or the user's own files.
 
     Attributes:
-      dataset: a generator of :mod:`ntkal.datasets` (``oc20_like``, ``t1x_like``), or
+      dataset: a generator of :mod:`ntkal.datasets` (``oc20_like``, ``t1x_like``, ``pmechdb_like``), or
         ``"files"``: the pool, the initial labelled set, the test splits and the replay data
         come from the ``*_files`` fields (any format of :mod:`ntkal.datasets.files`).
       size: generator size (``tiny``, ``small``, ``default``, ``large``).
