@@ -288,25 +288,27 @@ def main(argv=None):
         args.spearman = 40 if args.quick else 100
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    if args.backbones:
-        return backbone_table(args, argv)
-
-    config = ModelConfig()
-    model = build_model(config)
-    frames = list(cu_pt_slab_frames(1, seed=0, size=SIZES[args.atoms[0]]))
-    params = model.init(jax.random.key(0), chunk_of(frames, config.cutoff, config.elements).graph)
-    params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, args.dtype), params)
     device = jax.devices()[0]
-    print(f"# device {device.platform}:{device.device_kind}, jax {jax.__version__}, {args.dtype}, "
-          f"P = {count_parameters(params):,}, d = {args.sketch_dim}, chunk = {args.chunk_size}, "
-          f"direction batch = {args.direction_batch}")
-    print("# command: python benchmarks/features.py " + " ".join(sys.argv[1:] if argv is None
-                                                                   else argv))
-
-    if not args.skip_table:
-        table(model, params, args)
-    if args.spearman > 0:
-        spearman_table(model, params, args)
+    command = "# command: python benchmarks/features.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    if args.backbones:
+        print(f"# device {device.platform}:{device.device_kind}, jax {jax.__version__}, {args.dtype}, "
+              f"d = {args.sketch_dim}, chunk = {args.chunk_size}")
+        print(command)
+        backbone_table(args)
+    else:
+        config = ModelConfig()
+        model = build_model(config)
+        frames = list(cu_pt_slab_frames(1, seed=0, size=SIZES[args.atoms[0]]))
+        params = model.init(jax.random.key(0), chunk_of(frames, config.cutoff, config.elements).graph)
+        params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, args.dtype), params)
+        print(f"# device {device.platform}:{device.device_kind}, jax {jax.__version__}, {args.dtype}, "
+              f"P = {count_parameters(params):,}, d = {args.sketch_dim}, chunk = {args.chunk_size}, "
+              f"direction batch = {args.direction_batch}")
+        print(command)
+        if not args.skip_table:
+            table(model, params, args)
+        if args.spearman > 0:
+            spearman_table(model, params, args)
     if device.platform == "cpu":
         print(f"# peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
     else:
@@ -314,14 +316,10 @@ def main(argv=None):
         print(f"# peak device memory {stats.get('peak_bytes_in_use', 0) / 2**30:.2f} GiB")
 
 
-def backbone_table(args, argv):
+def backbone_table(args):
     """One row per (backbone, N): per-structure ms of forces, and energy-NTK / probe-8 / joint
     feature cost as a ratio to forces, all timed in this one process."""
     args.skip_exact, args.probes = True, [8]
-    device = jax.devices()[0]
-    print(f"# device {device.platform}:{device.device_kind}, jax {jax.__version__}, {args.dtype}, "
-          f"d = {args.sketch_dim}, chunk = {args.chunk_size}")
-    print("# command: python benchmarks/features.py " + " ".join(sys.argv[1:] if argv is None else argv))
     lines = []
     for name in args.backbones:
         config = ModelConfig(**BACKBONES[name])
@@ -344,8 +342,6 @@ def backbone_table(args, argv):
           "| joint ÷ forces | init / joint first call (s) |")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(lines))
-    if device.platform == "cpu":
-        print(f"# peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
 
 
 def table(model, params, args):

@@ -71,7 +71,8 @@ from ase import Atoms
 from ase.calculators.calculator import CalculationFailed
 
 from ntkal.datasets.t1x import write_t1x
-from ntkal.datasets.t1x_like import _fresh_labels, _md, _neb, _relax, bond_graph
+from ntkal.datasets.t1x_like import (_label_reaction, _md, _md_group, _neb, _reaction_group, _relax,
+                                      bond_graph)
 
 __all__ = ["ReactionTemplate", "TEMPLATES", "PMechDBLikeConfig", "PMECHDB_LIKE_SIZES",
            "PMECHDB_SPLITS", "LEVEL_OF_THEORY", "MappedReaction", "map_reaction",
@@ -475,22 +476,13 @@ def _reaction_job(args) -> dict:
         md_p = _md(prod_c, make_calc, cfg, rng) if cfg.md_steps else []
     except CalculationFailed as err:
         return fail(f"SCF failure: {err}")
-    failures: list = []
-    z = mr.numbers
-    frames = _fresh_labels(oracle, z, path["frames"], failures, where)
-    stationary = _fresh_labels(oracle, z, [path["reactant"], path["ts"], path["product"]],
-                               failures, where)
-    if len(stationary) < 3 or not frames:
-        return {"ok": False, "failure": {**where, "reason": "stationary points could not be labelled"},
-                "label_failures": failures}
-    return {"ok": True, "z": z, "frames": frames, "stationary": stationary,
-            "md": [_fresh_labels(oracle, z, md_r, failures, where),
-                   _fresh_labels(oracle, z, md_p, failures, where)],
-            "label_failures": failures, "product": mr.product_smiles,
+    res = _label_reaction(oracle, mr.numbers, path, [md_r, md_p], where)
+    if not res["ok"]:
+        return res
+    return {**res, "product": mr.product_smiles,
             "template_atoms": {str(m): int(i) for m, i in mr.template_atoms.items()},
             "bonds_formed": sorted(map(list, mr.product_bonds - mr.reactant_bonds)),
-            "bonds_broken": sorted(map(list, mr.reactant_bonds - mr.product_bonds)),
-            "path": {k: path[k] for k in ("converged", "iterations", "dropped", "barrier")}}
+            "bonds_broken": sorted(map(list, mr.reactant_bonds - mr.product_bonds))}
 
 
 def _candidate_queue(cfg: PMechDBLikeConfig, rng) -> list[tuple[str, str, tuple[str, ...], int]]:
@@ -579,22 +571,16 @@ def generate_pmechdb_like(out_dir: str, cfg: PMechDBLikeConfig, seed: int, *, pr
                 failures.append(res["failure"])
                 continue
             z = res["z"]
-            pos, e, f = (np.stack(x) for x in zip(*res["frames"]))
-            sub = {k: {"positions": st[0], "energy": st[1], "forces": st[2]}
-                   for k, st in zip(("reactant", "transition_state", "product"), res["stationary"])}
-            reactions.append({"formula": key, "rxn": "rxn0000", "atomic_numbers": z,
-                              "positions": pos, "energy": e, "forces": f, **sub})
+            reactions.append(_reaction_group(res, key, "rxn0000"))
             for j, md in enumerate(res["md"]):
                 if md:
-                    mp_, me, mf = (np.stack(x) for x in zip(*md))
-                    eq_groups.append({"formula": key, "rxn": f"eq{j:04d}", "atomic_numbers": z,
-                                      "positions": mp_, "energy": me, "forces": mf})
+                    eq_groups.append(_md_group(key, f"eq{j:04d}", z, md))
             p = res["path"]
             stats.append({"key": key, "template": tname, "reactants": list(smiles),
                           "product_index": k_prod, "product": res["product"],
                           "template_atoms": res["template_atoms"],
                           "bonds_formed": res["bonds_formed"], "bonds_broken": res["bonds_broken"],
-                          "n_atoms": int(len(z)), "n_path_frames": len(e),
+                          "n_atoms": int(len(z)), "n_path_frames": len(res["frames"]),
                           "neb_iterations": p["iterations"], "converged": p["converged"],
                           "dropped_frames": p["dropped"], "barrier_eV": p["barrier"]})
             bar.update(1)

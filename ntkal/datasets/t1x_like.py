@@ -247,6 +247,45 @@ def _fresh_labels(oracle, z: np.ndarray, triples: list, failures: list, where: d
     return [(a.positions.copy(), a.get_potential_energy(), a.get_forces()) for a in res.atoms]
 
 
+def _label_reaction(oracle, z: np.ndarray, path: dict, md_runs: list, where: dict) -> dict:
+    """Fresh labels (:func:`_fresh_labels`) of a reaction's NEB frames, its reactant / TS /
+    product and its MD runs. Returns ``{"ok": True, "z", "frames", "stationary", "md",
+    "label_failures"}``, or ``{"ok": False, "failure", "label_failures"}`` when a stationary
+    point or every path frame could not be labelled."""
+    failures: list = []
+    frames = _fresh_labels(oracle, z, path["frames"], failures, where)
+    stationary = _fresh_labels(oracle, z, [path["reactant"], path["ts"], path["product"]],
+                               failures, where)
+    if len(stationary) < 3 or not frames:
+        return {"ok": False, "failure": {**where, "reason": "stationary points could not be labelled"},
+                "label_failures": failures}
+    return {"ok": True, "z": z, "frames": frames, "stationary": stationary,
+            "md": [_fresh_labels(oracle, z, md, failures, where) for md in md_runs],
+            "label_failures": failures,
+            "path": {k: path[k] for k in ("converged", "iterations", "dropped", "barrier")}}
+
+
+def _stacked(triples: list) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(positions, energies, forces)`` arrays of ``(positions, E, F)`` triples."""
+    return tuple(np.stack(x) for x in zip(*triples))
+
+
+def _reaction_group(res: dict, formula: str, rxn: str) -> dict:
+    """The :func:`~ntkal.datasets.write_t1x` group of a labelled reaction (:func:`_label_reaction`)."""
+    pos, e, f = _stacked(res["frames"])
+    sub = {k: {"positions": st[0], "energy": st[1], "forces": st[2]}
+           for k, st in zip(("reactant", "transition_state", "product"), res["stationary"])}
+    return {"formula": formula, "rxn": rxn, "atomic_numbers": res["z"], "positions": pos,
+            "energy": e, "forces": f, **sub}
+
+
+def _md_group(formula: str, rxn: str, z: np.ndarray, md: list) -> dict:
+    """The :func:`~ntkal.datasets.write_t1x` group of one labelled MD run."""
+    pos, e, f = _stacked(md)
+    return {"formula": formula, "rxn": rxn, "atomic_numbers": z, "positions": pos, "energy": e,
+            "forces": f}
+
+
 def _split_formulas(formulas: list[str], cfg: T1xLikeConfig, rng) -> dict[str, list[str]]:
     order = [formulas[i] for i in rng.permutation(len(formulas))]
     nv, nt = cfg.n_val_formulas, cfg.n_test_formulas
@@ -294,19 +333,8 @@ def _reaction_job(args) -> dict:
         md_p = _md(prod_c, make_calc, cfg, rng)
     except CalculationFailed as err:
         return fail(f"SCF failure: {err}")
-    failures: list = []
-    z = react.numbers
-    frames = _fresh_labels(oracle, z, path["frames"], failures, where)
-    stationary = _fresh_labels(oracle, z, [path["reactant"], path["ts"], path["product"]],
-                               failures, where)
-    if len(stationary) < 3 or not frames:
-        return {"ok": False, "failure": {**where, "reason": "stationary points could not be labelled"},
-                "label_failures": failures}
-    return {"ok": True, "z": z, "e_prod": e_prod, "frames": frames, "stationary": stationary,
-            "md": [_fresh_labels(oracle, z, md_r, failures, where),
-                   _fresh_labels(oracle, z, md_p, failures, where)],
-            "label_failures": failures, "path": {k: path[k] for k in
-                                                 ("converged", "iterations", "dropped", "barrier")}}
+    res = _label_reaction(oracle, react.numbers, path, [md_r, md_p], where)
+    return {**res, "e_prod": e_prod} if res["ok"] else res
 
 
 def _candidate_queue(cfg: T1xLikeConfig, rng) -> list[tuple[str, tuple[int, int, int]]]:
@@ -368,21 +396,13 @@ def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: 
             seen_products.add(key)
             formula = molecule(name).get_chemical_formula(mode="hill")
             rxn = f"rxn{len(reactions):04d}"
-            z = res["z"]
-            pos, e, f = (np.stack(x) for x in zip(*res["frames"]))
-            sub = {k: {"positions": st[0], "energy": st[1], "forces": st[2]}
-                   for k, st in zip(("reactant", "transition_state", "product"), res["stationary"])}
-            reactions.append({"formula": formula, "rxn": rxn, "atomic_numbers": z,
-                              "positions": pos, "energy": e, "forces": f, **sub})
+            reactions.append(_reaction_group(res, formula, rxn))
             for md in res["md"]:
                 if md:
-                    mp_, me, mf = (np.stack(x) for x in zip(*md))
-                    eq_groups.append({"formula": formula, "rxn": f"eq{len(eq_groups):04d}",
-                                      "atomic_numbers": z, "positions": mp_, "energy": me,
-                                      "forces": mf})
+                    eq_groups.append(_md_group(formula, f"eq{len(eq_groups):04d}", res["z"], md))
             p = res["path"]
             stats.append({"rxn": rxn, "formula": formula, "reactant": name, "h": h, "donor": d,
-                          "acceptor": acc, "n_path_frames": len(e),
+                          "acceptor": acc, "n_path_frames": len(res["frames"]),
                           "neb_iterations": p["iterations"], "converged": p["converged"],
                           "dropped_frames": p["dropped"], "barrier_eV": p["barrier"]})
             bar.update(1)

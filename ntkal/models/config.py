@@ -13,11 +13,13 @@ __all__ = ["ModelConfig", "BACKBONES", "MLIP_BACKBONES", "NTKAL_ONLY_FIELDS", "m
 #: InstaDeep ``mlip`` networks (optional extra ``ntkal[mlip]``, :mod:`ntkal.models.mlip_adapter`).
 MLIP_BACKBONES = ("mace", "nequip", "visnet")
 BACKBONES = ("ntkal",) + MLIP_BACKBONES
-#: ModelConfig fields that an ``mlip`` backbone takes from ModelConfig, not from ``backbone_options``.
 #: ModelConfig fields that only the built-in ``"ntkal"`` network uses.
 NTKAL_ONLY_FIELDS = ("hidden_irreps", "radial_hidden", "readout_hidden", "envelope_power")
-SHARED_OPTIONS = {"num_layers": "num_layers", "l_max": "lmax", "num_rbf": "num_radial",
-                  "avg_num_neighbors": "avg_num_neighbors"}
+#: ``mlip`` network ``Config`` fields set from ModelConfig fields (network name → ModelConfig name).
+NETWORK_CONFIG_FIELDS = {"num_layers": "num_layers", "l_max": "lmax", "num_rbf": "num_radial"}
+#: ``mlip`` options an ``mlip`` backbone takes from ModelConfig, never from ``backbone_options``
+#: (``avg_num_neighbors`` reaches the network through its ``DatasetInfo``).
+SHARED_OPTIONS = {**NETWORK_CONFIG_FIELDS, "avg_num_neighbors": "avg_num_neighbors"}
 
 
 def mlip_available() -> bool:
@@ -119,10 +121,14 @@ class ModelConfig:
     def symbols(self) -> tuple[str, ...]:
         return tuple(ase.data.chemical_symbols[z] for z in self.elements)
 
+    def options_dict(self) -> dict[str, Any]:
+        """``backbone_options`` as a dict of JSON values (tuples back to lists)."""
+        return {k: _thawed(v) for k, v in self.backbone_options}
+
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["elements"] = list(self.elements)
-        d["backbone_options"] = {k: _thawed(v) for k, v in self.backbone_options}
+        d["backbone_options"] = self.options_dict()
         return d
 
     @classmethod

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import jraph
 
 from ntkal.data.padding import edge_mask, graph_mask, node_graph_index, node_mask
-from ntkal.models.config import MLIP_BACKBONES, ModelConfig
+from ntkal.models.config import MLIP_BACKBONES, NETWORK_CONFIG_FIELDS, ModelConfig
 
 __all__ = ["build_mlip_model", "mlip_network", "to_mlip_graph", "params_from_mlip", "load_mlip_zip"]
 
@@ -75,13 +75,13 @@ def mlip_network(config: ModelConfig):
                        graph_cutoff_angstrom=float(config.cutoff),
                        avg_num_neighbors=float(config.avg_num_neighbors),
                        scaling_mean=0.0, scaling_stdev=1.0)
-    options = {k: (list(v) if isinstance(v, tuple) else v) for k, v in config.backbone_options}
-    given = {"num_layers": config.num_layers, "l_max": config.lmax, "num_rbf": config.num_radial, **options}
+    given = {name: getattr(config, field) for name, field in NETWORK_CONFIG_FIELDS.items()}
+    given.update(config.options_dict())
     fields = getattr(cls.Config, "model_fields", {})
     unknown = sorted(set(given) - set(fields)) if fields else []
     if unknown:
         raise ValueError(f"backbone_options {unknown[0]!r} is not a {_CLASSES[config.backbone]} option "
-                         f"(known: {', '.join(sorted(set(fields) - {'num_layers', 'l_max', 'num_rbf'}))})")
+                         f"(known: {', '.join(sorted(set(fields) - set(NETWORK_CONFIG_FIELDS)))})")
     try:
         net_config = cls.Config(**given)
     except Exception as err:  # pydantic.ValidationError
@@ -245,11 +245,11 @@ def load_mlip_zip(path, *, backbone: str | None = None):
     models, _, _, _ = _mlip()
     cls = getattr(models, _CLASSES[backbone])
     plain = json.loads(cls.Config().model_dump_json())
-    given = {k: net_config.pop(k, plain[k]) for k in ("num_layers", "l_max", "num_rbf")}
+    given = {name: net_config.pop(name, plain[name]) for name in NETWORK_CONFIG_FIELDS}
     # defaults given the shared fields (some defaults follow them, e.g. MACE's node_symmetry)
     defaults = json.loads(cls.Config(**given).model_dump_json())
     avg = net_config.get("avg_num_neighbors") or info.get("avg_num_neighbors", 1.0)
-    shared = {"num_layers": given["num_layers"], "lmax": given["l_max"], "num_radial": given["num_rbf"]}
+    shared = {field: given[name] for name, field in NETWORK_CONFIG_FIELDS.items()}
     net_config.pop("avg_num_neighbors", None)
     options = {k: v for k, v in net_config.items() if k in defaults and v != defaults[k]}
     for key, value in options.items():
