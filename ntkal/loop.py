@@ -14,9 +14,9 @@ Methods:
 * ``committee`` — query by committee: ``committee_size`` models fine-tuned on bootstrap
   resamples of the labelled set; picks the largest force disagreement.
 * any :data:`ntkal.kernels.KINDS` (``energy``, ``force_exact``, ``force_probe``, ``joint``,
-  ``embedding``, ``last_layer``) — features of the labelled set give the posterior
-  A = ΦᵀΦ + σ²I; the pool is streamed through the posterior-variance scorer keeping the
-  top ``shortlist``; ``selector`` picks the batch from the shortlist.
+  ``embedding``, ``last_layer``, ``atom_embedding``) — features of the labelled set give
+  the posterior A = ΦᵀΦ + σ²I; the pool is streamed through the posterior-variance scorer
+  keeping the top ``shortlist``; ``selector`` picks the batch from the shortlist.
 
 Feature scale (``feature_norm``, see :mod:`ntkal.acquisition.normalize`): ``"mean_trace"``
 divides every row by sqrt(mean per-structure trace ‖Φ(x)‖²_F over the labelled set);
@@ -88,8 +88,9 @@ class LoopConfig:
       feature_norm: one of :data:`ntkal.acquisition.NORMALIZATIONS`.
       max_force_quantile: outlier guard; candidates with predicted max |F| above this quantile
         of the unlabelled pool's are never picked (1.0 = off).
-      cascade: ``None`` or a cheap kernel kind (``energy``, ``embedding``, ``last_layer``) that
-        screens the pool first; only the top ``cascade_keep`` fraction is featurised by ``method``.
+      cascade: ``None`` or a cheap kernel kind (``energy``, ``embedding``, ``last_layer``,
+        ``atom_embedding``) that screens the pool first; only the top ``cascade_keep`` fraction is
+        featurised by ``method``.
       cascade_keep: q, fraction kept by the cascade.
       size_classes: at most this many padding classes of the pool (1 = pad to the largest).
       replay: pretraining structures (drawn once per run from ``seed``) added to every fine-tune.

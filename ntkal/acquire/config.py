@@ -16,7 +16,7 @@ from ntkal.kernels.config import KINDS, KernelConfig
 __all__ = ["AcquisitionConfig", "CASCADE_KINDS", "DISTANCE_SELECTORS"]
 
 #: Kernels cheap enough for the cascade's first stage (no position derivatives).
-CASCADE_KINDS = ("energy", "embedding", "last_layer")
+CASCADE_KINDS = ("energy", "embedding", "last_layer", "atom_embedding")
 #: Selectors that also take the training features as initial centres (train+pool mode).
 DISTANCE_SELECTORS = ("lcmd", "maxdist", "kmeanspp")
 

@@ -9,8 +9,15 @@ r"""Activation (non-NTK) feature maps: embedding and last-layer kernels.
   1/√H path normalisation): the last-layer kernel is the readout-only energy NTK up to c²
   (tested).
 
-Both have r = 1 row per graph (mask = real graph) and are computed on the whole chunk in
-one forward pass (pooling is a segment sum, so padding contributes exactly zero).
+* **atom_embedding**: one row per free real atom, h_i itself (no pooling): r = max_atoms rows
+  per graph, masked like the force rows (real and free). With the ``total`` reduction its
+  posterior variance is Σ_i σ²(h_i), the variance of a linear model of *local* (per-atom)
+  energies: extensive and local like the force-NTK variance, but from one forward pass. It is
+  the cascade's cheap stand-in for force-aware kernels (``AcquisitionConfig.cascade``).
+
+``embedding`` and ``last_layer`` have r = 1 row per graph (mask = real graph). All three are
+computed on the whole chunk in one forward pass (pooling is a segment sum, so padding contributes
+exactly zero).
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ import jraph
 from ntkal.data import graph_mask, node_graph_index
 from ntkal.kernels.features import FeatureRows
 
-__all__ = ["make_activation_apply"]
+__all__ = ["make_activation_apply", "make_atom_embedding_apply"]
 
 
 def make_activation_apply(model, kind: str, pool: str = "mean") -> Callable:
@@ -47,5 +54,31 @@ def make_activation_apply(model, kind: str, pool: str = "mean") -> Callable:
                      "mean_sum": jnp.concatenate([mean, total], axis=-1)}[pool]
         feats = jnp.where(real[:, None], feats, 0.0)
         return FeatureRows(feats[:, None, :], real[:, None])
+
+    return apply
+
+
+def make_atom_embedding_apply(model) -> Callable:
+    """``apply(params, graph, max_atoms) -> FeatureRows`` of per-atom invariant features.
+
+    Returns rows (n_graph, max_atoms, F): row i of graph g is the node scalars h_i of the
+    graph's i-th atom; rows of padding slots, of fixed atoms (``nodes["free"]`` False) and of
+    the padding graph are exactly zero and masked. ``max_atoms`` (static) must be ≥ every real
+    graph's atom count.
+    """
+
+    def apply(params, graph: jraph.GraphsTuple, max_atoms: int) -> FeatureRows:
+        out = model.apply(params, graph)
+        n_graph = graph.n_node.shape[0]
+        seg = node_graph_index(graph)
+        n_node = jnp.asarray(graph.n_node)
+        offsets = jnp.concatenate([jnp.zeros((1,), n_node.dtype), jnp.cumsum(n_node)[:-1]])
+        slot = jnp.arange(seg.shape[0]) - offsets[seg]
+        keep = graph_mask(graph)[seg] & jnp.asarray(graph.nodes["free"]).astype(bool)
+        slot = jnp.where(keep, slot, max_atoms)  # out of range: dropped by the scatter
+        h = jnp.where(keep[:, None], out.node_scalars, 0.0)
+        rows = jnp.zeros((n_graph, max_atoms, h.shape[-1]), h.dtype).at[seg, slot].set(h, mode="drop")
+        mask = jnp.zeros((n_graph, max_atoms), bool).at[seg, slot].set(keep, mode="drop")
+        return FeatureRows(rows, mask)
 
     return apply

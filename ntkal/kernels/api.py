@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkal.kernels.activations import make_activation_apply
+from ntkal.kernels.activations import make_activation_apply, make_atom_embedding_apply
 from ntkal.kernels.config import KernelConfig
 from ntkal.kernels.features import FeatureRows, make_ntk_apply, ntk_functions
 from ntkal.kernels.split import GraphSizes, graph_sizes
@@ -73,6 +73,19 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
         return FeatureMap(config, int(width), 0, apply_padded,
                           lambda params, graph, *, sizes=None, salt=None: inner(params, graph),
                           lambda sizes=None: 1)
+
+    if kind == "atom_embedding":
+        per_atom = jax.jit(make_atom_embedding_apply(model), static_argnames=("max_atoms",))
+        width = jax.eval_shape(model.apply, params, _dummy_graph()).node_scalars.shape[-1]
+
+        def apply_padded(params, graph, sizes, salt=None):
+            return per_atom(params, graph, max_atoms=int(sizes.max_atoms))
+
+        def apply(params, graph, *, sizes: GraphSizes | None = None, salt=None) -> FeatureRows:
+            return apply_padded(params, graph, graph_sizes(graph) if sizes is None else sizes)
+
+        return FeatureMap(config, int(width), 0, apply_padded, apply,
+                          lambda sizes: int(sizes.max_atoms))
 
     fns = ntk_functions(model, config, params)
     inner = jax.jit(make_ntk_apply(fns, config, kind), static_argnames=("sizes",))

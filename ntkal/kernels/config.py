@@ -8,7 +8,7 @@ import enum
 __all__ = ["KernelConfig", "ForceFormulation", "KINDS", "SKETCH_KINDS"]
 
 #: Feature-map kinds understood by :func:`ntkal.kernels.make_feature_map`.
-KINDS = ("embedding", "last_layer", "energy", "force_exact", "force_probe", "joint")
+KINDS = ("embedding", "last_layer", "atom_embedding", "energy", "force_exact", "force_probe", "joint")
 #: Random sketch distributions (both scaled so that E[S Sᵀ] = I).
 SKETCH_KINDS = ("gaussian", "rademacher")
 
@@ -40,7 +40,7 @@ class KernelConfig:
     Attributes:
       kind: one of :data:`KINDS`.
       sketch_dim: d, the sketch width; ``None`` = unsketched (d = P_s, small models only).
-        Ignored by ``embedding`` and ``last_layer``.
+        Ignored by ``embedding``, ``last_layer`` and ``atom_embedding``.
       sketch_kind: ``"gaussian"`` (N(0, 1/d) entries) or ``"rademacher"`` (±1/√d).
       param_filter: which parameters θ_s the NTK differentiates; see
         :func:`ntkal.kernels.select_params` (``"all"``, ``"readout"``, ``"last_interaction"``,

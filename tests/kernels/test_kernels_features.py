@@ -212,7 +212,8 @@ def test_rotation_invariance_and_covariance(setup, maps, exact):
 
 @pytest.mark.parametrize("config", [ENERGY, dict(EXACT, formulation="jvp"),
                                     dict(PROBE, formulation="jvp"), dict(kind="embedding"),
-                                    dict(kind="last_layer")], ids=lambda c: c["kind"])
+                                    dict(kind="last_layer"), dict(kind="atom_embedding")],
+                         ids=lambda c: c["kind"])
 def test_padding_never_changes_features(setup, maps, config):
     """Water in the shared chunk vs in a larger, differently padded chunk (other budgets,
     other neighbours, empty graph slots)."""
@@ -291,6 +292,40 @@ def test_embedding_pools(setup, maps):
         np.testing.assert_allclose(rows[g, f:], h.sum(0), rtol=1e-12)
         start += n[g]
     assert np.all(rows[N_REAL] == 0.0)
+
+
+def test_atom_embedding_rows_are_the_free_atoms_node_features(setup, maps):
+    """One row per free real atom, in atom order: h_i of the model's own forward pass; the
+    fixed water O and every padding slot are zero and masked; permuting a structure's atoms
+    permutes its rows, so the total posterior variance is permutation invariant."""
+    model, params, atoms, graph = setup
+    out = jax.jit(model.apply)(params, graph)
+    n = np.asarray(graph.n_node)
+    fm = maps(kind="atom_embedding")
+    rows, mask = (np.asarray(x) for x in fm.apply(params, graph))
+    f = out.node_scalars.shape[1]
+    assert fm.dim == f and rows.shape == (len(n), fm.num_rows(graph_sizes(graph)), f)
+    start = 0
+    for g in range(N_REAL):
+        h = np.asarray(out.node_scalars[start:start + n[g]])
+        free = np.ones(n[g], bool)
+        for c in atoms[g].constraints:
+            free[c.index] = False
+        np.testing.assert_array_equal(mask[g], np.r_[free, np.zeros(rows.shape[1] - n[g], bool)])
+        np.testing.assert_allclose(rows[g, :n[g]][free], h[free], rtol=1e-12)
+        assert np.all(rows[g, :n[g]][~free] == 0.0) and np.all(rows[g, n[g]:] == 0.0)
+        start += n[g]
+    assert not mask[N_REAL:].any() and np.all(rows[N_REAL:] == 0.0)
+    assert not mask[0, 1] and mask[1, :5].all()  # water's O is fixed; CH4 is all free
+
+    perm = [3, 0, 4, 2, 1]
+    ch4 = atoms[1][perm]
+    r2, m2 = (np.asarray(x) for x in fm.apply(params, batch_atoms([ch4], CUTOFF, elements=ELEMENTS)))
+    np.testing.assert_allclose(r2[0, :5], rows[1, perm], rtol=1e-10, atol=1e-12)
+    spd = np.random.default_rng(2).normal(size=(f, f)) / np.sqrt(f)
+    a_inv = np.linalg.inv(spd @ spd.T + np.eye(f))
+    pv = [np.einsum("rd,de,re->", r[:5], a_inv, r[:5]) for r in (rows[1], r2[0])]
+    assert np.isclose(pv[0], pv[1], rtol=1e-10) and pv[0] > 0
 
 
 def test_joint_rows_and_default_weights(setup, maps, exact):
