@@ -212,3 +212,50 @@ def test_fits_of_different_sizes_and_schedules_share_one_compiled_step(data, cap
     control = [r.getMessage() for r in caplog.records[n_fit:] if r.getMessage().startswith("Compiling jit(step)")]
     assert control and compiles == control, compiles
     assert [h["lr"] for h in result.history] == [pytest.approx(5e-5), pytest.approx(1e-3)]
+
+
+def test_interrupted_fit_resumes_to_the_uninterrupted_result(data, tmp_path, monkeypatch):
+    """A fit killed after epoch 2 and rerun with the same ``state_path`` returns bit-identical
+    parameters, best epoch and history to a fit that was never interrupted (hold-out, replay and
+    a cosine schedule all active); a finished state returns at once; other inputs are refused."""
+    import ntkal.train.fitting as fitting
+
+    model, params, train, _ = data
+    train = _dense(train)
+    config = TrainConfig(max_epochs=5, batch_size=8, learning_rate=5e-3, val_fraction=0.25, patience=100,
+                         schedule="cosine", seed=2, replay_weight=0.5)
+    args = (model, params, train[:16], None, config)
+    reference = fit(*args, replay=train[16:24], progress=False)
+
+    path = tmp_path / "fit.state.npz"
+    real_save = fitting.save_fit_state
+
+    def crash_after_epoch_2(p, fingerprint, state):
+        real_save(p, fingerprint, state)
+        if state.epoch == 2:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(fitting, "save_fit_state", crash_after_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        fit(*args, replay=train[16:24], progress=False, state_path=path)
+    monkeypatch.setattr(fitting, "save_fit_state", real_save)
+    epochs_run = []
+    monkeypatch.setattr(fitting, "learning_rate_at",
+                        lambda c, e: epochs_run.append(int(e)) or learning_rate_at(c, e))
+    resumed = fit(*args, replay=train[16:24], progress=False, state_path=path)
+    assert sorted(set(epochs_run)) == [3, 4]  # only the epochs after the crash were trained
+
+    leaves = jax.tree_util.tree_leaves
+    assert all(np.array_equal(x, y) for x, y in zip(leaves(resumed.params), leaves(reference.params)))
+    assert resumed.best_epoch == reference.best_epoch
+    assert [h["val_loss"] for h in resumed.history] == pytest.approx(
+        [h["val_loss"] for h in reference.history], rel=0, abs=0)
+    epochs_run.clear()
+    again = fit(*args, replay=train[16:24], progress=False, state_path=path)
+    assert epochs_run == [] and all(np.array_equal(x, y) for x, y in zip(leaves(again.params),
+                                                                          leaves(reference.params)))
+    with pytest.raises(ValueError, match="other inputs"):
+        fit(model, params, train[:16], None, dataclasses.replace(config, learning_rate=1e-3),
+            replay=train[16:24], progress=False, state_path=path)
+    with pytest.raises(ValueError, match="other inputs"):
+        fit(*args, replay=train[16:23], progress=False, state_path=path)

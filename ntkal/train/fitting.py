@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import os
 from typing import Any, NamedTuple, Sequence
 
 import jax
@@ -26,6 +27,7 @@ from ntkal.models.mlip import MLIP
 from ntkal.train.loss import make_loss_fn
 from ntkal.train.metrics import evaluate, make_error_sums_fn
 from ntkal.train.config import TrainConfig
+from ntkal.train.resume import FitState, fit_fingerprint, load_fit_state, save_fit_state
 from ntkal.train.schedule import holdout_split, learning_rate_at
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "make_batches", "batch_budget", "make_optimizer",
@@ -138,7 +140,7 @@ def replay_indices(n_replay: int, weight: float, seed: int, epoch: int) -> np.nd
 
 def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure] | None = None,
         config: TrainConfig = TrainConfig(), *, replay: Sequence[Structure] = (),
-        progress: bool = True) -> TrainResult:
+        progress: bool = True, state_path: str | os.PathLike | None = None) -> TrainResult:
     """Fine-tune ``params`` on labelled ``train`` structures.
 
     Args:
@@ -153,6 +155,11 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
         the training data of every epoch (``config.replay_weight`` draws each on average),
         shuffled together with ``train``; never held out, never validated on.
       progress: show a tqdm bar over epochs.
+      state_path: make the fit resumable: after every epoch the whole state is written there
+        atomically (:mod:`ntkal.train.resume`), and a call that finds the file resumes after
+        its last epoch, returning what the uninterrupted fit would (a finished fit returns at
+        once). The file is checked against a fingerprint of ``config``, ``params`` and the
+        data; a mismatch raises ``ValueError``.
 
     Returns:
       A :class:`TrainResult`.
@@ -177,7 +184,16 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
     key = jax.random.key(config.seed)
     best = (math.inf, params, -1)
     history = []
-    bar = tqdm(range(config.max_epochs), desc="fit", disable=not progress, leave=False)
+    start, finished, fingerprint = 0, False, None
+    if state_path is not None:
+        fingerprint = fit_fingerprint(config, params, train, val, replay)
+        saved = load_fit_state(state_path, fingerprint, params, opt_state)
+        if saved is not None:
+            params, opt_state, history = saved.params, saved.opt_state, saved.history
+            best = (saved.best_loss, saved.best_params, saved.best_epoch)
+            start, finished = saved.epoch + 1, saved.finished
+    bar = tqdm(range(start, 0 if finished else config.max_epochs), desc="fit", disable=not progress,
+               leave=False, initial=start, total=config.max_epochs)
     for epoch in bar:
         items = np.arange(len(train))
         if replay:
@@ -203,7 +219,13 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
         else:
             best = (record["train_loss"], params, epoch)
         history.append(record)
-        if val_batches and epoch - best[2] >= config.patience:
+        stop = bool(val_batches) and epoch - best[2] >= config.patience
+        if state_path is not None:
+            save_fit_state(state_path, fingerprint, FitState(
+                epoch=epoch, finished=stop or epoch == config.max_epochs - 1, params=params,
+                opt_state=opt_state, best_params=best[1], best_loss=float(best[0]),
+                best_epoch=int(best[2]), history=history))
+        if stop:
             break
     return TrainResult(params=best[1], history=history, best_epoch=best[2], n_train=len(train),
                        n_holdout=n_holdout, n_replay=len(replay))
