@@ -19,6 +19,14 @@ rewrites only the metadata (the parameters stay bit-identical) and the card's el
     python experiments/pretrain.py oc20_like --size small
     python experiments/pretrain.py t1x_like --size small
     python experiments/pretrain.py --backfill-train-elements oc20_like
+    python experiments/pretrain.py oc20_like --size default --max-frames 2400 --name oc20_like_large \
+        --model hidden_irreps="64x0e + 16x1o" --model num_layers=3 --model radial_hidden=64 \
+        --model readout_hidden=32
+
+Training is resumable: the fit's state is written after every epoch to ``--state`` (default
+``runs/pretrain/<name>.state.npz``), and rerunning the same command after a crash or a kill
+continues from the last epoch (the card's wall time is then that of the last session). Another
+command with the same state path is refused rather than mixed in.
 """
 
 from __future__ import annotations
@@ -81,9 +89,33 @@ def build_parser() -> argparse.ArgumentParser:
                         help="hold out whole systems or random frames (default: system for oc20_like, frame for "
                              "t1x_like, whose few source molecules make a by-molecule hold-out stop training "
                              "after 2 epochs)")
+    parser.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a field of the built-in network (repeatable; e.g. num_layers=3, "
+                             "hidden_irreps='64x0e + 16x1o'); defaults: " + ", ".join(f"{k}={v}" for k, v in MODEL.items()))
+    parser.add_argument("--state", type=Path, default=None,
+                        help="resumable fit state (default runs/pretrain/<name>.state.npz)")
     parser.add_argument("--backfill-train-elements", metavar="NAME", default=None,
                         help="add train_elements to the existing checkpoint <out>/NAME.msgpack (see above) and exit")
     return parser
+
+
+def model_fields(overrides: list[str]) -> dict:
+    """:data:`MODEL` with ``KEY=VALUE`` overrides (values parsed as int, float, else string)."""
+    fields = dict(MODEL)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in MODEL:
+            raise SystemExit(f"--model {item!r}: expected KEY=VALUE with KEY one of {', '.join(MODEL)}")
+        value = value.strip().strip("'\"")
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                pass
+        fields[key] = value
+    return fields
 
 
 def source_frames(args, rng):
@@ -176,11 +208,14 @@ def main() -> None:
     if args.dataset is None:
         parser.error("dataset is required (unless --backfill-train-elements)")
     name = args.name or args.dataset
+    fields = model_fields(args.model)
+    state_path = args.state or Path(__file__).resolve().parent.parent / "runs" / "pretrain" / f"{name}.state.npz"
+    state_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     rng = np.random.default_rng(args.seed)
 
     train_atoms, val_atoms, val_split = source_frames(args, rng)
-    config = ModelConfig(elements=ELEMENTS[args.dataset], **MODEL)
+    config = ModelConfig(elements=ELEMENTS[args.dataset], **fields)
     to_structures = lambda atoms: [s for _, s in structures_from_atoms(atoms, config.cutoff,
                                                                        elements=config.elements)]
     train, val = to_structures(train_atoms), to_structures(val_atoms)
@@ -191,7 +226,8 @@ def main() -> None:
     print(f"{name}: {len(train)} train / {len(val)} val source frames; {count_parameters(params):,} parameters")
     train_config = TrainConfig(max_epochs=args.epochs, batch_size=8, learning_rate=3e-3, patience=15,
                                seed=args.seed)
-    result = fit(model, params, train, val, train_config)
+    print(f"fit state: {state_path} (rerun the same command to resume)")
+    result = fit(model, params, train, val, train_config, state_path=state_path)
     params = result.params
 
     sums = jax.jit(make_error_sums_fn(model.energy))
@@ -204,7 +240,7 @@ def main() -> None:
             atoms = [atoms[i] for i in np.sort(rng.choice(len(atoms), args.max_eval, replace=False))]
         errors[split] = evaluate(sums, params, make_batches(to_structures(atoms), 16))
     wall = time.perf_counter() - t0
-    command = "python experiments/pretrain.py " + " ".join(sys.argv[1:])
+    command = "python experiments/pretrain.py " + shlex.join(sys.argv[1:])
     train_elements = elements_of(train_atoms)
     metadata = {"name": name, "dataset": args.dataset, "size": args.size, "seed": args.seed,
                 "train_frames": len(train), "val_frames": len(val), "train_elements": train_elements,

@@ -446,6 +446,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
                         help="checkpoint path (.msgpack, relative to the working directory; overrides the "
                              "config's 'out'); the model card <stem>.md is written beside it")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or log lines, only the result line")
+    parser.add_argument("--no-resume", action="store_true",
+                        help="start over: delete the fit state <stem>.state.npz that a killed run left beside "
+                             "the checkpoint (by default the same command resumes from its last epoch)")
     add_compile_cache_argument(parser)
     return parser
 
@@ -453,7 +456,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 def command_of(args: argparse.Namespace) -> str:
     """The ``ntkal train`` command line of parsed ``args`` (recorded in the metadata)."""
     argv = [str(args.config)] + (["--out", str(args.out)] if args.out is not None else []) + \
-        (["--quiet"] if args.quiet else []) + (["--no-compile-cache"] if getattr(args, "no_compile_cache", False) else [])
+        (["--quiet"] if args.quiet else []) + (["--no-resume"] if getattr(args, "no_resume", False) else []) + \
+        (["--no-compile-cache"] if getattr(args, "no_compile_cache", False) else [])
     return "ntkal train " + shlex.join(argv)
 
 
@@ -472,7 +476,7 @@ def main_train(args: argparse.Namespace) -> int:
     from ntkal.train.from_files import train_from_files
 
     result = train_from_files(spec, progress=not args.quiet, command=command_of(args),
-                              log=None if args.quiet else print)
+                              log=None if args.quiet else print, resume=not getattr(args, "no_resume", False))
     meta = result.metadata
     val = meta["errors"].get("val") or {}
     scores = (f"val force MAE {val['force_mae']:.4f} eV/Å, energy MAE {1000 * val['energy_mae_per_atom']:.1f} "

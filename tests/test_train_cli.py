@@ -100,6 +100,25 @@ def test_checkpoint_metadata_and_card(trained):
     assert files["train"][0]["sha256"] in card and "| val | 2 |" in card
 
 
+def test_rerun_resumes_from_the_fit_state_and_other_settings_are_refused(trained, capsys):
+    """The fit state beside the checkpoint: the same command again resumes a finished fit (same
+    parameters, no epoch trained); a changed [train] table is refused (exit 2) naming --no-resume."""
+    state = trained / "models" / "tiny.state.npz"
+    assert state.exists()
+    _, first, _ = load_pretrained(str(trained / "models" / "tiny.msgpack"))
+    capsys.readouterr()
+    assert main(["train", str(trained / "train.toml"), "--no-compile-cache"]) == 0
+    assert f"resuming from {state}" in capsys.readouterr().out
+    _, again, _ = load_pretrained(str(trained / "models" / "tiny.msgpack"))
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(first),
+                                                     jax.tree_util.tree_leaves(again)))
+    _write_config(trained / "other.toml", model=TINY_MODEL, data={"train": "train.extxyz", "val": ["val.extxyz.xz"]},
+                  train={**TRAIN, "learning_rate": 1e-4})
+    assert main(["train", str(trained / "other.toml"), "--quiet", "--no-compile-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "belongs to a fit with other inputs" in err and "--no-resume" in err
+
+
 def test_select_uses_it_and_warns_on_elements_unseen_in_training(trained, tmp_path):
     ase.io.write(tmp_path / "pool.extxyz", _frames(6, seed=5, swap=AU))  # Au in frame 5
     out = tmp_path / "picked.extxyz"

@@ -106,7 +106,8 @@ def _locate(files: list[dict]) -> Callable[[int], tuple[str, int]]:
 
 
 def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = True, command: str | None = None,
-                     log: Callable[[str], None] | None = print) -> TrainFromFilesResult:
+                     log: Callable[[str], None] | None = print,
+                     resume: bool = True) -> TrainFromFilesResult:
     """Train the model a ``ntkal train`` config describes and write its checkpoint and model card.
 
     Args:
@@ -114,6 +115,9 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
       progress: show :func:`~ntkal.train.fit`'s progress bar over epochs.
       command: the command line to record (default: ``ntkal train <config>``).
       log: receives one line per step (reading, model, result); ``None`` for silence.
+      resume: the fit's state is written after every epoch to ``<out stem>.state.npz`` beside
+        the checkpoint (:mod:`ntkal.train.resume`); rerunning the same config after a crash or a
+        kill continues from the last epoch. ``False`` deletes that file first (start over).
 
     Returns:
       A :class:`TrainFromFilesResult`.
@@ -181,7 +185,13 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
         init = {"new": True, "seed": spec.seed}
         say(f"new model ({count_parameters(params):,} parameters), elements {', '.join(config.symbols)}")
 
-    result = fit(model, params, train, val or None, train_config, progress=progress)
+    state_path = Path(spec.out).with_suffix(".state.npz")
+    Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        state_path.unlink(missing_ok=True)
+    elif state_path.exists():
+        say(f"resuming from {state_path}")
+    result = fit(model, params, train, val or None, train_config, progress=progress, state_path=state_path)
     params = result.params
 
     # errors with fit's compiled sums and batch budget (no new compile)

@@ -121,8 +121,8 @@ def load_fit_state(path: str | os.PathLike, fingerprint: str, params_template,
         raise ValueError(f"{path}: not an ntkal fit state (format {meta.get('format')!r})")
     if meta["fingerprint"] != fingerprint:
         raise ValueError(f"{path}: this fit state belongs to a fit with other inputs (training "
-                         f"config, starting parameters or data differ); delete it or choose another "
-                         f"path to start over")
+                         f"config, starting parameters or data differ); delete it (ntkal train: "
+                         f"--no-resume) or choose another path to start over")
 
     def restore(name, template):
         leaves, treedef = jax.tree_util.tree_flatten(template)
