@@ -38,11 +38,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import os
 import re
 import shlex
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
