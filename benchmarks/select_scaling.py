@@ -131,7 +131,9 @@ def run_cascade(data, n, args, model, params, config, store, log):
 
     ``recall`` = |cascade picks ∩ full picks| / B; ``coverage`` = the fraction of the full picks
     that the first stage keeps (recall's upper bound: the rest is the selector deciding
-    differently on the smaller candidate set). The ``joint, other seed`` row is the noise
+    differently on the smaller candidate set); ``batch PV / full's`` = the summed joint PV of
+    the picks (each under the training posterior; same features, scale and σ² in both arms)
+    over the full pick's: the uncertainty the batch covers, whatever structures carry it. The ``joint, other seed`` row is the noise
     ceiling: the full joint pick with another sketch and probe seed, against the first.
     """
     from ntkal.acquire import Acquirer
@@ -149,10 +151,13 @@ def run_cascade(data, n, args, model, params, config, store, log):
     def report(selector, kind, q, got, s, full, full_s, coverage):
         recall = len(set(got.ids.tolist()) & set(full.ids.tolist())) / args.budget
         ratio = full.stats["n_features"] / max(got.stats["n_features"], 1)
+        # Σ joint PV of the batch (each pick's PV under the same training posterior, before the
+        # batch's own updates) relative to the full pick's: how much uncertainty the batch covers
+        captured = float(np.sum(got.pv) / np.sum(full.pv))
         rows.append(dict(selector=selector, cascade=kind, keep=q, recall=recall, coverage=coverage,
-                         feature_ratio=ratio, full_s=full_s, cascade_s=s,
+                         pv_captured=captured, feature_ratio=ratio, full_s=full_s, cascade_s=s,
                          n_features=got.stats["n_features"], n_full=full.stats["n_features"]))
-        log(f"| {selector} | {kind} | {q} | {recall:.2f} | {coverage:.2f} | {ratio:.1f}× | "
+        log(f"| {selector} | {kind} | {q} | {recall:.2f} | {coverage:.2f} | {captured:.3f} | {ratio:.1f}× | "
             f"{full_s:.1f} | {s:.1f} |")
 
     for selector in args.cascade_selectors:
@@ -288,9 +293,9 @@ def main(argv=None) -> int:
     if args.cascade:
         if cascade_data is None:
             raise SystemExit(f"--cascade {args.cascade} must be one of --sizes")
-        log("\n| selector | first stage | keep q | top-B recall | coverage | fewer force-aware features "
-            "| full s | cascade s |")
-        log("|---|---|---|---|---|---|---|---|")
+        log("\n| selector | first stage | keep q | top-B recall | coverage | batch PV / full's | fewer "
+            "force-aware features | full s | cascade s |")
+        log("|---|---|---|---|---|---|---|---|---|")
         result["cascade"] = run_cascade(cascade_data, args.cascade, args, model, params, config, store, log)
     if args.startup:
         log("\n| start-up | seconds |\n|---|---|")
