@@ -19,7 +19,7 @@ def test_shipped_checkpoints_exist_and_are_small():
         assert (PRETRAINED_DIR / f"{name}.md").exists()
 
 
-@pytest.mark.parametrize("name", ["oc20_like", "t1x_like"])
+@pytest.mark.parametrize("name", ["oc20_like", "oc20_like_large", "t1x_like"])
 def test_checkpoint_reproduces_model_card_errors(name):
     model, params, meta = load_pretrained(name)
     with lzma.open(PRETRAINED_DIR / f"{name}.val.extxyz.xz", "rt") as f:
