@@ -17,9 +17,10 @@ atoms, log-uniform; a 64-structure training set from another seed), with the shi
 The slope of log(pick s) against log(n) should be 1 (linear in the pool). ``--cascade N``
 adds a table on an N-structure pool: full joint PV vs the cascade (``--cascade-kinds`` first
 stages, keep q), recall of the top-B picks (maxdiag: pure PV top-B; lcmd: the batch), the
-first stage's coverage of the full picks, the ratio of force-aware feature evaluations, and a
-noise-ceiling row (the full joint pick with another sketch/probe seed). ``--startup`` times ``ntkal --help`` and a cold and a warm
-(persistent compilation cache) ``ntkal select`` on a 50-structure pool in subprocesses.
+first stage's coverage of the full picks, the batch's summed joint PV relative to the full
+pick's, the ratio of force-aware feature evaluations, and a noise-ceiling row (the full joint
+pick with another sketch/probe seed). ``--startup`` times ``ntkal --help`` and a cold and a
+warm (persistent compilation cache) ``ntkal select`` on a 50-structure pool in subprocesses.
 
 Usage::
 
@@ -133,8 +134,9 @@ def run_cascade(data, n, args, model, params, config, store, log):
     that the first stage keeps (recall's upper bound: the rest is the selector deciding
     differently on the smaller candidate set); ``batch PV / full's`` = the summed joint PV of
     the picks (each under the training posterior; same features, scale and σ² in both arms)
-    over the full pick's: the uncertainty the batch covers, whatever structures carry it. The ``joint, other seed`` row is the noise
-    ceiling: the full joint pick with another sketch and probe seed, against the first.
+    over the full pick's: the uncertainty the batch covers, whatever structures carry it. The
+    ``joint, other seed`` row is the noise ceiling: the full joint pick with another sketch and
+    probe seed, against the first (its batch PV comes from its own features).
     """
     from ntkal.acquire import Acquirer
     import jax

@@ -16,7 +16,7 @@ import numpy as np
 
 from ntkal import datasets
 from ntkal.data import structures_from_atoms
-from ntkal.models import load_pretrained
+from ntkal.models import count_parameters, load_pretrained
 from ntkal.train import evaluate, make_batches, make_error_sums_fn
 
 
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     print("|---|---|---|---|---|---|---|")
     for name in args.models:
         model, params, _ = load_pretrained(name)
-        n_params = sum(int(np.size(x)) for x in jax.tree_util.tree_leaves(params["net"]))
+        n_params = count_parameters(params)
         sums = jax.jit(make_error_sums_fn(model.energy))
         for split, atoms in frames.items():
             structures = [s for _, s in structures_from_atoms(atoms, model.config.cutoff,

@@ -19,8 +19,8 @@ rewrites only the metadata (the parameters stay bit-identical) and the card's el
     python experiments/pretrain.py oc20_like --size small
     python experiments/pretrain.py t1x_like --size small
     python experiments/pretrain.py --backfill-train-elements oc20_like
-    python experiments/pretrain.py oc20_like --size default --max-frames 2400 --name oc20_like_large \
-        --model hidden_irreps="64x0e + 16x1o" --model num_layers=3 --model radial_hidden=64 \
+    python experiments/pretrain.py oc20_like --size default --epochs 40 --max-frames 2400 \
+        --name oc20_like_large --model 'hidden_irreps=64x0e + 16x1o' --model radial_hidden=64 \
         --model readout_hidden=32
 
 Training is resumable: the fit's state is written after every epoch to ``--state`` (default

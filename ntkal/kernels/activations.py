@@ -30,6 +30,7 @@ import jraph
 
 from ntkal.data import graph_mask, node_graph_index
 from ntkal.kernels.features import FeatureRows
+from ntkal.kernels.split import exclusive_cumsum
 
 __all__ = ["make_activation_apply", "make_atom_embedding_apply"]
 
@@ -71,9 +72,7 @@ def make_atom_embedding_apply(model) -> Callable:
         out = model.apply(params, graph)
         n_graph = graph.n_node.shape[0]
         seg = node_graph_index(graph)
-        n_node = jnp.asarray(graph.n_node)
-        offsets = jnp.concatenate([jnp.zeros((1,), n_node.dtype), jnp.cumsum(n_node)[:-1]])
-        slot = jnp.arange(seg.shape[0]) - offsets[seg]
+        slot = jnp.arange(seg.shape[0]) - exclusive_cumsum(jnp.asarray(graph.n_node))[seg]
         keep = graph_mask(graph)[seg] & jnp.asarray(graph.nodes["free"]).astype(bool)
         slot = jnp.where(keep, slot, max_atoms)  # out of range: dropped by the scatter
         h = jnp.where(keep[:, None], out.node_scalars, 0.0)

@@ -47,7 +47,8 @@ def graph_sizes(graph: jraph.GraphsTuple, *, minimum: int = 8) -> GraphSizes:
     return GraphSizes(bucket(max(max_n, 1), minimum), bucket(max(max_e, 1), minimum))
 
 
-def _exclusive_cumsum(x):
+def exclusive_cumsum(x):
+    """[0, x_0, x_0 + x_1, …] (same length as ``x``): e.g. each graph's first node from ``n_node``."""
     return jnp.concatenate([jnp.zeros((1,), x.dtype), jnp.cumsum(x)[:-1]])
 
 
@@ -67,8 +68,8 @@ def split_graphs(graph: jraph.GraphsTuple, sizes: GraphSizes) -> jraph.GraphsTup
     real = graph_mask(graph)
     n_node = jnp.where(real, jnp.asarray(graph.n_node), 0).astype(jnp.int32)
     n_edge = jnp.where(real, jnp.asarray(graph.n_edge), 0).astype(jnp.int32)
-    node_off = _exclusive_cumsum(jnp.asarray(graph.n_node).astype(jnp.int32))
-    edge_off = _exclusive_cumsum(jnp.asarray(graph.n_edge).astype(jnp.int32))
+    node_off = exclusive_cumsum(jnp.asarray(graph.n_node).astype(jnp.int32))
+    edge_off = exclusive_cumsum(jnp.asarray(graph.n_edge).astype(jnp.int32))
     total_nodes = graph.nodes["numbers"].shape[0]
     total_edges = graph.senders.shape[0]
     senders = jnp.asarray(graph.senders)
