@@ -185,6 +185,8 @@ ACQUISITION_FLAGS: tuple[AcquisitionFlag, ...] = (
     AcquisitionFlag("--min-class-chunks", ("min_class_chunks",),
                     "at most one size class per this many chunks of structures", int),
     AcquisitionFlag("--prefetch", ("prefetch",), "chunks prepared ahead on a background thread (0 = off)", int),
+    AcquisitionFlag("--feature-devices", ("feature_devices",),
+                    "local devices featurising side by side, one chunk each (0 = all)", int),
     AcquisitionFlag("--seed", ("seed", "kernel.seed"), "seeds the sketch, the probes and the random selectors",
                     int),
 )

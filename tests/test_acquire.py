@@ -245,3 +245,86 @@ def test_parallel_graphs_equal_serial_ones(monkeypatch):
         fresh = atoms_to_structure(atoms, CONFIG.cutoff, elements=CONFIG.elements)
         for field in ("numbers", "positions", "senders", "receivers", "shifts", "free", "forces"):
             np.testing.assert_array_equal(getattr(s, field), getattr(fresh, field))
+
+
+_MULTI_DEVICE_SCRIPT = r"""
+import sys
+sys.path.insert(0, sys.argv[1])
+import jax
+jax.config.update("jax_enable_x64", True)
+import jax.numpy as jnp
+import numpy as np
+assert len(jax.local_devices()) == 4, jax.local_devices()
+from tiny_models import tiny_config
+from test_acquire import mixed_frames
+from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
+from ntkal.data import atoms_to_structure, batch_atoms
+from ntkal.kernels import KernelConfig
+from ntkal.models import build_model
+
+config = tiny_config(num_layers=1, lmax=1)
+model = build_model(config)
+frames = mixed_frames(30, seed=0)
+params = model.init(jax.random.key(0), batch_atoms(frames[:2], config.cutoff))
+params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, jnp.float64), params)
+structures = [atoms_to_structure(a, config.cutoff, elements=config.elements) for a in frames]
+data = structure_set(structures, 2)
+assert data.plan.num_classes == 2
+counts = np.bincount(data.plan.class_of)
+assert all(-(-int(n) // 3) % 4 for n in counts), counts  # every class ends in a short group
+ids = np.arange(30)[::-1]
+for kernel in (KernelConfig(kind="joint", sketch_dim=16, num_probes=2),
+               KernelConfig(kind="energy", sketch_dim=16, hoist_sketch=False),
+               KernelConfig(kind="atom_embedding")):
+    got = {}
+    for devices in (1, 0):
+        cfg = AcquisitionConfig(kernel=kernel, chunk_size=3, size_classes=2, min_class_chunks=1,
+                                feature_devices=devices)
+        acq = Acquirer(model, params, cfg)
+        assert len(acq.devices) == (4 if devices == 0 else 1)
+        seen = []
+        rows = {}
+        for chunk in acq.stream_features(acq.feature_map, params, data, ids):
+            for g, i in enumerate(np.asarray(chunk.ids)):
+                if i >= 0:
+                    seen.append(int(i))
+                    rows[int(i)] = (np.asarray(chunk.rows[g]), np.asarray(chunk.row_mask[g]))
+        got[devices] = (seen, rows)
+    (seen1, rows1), (seen4, rows4) = got[1], got[0]
+    assert seen1 == seen4 and sorted(seen4) == list(range(30)), (seen1, seen4)
+    for i in range(30):
+        np.testing.assert_array_equal(rows1[i][1], rows4[i][1])
+        np.testing.assert_allclose(rows4[i][0], rows1[i][0], rtol=1e-9, atol=1e-12)
+    assert max(np.abs(rows4[i][0]).max() for i in range(30)) > 0
+    print("ok features", kernel.kind)
+
+"""
+
+
+def test_features_on_four_devices_equal_one_device():
+    """Featurising k chunks side by side on 4 host CPU devices (one SPMD call per group of
+    same-class chunks, groups cut short at class boundaries) gives the 1-device features in the
+    same order, for a hoisted sketch, a streamed sketch and a per-atom map (the picks on 4
+    devices: ``test_select.py::test_same_picks_on_four_host_devices``).
+
+    Without marking the replicated parameters as per-device values inside ``shard_map``, the
+    parameter gradients of a group are summed over its devices and this fails.
+    """
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    done = subprocess.run([sys.executable, "-c", _MULTI_DEVICE_SCRIPT, str(Path(__file__).parent)],
+                          env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr[-4000:]
+    assert done.stdout.count("ok features") == 3, done.stdout
+
+
+def test_feature_devices_beyond_this_process_are_refused():
+    from ntkal.acquire import feature_devices
+    assert len(feature_devices(0)) == len(jax.local_devices()) and len(feature_devices(1)) == 1
+    with pytest.raises(ValueError, match="device"):
+        feature_devices(len(jax.local_devices()) + 1)
+    with pytest.raises(ValueError, match="feature_devices"):
+        AcquisitionConfig(feature_devices=-1)

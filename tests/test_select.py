@@ -143,8 +143,8 @@ def test_varred_selector_through_select(files, tmp_path):
 
 
 def test_same_picks_on_four_host_devices(files, picked, tmp_path):
-    """The shortlist and the selector run sharded over a 4-device mesh (4 host CPU devices in
-    a subprocess): the picks equal the 1-device run's."""
+    """Featurisation, the shortlist and the selector run on 4 host CPU devices (in a
+    subprocess): the picks equal the 1-device run's."""
     import os
     import subprocess
     import sys
@@ -163,4 +163,5 @@ def test_same_picks_on_four_host_devices(files, picked, tmp_path):
     one = json.loads(picked.with_name("picked.summary.json").read_text())
     four = json.loads(out.with_name("four.summary.json").read_text())
     assert four["ids"] == one["ids"]
+    assert four["stats"]["feature_devices"] == 4 and one["stats"]["feature_devices"] == 1
     np.testing.assert_allclose(four["scores"], one["scores"], rtol=1e-5)

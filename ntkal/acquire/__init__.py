@@ -21,6 +21,8 @@ _WHERE = {
     "evidence_from_residuals": "ntkal.acquire.pipeline",
     "shortlist_and_select": "ntkal.acquire.pipeline",
     "prefetch": "ntkal.acquire.prefetching",
+    "MultiDeviceFeatures": "ntkal.acquire.devices",
+    "feature_devices": "ntkal.acquire.devices",
 }
 
 __all__ = list(_WHERE)

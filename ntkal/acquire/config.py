@@ -54,6 +54,9 @@ class AcquisitionConfig:
       min_class_chunks: at most one class per this many chunks of structures (a small pool is
         not worth one compilation per class: 66 structures in chunks of 16 get one class).
       prefetch: padded chunks prepared on a background thread ahead of the device (0 = off).
+      feature_devices: local devices that featurise side by side, one chunk each
+        (:mod:`ntkal.acquire.devices`); 0 = all of this process's devices, 1 = the default one.
+        The features, and so the picks, do not depend on it.
       seed: seeds the sketch, the probes and the random/k-means++ selectors.
     """
 
@@ -73,6 +76,7 @@ class AcquisitionConfig:
     max_padding: float = 1.2
     min_class_chunks: int = 4
     prefetch: int = 2
+    feature_devices: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -113,6 +117,8 @@ class AcquisitionConfig:
             raise ValueError(f"max_padding must be >= 1, got {self.max_padding}")
         if self.prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {self.prefetch}")
+        if self.feature_devices < 0:
+            raise ValueError(f"feature_devices must be >= 0 (0 = all local devices), got {self.feature_devices}")
 
     def max_classes(self, n_structures: int) -> int:
         """Size classes allowed for ``n_structures``: ``size_classes``, fewer for small sets."""

@@ -36,6 +36,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ntkal.acquire.config import DISTANCE_SELECTORS, AcquisitionConfig
+from ntkal.acquire.devices import MultiDeviceFeatures, feature_devices
 from ntkal.acquire.prefetching import prefetch
 from ntkal.acquisition import (FeatureChunk, FeatureScale, ScoreConfig, accumulate_second_moment,
                                apply_feature_scale, evidence_noise_var, fit_feature_scale,
@@ -96,7 +97,7 @@ class Picks(NamedTuple):
       noise_var: σ² used (fixed or the evidence maximiser).
       w_force: the joint force-block weight used (``None`` for other kernels).
       scale: the fitted :class:`~ntkal.acquisition.FeatureScale`.
-      stats: counts and seconds: ``n_candidates``, ``n_kept`` (after the cascade),
+      stats: counts and seconds: ``n_candidates``, ``feature_devices``, ``n_kept`` (after the cascade),
         ``n_features`` (force-aware feature evaluations in this call, cache hits excluded),
         ``n_cheap_features``, ``cascade_s``, ``train_features_s``, ``score_s``, ``select_s``.
     """
@@ -263,6 +264,14 @@ class Acquirer:
                                  param_filter=k.param_filter, seed=k.seed, pool=k.pool)
             self.cascade_map = shared(("map", cheap), lambda: make_feature_map(model, cheap, params))
         self.energy_and_forces, self.energy = jitted_model(model, store)
+        self.devices = feature_devices(config.feature_devices)
+        self._multi = {}
+        if len(self.devices) > 1:
+            names = tuple(d.id for d in self.devices)
+            for fmap in (self.feature_map, self.cascade_map):
+                if fmap is not None:
+                    self._multi[id(fmap)] = shared(("devices", fmap.config, names),
+                                                   lambda fmap=fmap: MultiDeviceFeatures(fmap, self.devices))
 
     # --- streaming over a StructureSet ----------------------------------------------------
 
@@ -284,10 +293,52 @@ class Acquirer:
             counts = np.bincount(data.plan.class_of[ids], minlength=data.plan.num_classes)
             total = int(sum(-(-int(n) // self.config.chunk_size) for n in counts))
             chunks = tqdm(chunks, total=total, desc=desc, unit="chunk", leave=False)
+        multi = self._multi.get(id(fmap))
+        if multi is not None:
+            yield from self._stream_multi(multi, params, data, chunks, r)
+            return
         for c, chunk_ids, graph in chunks:
             rows, mask = fmap.apply(params, graph, sizes=GraphSizes(*data.plan.budgets[c]))
             rows, mask = _pad_rows(jnp.asarray(rows), jnp.asarray(mask), r)
             yield FeatureChunk(rows, mask, jnp.asarray(chunk_ids, jnp.int32))
+
+    @staticmethod
+    def _stream_multi(multi: MultiDeviceFeatures, params, data: StructureSet, chunks,
+                      r: int) -> Iterator[FeatureChunk]:
+        """``stream_features`` on k devices: groups of ≤ k same-class chunks, one per device.
+
+        Group j+1 is dispatched before group j is brought to the host, so the devices work while
+        the consumer scores; chunks come back as host arrays, in the order of ``chunks``.
+        """
+        replicated = multi.replicate(params)
+
+        def groups():
+            group: list = []
+            for c, chunk_ids, graph in chunks:
+                if group and (c != group[0][0] or len(group) == multi.k):
+                    yield group
+                    group = []
+                group.append((c, chunk_ids, graph))
+            if group:
+                yield group
+
+        def finish(group, out):
+            rows, mask = (np.asarray(x) for x in out)
+            for k, (_, chunk_ids, _) in enumerate(group):
+                extra = r - rows.shape[2]
+                yield FeatureChunk(np.pad(rows[k], ((0, 0), (0, extra), (0, 0))),
+                                   np.pad(mask[k], ((0, 0), (0, extra))),
+                                   np.asarray(chunk_ids, np.int32))
+
+        pending = None
+        for group in groups():
+            out = multi.apply(replicated, [g for _, _, g in group],
+                              GraphSizes(*data.plan.budgets[group[0][0]]))
+            if pending is not None:
+                yield from finish(*pending)
+            pending = (group, out)
+        if pending is not None:
+            yield from finish(*pending)
 
     def warm_up(self, params, data: StructureSet, *, threads: int | None = None) -> float:
         """Compile the feature maps for every size class of ``data`` up front; returns seconds.
@@ -439,7 +490,7 @@ class Acquirer:
                 raise ValueError(f"train_energies must be {train_ids.shape} finite values (eV), got "
                                  f"shape {train_energies.shape}")
         counter: dict = {}
-        stats = {"n_candidates": int(len(candidates))}
+        stats = {"n_candidates": int(len(candidates)), "feature_devices": len(self.devices)}
         fmap = self.feature_map
 
         residuals = None  # energy residuals (eV) of the training set, for the evidence σ²

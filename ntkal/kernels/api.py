@@ -25,14 +25,18 @@ class FeatureMap(NamedTuple):
       config: the :class:`KernelConfig`.
       dim: d, the feature width.
       num_params: P_s for NTK kinds (0 for activation kernels).
-      apply_padded: ``apply_padded(params, graph, sizes, salt=None) -> FeatureRows`` —
-        jitted, pure; ``sizes`` (:class:`GraphSizes`) is static (changing it recompiles).
-        ``salt`` (n_graph,) ints decorrelates probe tangents across structures. A hoisted
-        sketch (see ``KernelConfig.hoist_sketch``) is drawn once by ``make_feature_map`` and
-        held by the map (P_s·d entries); a streamed one is redrawn leaf by leaf in each call.
+      apply_padded: ``apply_padded(params, graph, sizes, salt=None, constants=None) ->
+        FeatureRows`` — jitted, pure; ``sizes`` (:class:`GraphSizes`) is static (changing it
+        recompiles). ``salt`` (n_graph,) ints decorrelates probe tangents across structures. A
+        hoisted sketch (see ``KernelConfig.hoist_sketch``) is drawn once by ``make_feature_map``
+        and held by the map (P_s·d entries, :attr:`constants`); a streamed one is redrawn leaf
+        by leaf in each call. ``constants=None`` uses the held ones; pass them explicitly to
+        call the map inside another transformation (e.g. ``shard_map``) without capturing
+        them as compile-time constants.
       apply: ``apply(params, graph, *, sizes=None, salt=None) -> FeatureRows`` — the same, with
         ``sizes`` chosen from a concrete chunk by :func:`graph_sizes` when omitted.
       num_rows: ``num_rows(sizes) -> r``.
+      constants: the arrays the map holds (the hoisted sketch blocks) or ``None``.
     """
 
     config: KernelConfig
@@ -41,6 +45,7 @@ class FeatureMap(NamedTuple):
     apply_padded: Callable
     apply: Callable
     num_rows: Callable
+    constants: object = None
 
 
 def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
@@ -67,7 +72,7 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
         width = (shapes.readout_inputs.shape[-1] if kind == "last_layer"
                  else shapes.node_scalars.shape[-1] * (2 if config.pool == "mean_sum" else 1))
 
-        def apply_padded(params, graph, sizes=None, salt=None):
+        def apply_padded(params, graph, sizes=None, salt=None, constants=None):
             return inner(params, graph)
 
         return FeatureMap(config, int(width), 0, apply_padded,
@@ -78,7 +83,7 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
         per_atom = jax.jit(make_atom_embedding_apply(model), static_argnames=("max_atoms",))
         width = jax.eval_shape(model.apply, params, _dummy_graph()).node_scalars.shape[-1]
 
-        def apply_padded(params, graph, sizes, salt=None):
+        def apply_padded(params, graph, sizes, salt=None, constants=None):
             return per_atom(params, graph, max_atoms=int(sizes.max_atoms))
 
         def apply(params, graph, *, sizes: GraphSizes | None = None, salt=None) -> FeatureRows:
@@ -97,8 +102,9 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
         dtype = jnp.result_type(*fns.selection.take(params))
         blocks = jax.jit(fns.sketch.blocks, static_argnums=0)(dtype)
 
-    def apply_padded(params, graph, sizes, salt=None):
-        return inner(params, graph, sizes=sizes, salt=salt, blocks=blocks)
+    def apply_padded(params, graph, sizes, salt=None, constants=None):
+        return inner(params, graph, sizes=sizes, salt=salt,
+                     blocks=blocks if constants is None else constants)
 
     def apply(params, graph, *, sizes: GraphSizes | None = None, salt=None) -> FeatureRows:
         if sizes is None:
@@ -113,7 +119,7 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
         return {"energy": 1, "force_exact": force, "force_probe": force, "joint": 1 + force}[kind]
 
     return FeatureMap(config, fns.sketch.dim, fns.selection.num_params, apply_padded, apply,
-                      num_rows)
+                      num_rows, blocks)
 
 
 def _dummy_graph():
