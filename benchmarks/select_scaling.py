@@ -20,12 +20,14 @@ stages, keep q), recall of the top-B picks (maxdiag: pure PV top-B; lcmd: the ba
 first stage's coverage of the full picks, the batch's summed joint PV relative to the full
 pick's, the ratio of force-aware feature evaluations, and a noise-ceiling row (the full joint
 pick with another sketch/probe seed). ``--startup`` times ``ntkal --help`` and a cold and a
-warm (persistent compilation cache) ``ntkal select`` on a 50-structure pool in subprocesses.
+warm (persistent compilation cache and traced programs) ``ntkal select`` on a 50-structure pool
+in subprocesses, and their fixed cost: the wall time minus the same pick's time once compiled.
 
 Usage::
 
     python benchmarks/select_scaling.py --quick                    # 150 and 600, ≤ 3 classes, CPU
     python benchmarks/select_scaling.py --sizes 1000 4000 --cascade 4000 --startup
+    python benchmarks/select_scaling.py --sizes --startup --probes 4   # start-up only
     python benchmarks/select_scaling.py --sizes 1000 4000 16000 200000 --chunk-size 64 \\
         --workers 16 --json out.json                                 # GPU (benchmarks/gpu/run.sh)
 """
@@ -181,9 +183,20 @@ def run_cascade(data, n, args, model, params, config, store, log):
 
 
 def run_startup(args, log):
-    """Cold and warm `ntkal select` (fresh persistent cache, then the same cache)."""
+    """Cold and warm `ntkal select` in subprocesses, and their fixed cost.
+
+    cold: empty compilation cache; warm: the same cache (compiled programs and traced
+    programs, :mod:`ntkal.program_cache`). The fixed cost is the wall time minus the time of
+    the same pick with everything compiled (the same acquirer picking a second time in this
+    process: featurisation, posterior and selection compute only).
+    """
     import ase.io
+    import jax
     from ntkal.datasets.candidates import candidate_pool
+    from ntkal.acquire import Acquirer, structure_set
+    from ntkal.models import load_pretrained
+    from ntkal.select import read_structures
+    from ntkal.select_args import add_select_arguments, config_from_args
     exe = [sys.executable, "-m", "ntkal.cli"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t = time.perf_counter()
@@ -195,16 +208,33 @@ def run_startup(args, log):
         ase.io.write(tmp / "pool.extxyz", list(candidate_pool(50, seed=3, max_atoms=80)))
         ase.io.write(tmp / "train.extxyz", list(candidate_pool(16, seed=4, max_atoms=80)))
         env["NTKAL_CACHE_DIR"] = str(tmp / "cache")
-        cmd = exe + ["select", "--model", "oc20_like", "--pool", str(tmp / "pool.extxyz"), "--train",
-                     str(tmp / "train.extxyz"), "--budget", "5", "--out", str(tmp / "picked.extxyz"),
-                     "--kernel", args.kernel, "--num-probes", str(args.probes), "--sketch-dim",
-                     str(args.sketch_dim), "--selector", args.selector, "--no-progress"]
+        argv = ["select", "--model", "oc20_like", "--pool", str(tmp / "pool.extxyz"), "--train",
+                str(tmp / "train.extxyz"), "--budget", "5", "--out", str(tmp / "picked.extxyz"),
+                "--kernel", args.kernel, "--num-probes", str(args.probes), "--sketch-dim",
+                str(args.sketch_dim), "--selector", args.selector, "--no-progress"]
         for name in ("cold", "warm"):
             t = time.perf_counter()
-            subprocess.run(cmd, env=env, check=True, capture_output=True)
+            subprocess.run(exe + argv, env=env, check=True, capture_output=True)
             out[f"{name}_s"] = time.perf_counter() - t
             summary = json.loads((tmp / "picked.summary.json").read_text())
             out[f"{name}_timings"] = summary["timings"]
+            out[f"{name}_programs"] = summary.get("programs")
+        # the same pick with everything compiled, in this process
+        config = config_from_args(add_select_arguments(argparse.ArgumentParser()).parse_args(argv[1:]))
+        model, params, _ = load_pretrained("oc20_like")
+        pool, _ = read_structures(tmp / "pool.extxyz", model.config.cutoff, None, progress=False)
+        train, energies = read_structures(tmp / "train.extxyz", model.config.cutoff, model.config.elements,
+                                          progress=False)
+        data = structure_set(pool + train, config.max_classes(len(pool) + len(train)), config.max_padding)
+        acquirer = Acquirer(model, params, config)
+        picks = []
+        for _ in range(2):
+            t = time.perf_counter()
+            picks.append(acquirer.pick(params, data, len(pool) + np.arange(len(train)), np.arange(len(pool)),
+                                       5, jax.random.PRNGKey(config.seed), train_energies=energies).ids)
+            out["compiled_pick_s"] = time.perf_counter() - t
+        if list(picks[-1]) != summary["ids"]:
+            raise RuntimeError(f"in-process picks {list(picks[-1])} differ from the CLI's {summary['ids']}")
         bad = subprocess.run(exe + ["select", "--model", "oc20_like", "--pool", str(tmp / "pool.extxyz"),
                                     "--train", str(tmp / "train.extxyz"), "--budget", "5", "--out",
                                     str(tmp / "no" / "such" / "dir" / "x.png")], env=env, capture_output=True)
@@ -214,16 +244,21 @@ def run_startup(args, log):
                               str(tmp / "x.png")], env=env, capture_output=True)
         out["bad_out_s"] = time.perf_counter() - t
         out["bad_out_rc"] = bad.returncode
+    pick_s = out["compiled_pick_s"]
     log(f"| `ntkal --help` | {help_s:.2f} s |")
     log(f"| cold `ntkal select` (50 + 16 structures, empty compile cache) | {out['cold_s']:.1f} s |")
-    log(f"| warm `ntkal select` (same, persistent cache) | {out['warm_s']:.1f} s |")
+    log(f"| warm `ntkal select` (same, persistent cache; {out['warm_programs']}) | {out['warm_s']:.1f} s |")
+    log(f"| the same pick, compiled, in one process (featurisation + PV + selection) | {pick_s:.1f} s |")
+    log(f"| fixed cost cold / warm (wall − compiled pick) | {out['cold_s'] - pick_s:.1f} s / "
+        f"{out['warm_s'] - pick_s:.1f} s |")
     log(f"| bad `--out` (x.png) rejected | {out['bad_out_s']:.2f} s, exit {bad.returncode} |")
     return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--sizes", type=int, nargs="+", default=[1000, 4000])
+    p.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000],
+                   help="pool sizes (none: only --startup)")
     p.add_argument("--quick", action="store_true",
                    help="sizes 150 and 600, probes 4, d 256, <= 3 size classes, shortlist 200, budget 20")
     p.add_argument("--train", type=int, default=64)

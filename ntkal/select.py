@@ -45,6 +45,7 @@ from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import atomic_path, remove_stale_temp_files
 from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
+from ntkal.program_cache import ProgramCache
 
 __all__ = ["SelectSummary", "select_from_files", "read_frames", "read_structures"]
 
@@ -155,6 +156,7 @@ def select_from_files(
     out_path: str | os.PathLike,
     config: AcquisitionConfig = AcquisitionConfig(),
     progress: bool = True,
+    program_cache: str | os.PathLike | None = None,
 ) -> SelectSummary:
     """Pick ``budget`` structures of ``pool_path`` and write them to ``out_path``.
 
@@ -168,6 +170,9 @@ def select_from_files(
       out_path: output structure file (format from its extension; ``.extxyz`` recommended).
       config: the acquisition settings (kernel, selector, shortlist, σ², cascade, chunking).
       progress: show progress bars.
+      program_cache: optional folder of traced programs (:class:`ntkal.program_cache.ProgramCache`;
+        ``ntkal select`` passes ``programs/`` inside its compilation cache): a second run with the
+        same model, kernel and padding classes skips tracing the feature map.
 
     Returns:
       A :class:`SelectSummary` (also written as JSON next to ``out_path``).
@@ -212,7 +217,8 @@ def select_from_files(
 
     t = time.perf_counter()
     data = structure_set(pool + train, config.max_classes(n_pool + len(train)), config.max_padding)
-    acquirer = Acquirer(model, params, config)
+    programs = None if program_cache is None else ProgramCache(program_cache)
+    acquirer = Acquirer(model, params, config, programs=programs)
     timings["setup_s"] = time.perf_counter() - t
     picks = acquirer.pick(params, data, n_pool + np.arange(len(train)), np.arange(n_pool), budget,
                           jax.random.PRNGKey(config.seed), train_energies=energies, progress=progress)
@@ -240,6 +246,8 @@ def select_from_files(
         "size_classes": [list(b) for b in data.plan.budgets], "padding_ratio": padding,
         "ids": list(summary.ids), "scores": list(summary.scores), "pv": list(summary.pv),
         "stats": stats, "timings": timings, "element_warning": element_warning,
+        "programs": None if programs is None else {"folder": str(programs.folder), "loaded": programs.loaded,
+                                                   "exported": programs.exported},
     }
     atomic_write_bytes(summary.summary_path, strict_dumps(record, indent=2).encode())
     return summary

@@ -402,8 +402,8 @@ def main_select(args: argparse.Namespace) -> int:
 
     Everything is checked before JAX is imported: the files (:func:`validate_select_args`) and the
     acquisition settings (:func:`config_from_args`). Then the output folder is created, the
-    persistent compilation cache is turned on (unless ``--no-compile-cache``) and
-    :func:`ntkal.select.select_from_files` runs.
+    persistent compilation cache is turned on (unless ``--no-compile-cache``; traced programs go
+    to its ``programs/`` folder) and :func:`ntkal.select.select_from_files` runs.
 
     Raises:
       SelectArgumentError: unusable arguments: every file problem and the first bad setting.
@@ -420,13 +420,13 @@ def main_select(args: argparse.Namespace) -> int:
     if problems:
         raise SelectArgumentError(problems)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    if not args.no_compile_cache:
-        enable_compile_cache_or_warn()
+    folder = None if args.no_compile_cache else enable_compile_cache_or_warn()
 
     from ntkal.select import select_from_files
 
     summary = select_from_files(args.model, args.pool, args.train, args.budget, out_path=args.out,
-                                config=config, progress=not args.no_progress)
+                                config=config, progress=not args.no_progress,
+                                program_cache=None if folder is None else folder / "programs")
     print(f"picked {summary.budget} of {summary.n_pool} pool structures ({summary.config.kind} kernel, "
           f"{summary.config.selector}) in {summary.timings['total_s']:.1f} s -> {summary.out_path} "
           f"(summary {summary.summary_path})", file=sys.stdout)

@@ -328,3 +328,28 @@ def test_feature_devices_beyond_this_process_are_refused():
         feature_devices(len(jax.local_devices()) + 1)
     with pytest.raises(ValueError, match="feature_devices"):
         AcquisitionConfig(feature_devices=-1)
+
+
+def test_traced_programs_on_disk_give_the_same_picks(setup, tmp_path):
+    """With a program cache the acquirer's feature map and energies are exported once and
+    loaded by the next run (no tracing); the picks, scores and σ² equal the traced ones."""
+    from ntkal.program_cache import ProgramCache
+    model, params, frames, structures = setup
+    config = dataclasses.replace(BASE, selector="lcmd", size_classes=1)  # one program per map
+    data = structure_set(structures, config.size_classes)
+    train, candidates = np.arange(6), np.arange(6, 30)
+    energies = np.array([frames[i].get_potential_energy() for i in train])
+    plain = Acquirer(model, params, config, store=STORE).pick(params, data, train, candidates, 4,
+                                                               jax.random.key(0), train_energies=energies)
+    runs = []
+    for _ in range(2):
+        programs = ProgramCache(tmp_path / "programs")
+        picks = Acquirer(model, params, config, programs=programs).pick(
+            params, data, train, candidates, 4, jax.random.key(0), train_energies=energies)
+        runs.append((picks, programs.exported, programs.loaded))
+    assert runs[0][1:] == (2, 0)  # the feature map and the energy, each traced and written once
+    assert runs[1][1:] == (0, 2)  # and loaded by the next run
+    for picks, _, _ in runs:
+        np.testing.assert_array_equal(picks.ids, plain.ids)
+        np.testing.assert_allclose(picks.scores, plain.scores, rtol=1e-9)
+        assert picks.noise_var == pytest.approx(plain.noise_var, rel=1e-9)

@@ -45,6 +45,7 @@ from ntkal.data import Structure
 from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
 from ntkal.kernels import GraphSizes, KernelConfig, make_feature_map
 from ntkal.models import energy_and_forces_fn
+from ntkal.program_cache import ProgramCache
 
 __all__ = ["StructureSet", "structure_set", "Picks", "Acquirer", "fit_scale",
            "trace_equalising_w_force", "evidence_from_residuals", "shortlist_and_select"]
@@ -236,6 +237,9 @@ class Acquirer:
       store: optional dict shared by several acquirers of the same model (e.g. the runs of a
         sweep): feature maps and jitted functions are looked up there first, so a kernel is
         compiled once however many selectors or seeds use it.
+      programs: optional :class:`~ntkal.program_cache.ProgramCache`: the single-device feature
+        maps and the energy function are traced once and kept on disk (``ntkal select`` uses
+        it beside the compilation cache, so a warm run skips tracing the model).
 
     Attributes:
       feature_map: the (second-stage) feature map, unit joint weights.
@@ -244,9 +248,11 @@ class Acquirer:
       energy: jitted ``(params, graph) -> (n_graph,)`` eV.
     """
 
-    def __init__(self, model, params, config: AcquisitionConfig, *, store: dict | None = None):
+    def __init__(self, model, params, config: AcquisitionConfig, *, store: dict | None = None,
+                 programs: ProgramCache | None = None):
         self.config = config
         self.model = model
+        self.programs = programs
         store = {} if store is None else store
 
         def shared(key, build):
@@ -298,9 +304,26 @@ class Acquirer:
             yield from self._stream_multi(multi, params, data, chunks, r)
             return
         for c, chunk_ids, graph in chunks:
-            rows, mask = fmap.apply(params, graph, sizes=GraphSizes(*data.plan.budgets[c]))
+            rows, mask = self._apply(fmap, params, graph, GraphSizes(*data.plan.budgets[c]))
             rows, mask = _pad_rows(jnp.asarray(rows), jnp.asarray(mask), r)
             yield FeatureChunk(rows, mask, jnp.asarray(chunk_ids, jnp.int32))
+
+    def _apply(self, fmap, params, graph, sizes: GraphSizes):
+        """``fmap.apply`` on one padded chunk, through the program cache when there is one."""
+        if self.programs is None:
+            return fmap.apply(params, graph, sizes=sizes)
+        salt = np.zeros(np.shape(graph.n_node), np.uint32)
+        return self.programs.call(
+            ("features", self.model.config, fmap.config, sizes),
+            lambda p, g, s, k: tuple(fmap.apply_padded(p, g, sizes, salt=s, constants=k)),
+            (params, graph, salt, fmap.constants))
+
+    def _energy(self, params, graph):
+        """(n_graph,) model energies (eV) of one padded chunk."""
+        if self.programs is None:
+            return self.energy(params, graph)
+        return self.programs.call(("energy", self.model.config), lambda p, g: (self.model.energy(p, g),),
+                                  (params, graph))[0]
 
     @staticmethod
     def _stream_multi(multi: MultiDeviceFeatures, params, data: StructureSet, chunks,
@@ -404,7 +427,7 @@ class Acquirer:
         out = np.zeros(len(data))
         for _, chunk_ids, graph in self._graphs(data, ids):
             if what == "energy":
-                values = np.asarray(self.energy(params, graph))
+                values = np.asarray(self._energy(params, graph))
                 for g, i in enumerate(chunk_ids):
                     if i >= 0:
                         out[i] = values[g]

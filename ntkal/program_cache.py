@@ -1,0 +1,130 @@
+"""Traced programs kept on disk with ``jax.export``, so that a warm run skips Python tracing.
+
+JAX's persistent compilation cache (:mod:`ntkal.compile_cache`) skips the XLA compile of a
+program it has seen, but every run still traces and lowers the program in Python first: for
+the force-aware feature map of an e3nn model that is several seconds, the largest part of a
+warm ``ntkal select`` after the imports. A :class:`ProgramCache` serialises the traced program
+(StableHLO, via :func:`jax.export.export`) the first time and deserialises it afterwards; the
+compile of the deserialised program then hits the persistent compilation cache.
+
+A program is found again only under the same key: a SHA-256 of
+
+- the code: the versions of jax, jaxlib, flax and e3nn-jax, and the source text of every module
+  of the installed ``ntkal`` (any edit to ntkal invalidates every program);
+- the platform and the ``jax_enable_x64`` flag;
+- the caller's description of the function (``static``: e.g. the model and kernel configs and
+  the padded sizes, everything that the traced function closes over);
+- the argument pytree's structure and every leaf's shape and dtype.
+
+Files are written atomically; an unreadable file is replaced. Serialised programs are data
+(no pickles), but like the compilation cache the folder belongs to one user.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["ProgramCache", "code_fingerprint"]
+
+
+def code_fingerprint() -> str:
+    """SHA-256 over the versions of the tracing libraries and the source of every ntkal module."""
+    digest = hashlib.sha256()
+    for package in ("jax", "jaxlib", "flax", "e3nn-jax"):
+        try:
+            version = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        digest.update(f"{package}={version};".encode())
+    root = Path(__file__).resolve().parent
+    for path in sorted(root.rglob("*.py")):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _dtype(x):
+    import numpy as np
+    return np.dtype(x.dtype) if hasattr(x, "dtype") else np.asarray(x).dtype
+
+
+class ProgramCache:
+    """A folder of exported programs, and the ones loaded in this process.
+
+    Args:
+      folder: where the ``.jaxexport`` files go (created private to the user).
+      fingerprint: the code fingerprint in the key (default :func:`code_fingerprint`).
+
+    Attributes:
+      exported: programs traced and written by this object.
+      loaded: programs read from the folder by this object.
+    """
+
+    def __init__(self, folder: str | os.PathLike, fingerprint: str | None = None):
+        self.folder = Path(folder).expanduser().resolve()
+        self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.fingerprint = code_fingerprint() if fingerprint is None else str(fingerprint)
+        self._programs: dict[str, Callable] = {}
+        self.exported = 0
+        self.loaded = 0
+
+    def key(self, static: Any, args) -> str:
+        """The file stem of ``static`` applied to ``args`` (see the module docstring)."""
+        import jax
+        import numpy as np
+
+        leaves, treedef = jax.tree.flatten(args)
+        avals = ";".join(f"{np.shape(x)}{_dtype(x)}" for x in leaves)
+        text = "\n".join([self.fingerprint, jax.default_backend(), str(bool(jax.config.jax_enable_x64)),
+                          repr(static), str(treedef), avals])
+        return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+    def call(self, static: Any, fn: Callable, args: tuple):
+        """``fn(*args)``, traced at most once per key and folder.
+
+        Args:
+          static: a ``repr``-stable description of everything ``fn`` closes over.
+          fn: ``fn(*args) -> tuple of arrays``, jittable; ``args`` is a tuple of pytrees of
+            arrays (numpy or JAX).
+          args: its arguments.
+
+        Returns:
+          The tuple of output arrays.
+        """
+        import jax
+
+        name = self.key(static, args)
+        program = self._programs.get(name)
+        if program is None:
+            program = self._load_or_export(name, fn, args)
+            self._programs[name] = program
+        return program(*jax.tree.leaves(args))
+
+    def _load_or_export(self, name: str, fn: Callable, args: tuple) -> Callable:
+        import jax
+        import numpy as np
+
+        from ntkal.models.checkpoint import atomic_write_bytes
+
+        path = self.folder / f"{name}.jaxexport"
+        exported = None
+        if path.exists():
+            try:
+                exported = jax.export.deserialize(bytearray(path.read_bytes()))
+                self.loaded += 1
+            except Exception:  # truncated or foreign file: trace again and replace it
+                exported = None
+        if exported is None:
+            treedef = jax.tree.structure(args)
+
+            def flat(*leaves):
+                return tuple(fn(*jax.tree.unflatten(treedef, leaves)))
+
+            avals = [jax.ShapeDtypeStruct(np.shape(x), _dtype(x)) for x in jax.tree.leaves(args)]
+            exported = jax.export.export(jax.jit(flat))(*avals)
+            atomic_write_bytes(path, exported.serialize())
+            self.exported += 1
+        return jax.jit(exported.call)
