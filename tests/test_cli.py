@@ -228,7 +228,9 @@ def test_all_file_problems_are_reported_at_once(files):
 def test_good_arguments_pass_and_reach_the_compute_entry_point(files, monkeypatch, capsys):
     calls = []
 
-    def select_from_files(model_path, pool_path, train_path, budget, *, out_path, config, progress=True):
+    def select_from_files(model_path, pool_path, train_path, budget, *, out_path, config, progress=True,
+                          program_cache=None):
+        assert program_cache is None  # --no-compile-cache: no traced programs on disk either
         calls.append((model_path, pool_path, train_path, budget, out_path, config, progress))
         return types.SimpleNamespace(budget=budget, n_pool=3, out_path=out_path, summary_path="s.json",
                                      timings={"total_s": 1.25}, config=config)

@@ -1,0 +1,131 @@
+"""Why do kernel picks raise the test error? Refit a finished study's labelled sets with other
+fine-tuning settings, and score them on a development split that is *not* a test split.
+
+For each given point directory (a seed of a method in a finished or running study), the labelled
+pool structures of the first ``n`` labels are taken in pick order and fine-tuned from the
+pretrained parameters exactly as the loop does (same TrainConfig, seed rule, replay sample),
+then with each ``--variant`` (TrainConfig overrides). Errors are measured on ``dev``: target-
+distribution frames of the dataset's ``train`` split that are not in the pool (never the study's
+test splits, so nothing here tunes on them). The loop's own setting is the first row; its
+``val_id`` error, printed once per point, must match the study's log (a reproduction check).
+
+Also printed per labelled set: the force magnitude of the picks (max |F| per frame, eV/Å), since
+the kernel methods are suspected of picking high-force frames.
+
+Usage::
+
+    python experiments/diagnose_finetune.py experiments/configs/oc20_payoff_large.toml \\
+        --points random-rp32 joint-varred-d512-k4-med-ev-pre-rp32 --seed 0 --labels 48 96 \\
+        --variant learning_rate=0.0005 --variant grad_clip=1.0 --drop-above 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def parse_variant(text: str) -> dict:
+    out = {}
+    for part in text.split(","):
+        key, _, value = part.partition("=")
+        out[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-[{\"tfn" else value
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path)
+    p.add_argument("--points", nargs="+", required=True, help="variant labels (the point folder without -seedN)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--labels", type=int, nargs="+", default=[48, 96])
+    p.add_argument("--variant", action="append", default=[], help="TrainConfig overrides, k=v[,k=v]")
+    p.add_argument("--dev", type=int, default=200, help="development frames (not in the pool, not tests)")
+    p.add_argument("--drop-above", type=float, nargs="*", default=[],
+                   help="extra rows: the loop's fine-tune without the picks whose max |F| exceeds this (eV/Å)")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    import ase
+    import jax
+    from ntkal import datasets
+    from ntkal.experiment.config import load_sweep, sweep_label
+    from ntkal.experiment.run import load_data, load_replay
+    from ntkal.loop import _labelled_structures, load_state, make_context
+    from ntkal.models import load_pretrained
+    from ntkal.train import evaluate, fit, make_batches
+    from ntkal.train.metrics import make_error_sums_fn
+
+    points = {(sweep_label(c), c.loop.seed): c for c in load_sweep(args.config)}
+    first = next(iter(points.values()))
+    model, pretrained, _ = load_pretrained(first.checkpoint)
+    pool, tests = load_data(first.data, progress=False)
+    replay_atoms = load_replay(first.data, progress=False)
+    key = lambda a: (a.numbers.tobytes(), np.round(a.positions, 6).tobytes())
+    in_pool = {key(a) for a in pool}
+    target = [a for a in datasets.load_split(first.data.dataset, "train", size=first.data.size,
+                                             seed=first.data.seed, cache_dir=first.data.cache_dir,
+                                             progress=False)
+              if not datasets.oc20_is_source(a) and key(a) not in in_pool]
+    rng = np.random.default_rng(12345)
+    dev = [target[i] for i in np.sort(rng.choice(len(target), min(args.dev, len(target)), replace=False))]
+    print(f"# dev: {len(dev)} target frames of `train` outside the {len(pool)}-frame pool "
+          f"({len(target)} available); tests untouched except val_id for the reproduction check")
+    sums = jax.jit(make_error_sums_fn(model.energy))
+    out_dir = ROOT / first.out / "points"
+    results = []
+    header = "| point | labels | fine-tune | dev F-MAE | dev F-RMSE | val_id F-MAE (check) | picks' max abs F (median / max) |"
+    print(header + "\n|---|---|---|---|---|---|---|")
+    for label in args.points:
+        config = points[(label, args.seed)]
+        loaded = load_state(out_dir / f"{label}-seed{args.seed}")
+        if loaded is None:
+            raise SystemExit(f"no saved state for {label} seed {args.seed}")
+        _, atoms = loaded
+        ctx = make_context(model, pretrained, pool, {"dev": dev, "val_id": tests["val_id"]}, None, config.loop,
+                           progress=False, replay_atoms=replay_atoms)
+        tests_s = ctx.tests
+        for n in args.labels:
+            if n > len(atoms) + len(ctx.initial):
+                continue
+            picked = atoms[:n - len(ctx.initial)]  # the loop's initial labels come first
+            fmax = np.array([np.abs(a.get_forces()).max() for a in picked])
+            structures = list(ctx.initial) + _labelled_structures(ctx, picked)
+            r = (n - len(ctx.initial) - config.loop.initial) // config.loop.batch  # the round that had n labels
+            base = dataclasses.replace(config.loop.train, seed=config.loop.train.seed + 1000 * config.loop.seed + r)
+            runs = ([("loop's", {}, None)] + [(v, parse_variant(v), None) for v in args.variant]
+                    + [(f"without picks max|F| > {x:g}", {}, x) for x in args.drop_above])
+            for name, overrides, limit in runs:
+                t = time.perf_counter()
+                kept = structures
+                if limit is not None:
+                    keep = [k for k, f in enumerate(fmax) if f <= limit]
+                    kept = list(ctx.initial) + [structures[len(ctx.initial) + k] for k in keep]
+                    name += f" ({len(picked) - len(keep)} dropped)"
+                params = fit(model, pretrained, kept, None, dataclasses.replace(base, **overrides),
+                             replay=ctx.replay, progress=False).params
+                m = {split: evaluate(sums, params, make_batches(tests_s[split], 16)) for split in ("dev", "val_id")}
+                row = {"point": label, "seed": args.seed, "labels": n, "variant": name,
+                       "dev_force_mae": m["dev"]["force_mae"], "dev_force_rmse": m["dev"]["force_rmse"],
+                       "val_id_force_mae": m["val_id"]["force_mae"], "picks_fmax_median": float(np.median(fmax)),
+                       "picks_fmax_max": float(fmax.max()), "seconds": time.perf_counter() - t}
+                results.append(row)
+                print(f"| {label} | {n} | {name} | {row['dev_force_mae']:.4f} | {row['dev_force_rmse']:.4f} | "
+                      f"{row['val_id_force_mae']:.4f} | {row['picks_fmax_median']:.2f} / {row['picks_fmax_max']:.2f} |",
+                      flush=True)
+                if args.json:
+                    args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
