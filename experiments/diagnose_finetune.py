@@ -55,7 +55,6 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
-    import ase
     import jax
     from ntkal import datasets
     from ntkal.experiment.config import load_sweep, sweep_label

@@ -74,9 +74,13 @@ class ProgramCache:
     def key(self, static: Any, args) -> str:
         """The file stem of ``static`` applied to ``args`` (see the module docstring)."""
         import jax
+
+        return self._key(static, *jax.tree.flatten(args))
+
+    def _key(self, static: Any, leaves: list, treedef) -> str:
+        import jax
         import numpy as np
 
-        leaves, treedef = jax.tree.flatten(args)
         avals = ";".join(f"{np.shape(x)}{_dtype(x)}" for x in leaves)
         text = "\n".join([self.fingerprint, jax.default_backend(), str(bool(jax.config.jax_enable_x64)),
                           repr(static), str(treedef), avals])
@@ -96,14 +100,15 @@ class ProgramCache:
         """
         import jax
 
-        name = self.key(static, args)
+        leaves, treedef = jax.tree.flatten(args)  # once per call: the key and the call share it
+        name = self._key(static, leaves, treedef)
         program = self._programs.get(name)
         if program is None:
-            program = self._load_or_export(name, fn, args)
+            program = self._load_or_export(name, fn, leaves, treedef)
             self._programs[name] = program
-        return program(*jax.tree.leaves(args))
+        return program(*leaves)
 
-    def _load_or_export(self, name: str, fn: Callable, args: tuple) -> Callable:
+    def _load_or_export(self, name: str, fn: Callable, leaves: list, treedef) -> Callable:
         import jax
         import numpy as np
 
@@ -118,12 +123,10 @@ class ProgramCache:
             except Exception:  # truncated or foreign file: trace again and replace it
                 exported = None
         if exported is None:
-            treedef = jax.tree.structure(args)
-
             def flat(*leaves):
                 return tuple(fn(*jax.tree.unflatten(treedef, leaves)))
 
-            avals = [jax.ShapeDtypeStruct(np.shape(x), _dtype(x)) for x in jax.tree.leaves(args)]
+            avals = [jax.ShapeDtypeStruct(np.shape(x), _dtype(x)) for x in leaves]
             exported = jax.export.export(jax.jit(flat))(*avals)
             atomic_write_bytes(path, exported.serialize())
             self.exported += 1

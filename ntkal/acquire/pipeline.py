@@ -209,12 +209,13 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
     return ids, np.asarray(selection.scores, np.float64), pv
 
 
-def _pad_rows(rows, mask, r: int):
-    """Pad the row axis to ``r`` (zero rows, mask False): classes of exact force features differ."""
+def _pad_rows(rows, mask, r: int, pad=jnp.pad):
+    """Pad the row axis to ``r`` (zero rows, mask False): classes of exact force features differ.
+    ``pad = np.pad`` keeps host arrays on the host."""
     extra = r - rows.shape[1]
     if extra <= 0:
         return rows, mask
-    return (jnp.pad(rows, ((0, 0), (0, extra), (0, 0))), jnp.pad(mask, ((0, 0), (0, extra))))
+    return (pad(rows, ((0, 0), (0, extra), (0, 0))), pad(mask, ((0, 0), (0, extra))))
 
 
 def jitted_model(model, store: dict) -> tuple:
@@ -348,10 +349,7 @@ class Acquirer:
         def finish(group, out):
             rows, mask = (np.asarray(x) for x in out)
             for k, (_, chunk_ids, _) in enumerate(group):
-                extra = r - rows.shape[2]
-                yield FeatureChunk(np.pad(rows[k], ((0, 0), (0, extra), (0, 0))),
-                                   np.pad(mask[k], ((0, 0), (0, extra))),
-                                   np.asarray(chunk_ids, np.int32))
+                yield FeatureChunk(*_pad_rows(rows[k], mask[k], r, np.pad), np.asarray(chunk_ids, np.int32))
 
         pending = None
         for group in groups():
