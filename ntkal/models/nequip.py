@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import e3nn_jax as e3nn
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,6 +43,8 @@ class Interaction(nn.Module):
 
     @nn.compact
     def __call__(self, h, species, sh, basis, senders, receivers):
+        import e3nn_jax as e3nn  # imported when a model is traced (1+ s), not when it is built
+
         cfg = self.config
         target = e3nn.Irreps(cfg.hidden_irreps)
         n_node = h.shape[0]
@@ -78,6 +79,8 @@ class NequIPNet(nn.Module):
 
     @nn.compact
     def __call__(self, species, vectors, senders, receivers) -> NetOutput:
+        import e3nn_jax as e3nn  # imported when a model is traced (1+ s), not when it is built
+
         cfg = self.config
         num_species = len(cfg.elements)
         lengths = jnp.linalg.norm(vectors, axis=-1)
