@@ -600,8 +600,12 @@ _NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "noi
 
 def round0_fingerprint(config: LoopConfig, *extra) -> str:
     """A hash of everything round 0 depends on (``config`` minus the method's settings, plus
-    ``extra``, e.g. the data and checkpoint): equal fingerprints ⇒ identical round-0 states."""
+    ``extra``, e.g. the data and checkpoint): equal fingerprints ⇒ identical round-0 states.
+    Settings added later are left out at their no-op default (:mod:`ntkal.added_fields`), so
+    runs made before they existed keep their fingerprint."""
     import hashlib
+
+    from ntkal.added_fields import stable_repr
     base = LoopConfig()
     same = dataclasses.replace(config, **{f: getattr(base, f) for f in _NOT_IN_ROUND0})
-    return hashlib.sha256(repr((same,) + extra).encode()).hexdigest()[:16]
+    return hashlib.sha256(stable_repr((same,) + extra).encode()).hexdigest()[:16]

@@ -172,6 +172,8 @@ def test_replay_sample_fixed_per_run_and_round0_shared(setup, tmp_path):
     random_cfg = dataclasses.replace(cfg, method="random")
     assert round0_fingerprint(cfg) == round0_fingerprint(random_cfg)
     assert round0_fingerprint(cfg) != round0_fingerprint(dataclasses.replace(cfg, seed=1))
+    huber = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, force_huber_delta=0.3))
+    assert round0_fingerprint(cfg) != round0_fingerprint(huber)  # round 0 is fine-tuned with it
     calls = []
     shared = tmp_path / "round0"
     s1 = run_loop(ctx._replace(oracle=counting_oracle(calls)), None, log=None, shared_round0=shared)

@@ -134,11 +134,37 @@ def test_learning_rate_schedules():
     (dict(schedule="linear"), "schedule"), (dict(min_lr_ratio=1.5), "min_lr_ratio"),
     (dict(warmup_epochs=-1), "warmup_epochs"), (dict(val_fraction=1.0), "val_fraction"),
     (dict(val_fraction=-0.1), "val_fraction"), (dict(replay_weight=-1.0), "replay_weight"),
-    (dict(batch_size=0), "batch_size"),
+    (dict(batch_size=0), "batch_size"), (dict(force_huber_delta=-0.1), "force_huber_delta"),
+    (dict(force_huber_delta=float("inf")), "force_huber_delta"),
 ])
 def test_train_config_validation(kwargs, match):
     with pytest.raises(ValueError, match=match):
         TrainConfig(**kwargs)
+
+
+def test_huber_force_loss_against_a_hand_computed_reference(data):
+    """δ > 0: force components with |e| ≤ δ count e², beyond 2δ|e| − δ² (numpy reference on the
+    model's own errors); a δ above every error gives the plain loss; reported sums stay squared."""
+    from ntkal.data import batch_structures
+    from ntkal.train import make_loss_fn
+    from ntkal.train.loss import label_masks
+    from ntkal.models import energy_and_forces_fn
+    model, params, train, _ = data
+    graph = batch_structures(train[:3])
+    _, f_pred = energy_and_forces_fn(model.energy)(params, graph)
+    _, fmask, _ = label_masks(graph)
+    err = np.asarray(f_pred - graph.nodes["forces"])[np.asarray(fmask)].ravel()
+    delta = float(np.quantile(np.abs(err), 0.7))  # 30 % of the components beyond δ
+    rho = np.where(np.abs(err) <= delta, err**2, 2 * delta * np.abs(err) - delta**2)
+    plain, aux = make_loss_fn(model.energy, energy_weight=0.0, force_weight=1.0)(params, graph)
+    huber, aux_h = make_loss_fn(model.energy, energy_weight=0.0, force_weight=1.0,
+                                force_huber_delta=delta)(params, graph)
+    np.testing.assert_allclose(float(plain), np.mean(err**2), rtol=1e-5)
+    np.testing.assert_allclose(float(huber), np.mean(rho), rtol=1e-5)
+    assert float(huber) < float(plain)
+    np.testing.assert_allclose(float(aux_h["f_sse"]), float(aux["f_sse"]), rtol=1e-6)
+    wide = make_loss_fn(model.energy, force_huber_delta=2 * np.abs(err).max())(params, graph)[0]
+    np.testing.assert_allclose(float(wide), float(make_loss_fn(model.energy)(params, graph)[0]), rtol=1e-6)
 
 
 def test_replay_indices():

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from ntkal.added_fields import omitted
 from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes
 
@@ -51,8 +52,9 @@ def file_digest(spec: str) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # added fields at their no-op
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)  # default: as
+                if not omitted(f, getattr(value, f.name))}  # recorded before they existed
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
+from ntkal.added_fields import added_field
 from ntkal.train.schedule import SCHEDULES
 
 __all__ = ["TrainConfig"]
@@ -34,6 +35,10 @@ class TrainConfig:
         ``floor(w)`` copies of every replay structure plus a seeded random ``round(frac(w) · n_replay)``
         of them. This is a sampling weight, not a loss weight (the loss stays a plain mean over
         the structures of a batch), so changing it never recompiles.
+      force_huber_delta: Huber threshold δ on each force-component error (eV/Å): errors beyond δ
+        count as ``2δ|e| − δ²`` instead of ``e²`` (the same value and slope at δ), so a few frames
+        with very large force errors cannot dominate a fine-tune's gradient; ``0`` = plain squared
+        error. Only the optimised loss changes; reported errors stay MAE/RMSE.
     """
 
     learning_rate: float = 2e-3
@@ -49,6 +54,7 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     warmup_epochs: int = 1
     replay_weight: float = 1.0
+    force_huber_delta: float = added_field(0.0, added_in="0.1 (issue 9)")
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -65,3 +71,5 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: warmup_epochs must be ≥ 0, got {self.warmup_epochs}")
         if not (math.isfinite(self.replay_weight) and self.replay_weight >= 0.0):
             raise ValueError(f"TrainConfig: replay_weight must be finite and ≥ 0, got {self.replay_weight}")
+        if not (math.isfinite(self.force_huber_delta) and self.force_huber_delta >= 0.0):
+            raise ValueError(f"TrainConfig: force_huber_delta must be finite and ≥ 0, got {self.force_huber_delta}")

@@ -112,7 +112,7 @@ def _compiled(model: MLIP, config: TrainConfig):
     therefore compiles the step once (per padding budget).
     """
     loss_fn = make_loss_fn(model.energy, energy_weight=config.energy_weight,
-                           force_weight=config.force_weight)
+                           force_weight=config.force_weight, force_huber_delta=config.force_huber_delta)
     optimizer = make_optimizer(config)
 
     @jax.jit

@@ -6,6 +6,7 @@ from typing import Callable
 
 import jax.numpy as jnp
 import jraph
+import optax
 
 from ntkal.data.padding import graph_mask, node_graph_index, node_mask
 from ntkal.models.mlip import energy_and_forces_fn
@@ -28,16 +29,19 @@ def label_masks(graph: jraph.GraphsTuple):
     return gmask, fmask, n_atoms
 
 
-def make_loss_fn(energy: Callable, *, energy_weight: float = 1.0, force_weight: float = 10.0):
+def make_loss_fn(energy: Callable, *, energy_weight: float = 1.0, force_weight: float = 10.0,
+                 force_huber_delta: float = 0.0):
     """``loss(params, graph) -> (loss, aux)``.
 
     .. math::
        L = w_E \\frac{1}{|G|}\\sum_{g∈G} \\Big(\\frac{\\hat E_g − E_g}{N_g}\\Big)^2
-         + w_F \\frac{1}{3|A|}\\sum_{i∈A} \\|\\hat F_i − F_i\\|^2
+         + w_F \\frac{1}{3|A|}\\sum_{i∈A} \\sum_{c=1}^{3} ρ(\\hat F_{ic} − F_{ic})
 
     with G the labelled graphs and A the free atoms of graphs with force labels
-    (units: (eV/atom)² and (eV/Å)²). ``aux`` holds the summed squared errors and
-    counts so that callers can average over many batches exactly.
+    (units: (eV/atom)² and (eV/Å)²); ρ(e) = e² (``force_huber_delta`` = 0) or, with δ > 0,
+    twice the Huber function: e² for |e| ≤ δ and 2δ|e| − δ² beyond. ``aux`` holds the summed
+    *squared* errors and counts (whatever ρ is) so that callers can average over many batches
+    exactly.
     """
     energy_and_forces = energy_and_forces_fn(energy)
 
@@ -50,8 +54,9 @@ def make_loss_fn(energy: Callable, *, energy_weight: float = 1.0, force_weight: 
         n_f = 3 * jnp.sum(fmask)
         e_sse = jnp.sum(e_err**2)
         f_sse = jnp.sum(f_err**2)
+        f_loss = f_sse if force_huber_delta == 0 else 2.0 * jnp.sum(optax.losses.huber_loss(f_err, delta=force_huber_delta))
         value = (energy_weight * e_sse / jnp.maximum(n_e, 1)
-                 + force_weight * f_sse / jnp.maximum(n_f, 1))
+                 + force_weight * f_loss / jnp.maximum(n_f, 1))
         return value, {"e_sse": e_sse, "n_e": n_e, "f_sse": f_sse, "n_f": n_f}
 
     return loss
