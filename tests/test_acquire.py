@@ -357,11 +357,12 @@ def test_traced_programs_on_disk_give_the_same_picks(setup, tmp_path):
     # a fresh process with the programs on disk picks the same without importing e3nn-jax (the
     # model is only needed to trace): that import is a second of every warm `ntkal select`
     import json
+    import pickle
     import subprocess
     import sys
-    import pickle
     save_checkpoint(tmp_path / "model.msgpack", params, CONFIG)
-    (tmp_path / "inputs.pkl").write_bytes(pickle.dumps((structures, energies)))  # exact positions
+    # exact positions (no text round trip) and the very config of the runs above
+    (tmp_path / "inputs.pkl").write_bytes(pickle.dumps((structures, energies, config)))
     done = subprocess.run([sys.executable, "-c", _FRESH_PROCESS_SCRIPT, str(tmp_path)], capture_output=True,
                           text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert done.returncode == 0, done.stderr
@@ -377,20 +378,17 @@ from pathlib import Path
 import jax
 jax.config.update("jax_enable_x64", True)
 import numpy as np
-from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
-from ntkal.kernels import KernelConfig
+from ntkal.acquire import Acquirer, structure_set
 from ntkal.models import load_checkpoint
 from ntkal.program_cache import ProgramCache
 
 folder = Path(sys.argv[1])
 model, params, _ = load_checkpoint(folder / "model.msgpack")
-structures, energies = pickle.loads((folder / "inputs.pkl").read_bytes())
-config = AcquisitionConfig(kernel=KernelConfig(kind="joint", sketch_dim=16, num_probes=2), shortlist=12,
-                           chunk_size=4, size_classes=1, selector="lcmd")
+structures, energies, config = pickle.loads((folder / "inputs.pkl").read_bytes())
 train = np.arange(6)
 programs = ProgramCache(folder / "programs")
 picks = Acquirer(model, params, config, programs=programs).pick(
-    params, structure_set(structures, 1), train, np.arange(6, 30), 4, jax.random.key(0), train_energies=energies)
+    params, structure_set(structures, config.size_classes), train, np.arange(6, 30), 4, jax.random.key(0), train_energies=energies)
 print(json.dumps({"e3nn": "e3nn_jax" in sys.modules, "programs": [programs.exported, programs.loaded],
                   "ids": np.asarray(picks.ids).tolist(), "scores": np.asarray(picks.scores).tolist()}))
 """

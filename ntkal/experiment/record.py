@@ -52,9 +52,10 @@ def file_digest(spec: str) -> str:
 
 
 def _plain(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):  # added fields at their no-op
-        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)  # default: as
-                if not omitted(f, getattr(value, f.name))}  # recorded before they existed
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        # a field added later, at its no-op default, is recorded as before it existed
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)
+                if not omitted(f, getattr(value, f.name))}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, dict):

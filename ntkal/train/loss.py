@@ -54,7 +54,10 @@ def make_loss_fn(energy: Callable, *, energy_weight: float = 1.0, force_weight: 
         n_f = 3 * jnp.sum(fmask)
         e_sse = jnp.sum(e_err**2)
         f_sse = jnp.sum(f_err**2)
-        f_loss = f_sse if force_huber_delta == 0 else 2.0 * jnp.sum(optax.losses.huber_loss(f_err, delta=force_huber_delta))
+        if force_huber_delta == 0:
+            f_loss = f_sse
+        else:  # twice optax's Huber (0.5 e² inside δ): equal to e² up to δ
+            f_loss = 2.0 * jnp.sum(optax.losses.huber_loss(f_err, delta=force_huber_delta))
         value = (energy_weight * e_sse / jnp.maximum(n_e, 1)
                  + force_weight * f_loss / jnp.maximum(n_f, 1))
         return value, {"e_sse": e_sse, "n_e": n_e, "f_sse": f_sse, "n_f": n_f}
