@@ -247,7 +247,9 @@ def select_from_files(
         "ids": list(summary.ids), "scores": list(summary.scores), "pv": list(summary.pv),
         "stats": stats, "timings": timings, "element_warning": element_warning,
         "programs": None if programs is None else {"folder": str(programs.folder), "loaded": programs.loaded,
-                                                   "exported": programs.exported},
+                                                   "exported": programs.exported,
+                                                   "arrays_loaded": programs.arrays_loaded,
+                                                   "arrays_saved": programs.arrays_saved},
     }
     atomic_write_bytes(summary.summary_path, strict_dumps(record, indent=2).encode())
     return summary

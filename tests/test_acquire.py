@@ -347,10 +347,10 @@ def test_traced_programs_on_disk_give_the_same_picks(setup, tmp_path):
         programs = ProgramCache(tmp_path / "programs")
         picks = Acquirer(model, params, config, programs=programs).pick(
             params, data, train, candidates, 4, jax.random.key(0), train_energies=energies)
-        runs.append((picks, programs.exported, programs.loaded))
-    assert runs[0][1:] == (2, 0)  # the feature map and the energy, each traced and written once
-    assert runs[1][1:] == (0, 2)  # and loaded by the next run
-    for picks, _, _ in runs:
+        runs.append((picks, programs.exported, programs.loaded, programs.arrays_saved, programs.arrays_loaded))
+    assert runs[0][1:] == (2, 0, 1, 0)  # the feature map and the energy traced, the sketch drawn, all written
+    assert runs[1][1:] == (0, 2, 0, 1)  # and all loaded by the next run
+    for picks, *_ in runs:
         np.testing.assert_array_equal(picks.ids, plain.ids)
         np.testing.assert_allclose(picks.scores, plain.scores, rtol=1e-9)
         assert picks.noise_var == pytest.approx(plain.noise_var, rel=1e-9)
@@ -367,7 +367,7 @@ def test_traced_programs_on_disk_give_the_same_picks(setup, tmp_path):
                           text=True, timeout=600, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert done.returncode == 0, done.stderr
     got = json.loads(done.stdout.strip().splitlines()[-1])
-    assert got["e3nn"] is False and got["programs"] == [0, 2]
+    assert got["e3nn"] is False and got["programs"] == [0, 2] and got["arrays"] == [0, 1]
     np.testing.assert_array_equal(got["ids"], plain.ids)
     np.testing.assert_allclose(got["scores"], plain.scores, rtol=1e-9)
 
@@ -390,5 +390,6 @@ programs = ProgramCache(folder / "programs")
 picks = Acquirer(model, params, config, programs=programs).pick(
     params, structure_set(structures, config.size_classes), train, np.arange(6, 30), 4, jax.random.key(0), train_energies=energies)
 print(json.dumps({"e3nn": "e3nn_jax" in sys.modules, "programs": [programs.exported, programs.loaded],
+                  "arrays": [programs.arrays_saved, programs.arrays_loaded],
                   "ids": np.asarray(picks.ids).tolist(), "scores": np.asarray(picks.scores).tolist()}))
 """

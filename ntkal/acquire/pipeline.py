@@ -239,8 +239,9 @@ class Acquirer:
         sweep): feature maps and jitted functions are looked up there first, so a kernel is
         compiled once however many selectors or seeds use it.
       programs: optional :class:`~ntkal.program_cache.ProgramCache`: the single-device feature
-        maps and the energy function are traced once and kept on disk (``ntkal select`` uses
-        it beside the compilation cache, so a warm run skips tracing the model).
+        maps and the energy function are traced once and kept on disk, and so is a hoisted
+        sketch (``ntkal select`` uses it beside the compilation cache, so a warm run skips
+        tracing the model and drawing the sketch).
 
     Attributes:
       feature_map: the (second-stage) feature map, unit joint weights.
@@ -263,13 +264,13 @@ class Acquirer:
             return store[key][1]
 
         unit = dataclasses.replace(config.kernel, w_energy=1.0, w_force=1.0)
-        self.feature_map = shared(("map", unit), lambda: make_feature_map(model, unit, params))
+        self.feature_map = shared(("map", unit), lambda: make_feature_map(model, unit, params, store=programs))
         self.cascade_map = None
         if config.cascade is not None:
             k = config.kernel
             cheap = KernelConfig(kind=config.cascade, sketch_dim=k.sketch_dim, sketch_kind=k.sketch_kind,
                                  param_filter=k.param_filter, seed=k.seed, pool=k.pool)
-            self.cascade_map = shared(("map", cheap), lambda: make_feature_map(model, cheap, params))
+            self.cascade_map = shared(("map", cheap), lambda: make_feature_map(model, cheap, params, store=programs))
         self.energy_and_forces, self.energy = jitted_model(model, store)
         self.devices = feature_devices(config.feature_devices)
         self._multi = {}

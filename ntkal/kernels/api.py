@@ -48,7 +48,7 @@ class FeatureMap(NamedTuple):
     constants: object = None
 
 
-def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
+def make_feature_map(model, config: KernelConfig, params, *, store=None) -> FeatureMap:
     """Build the feature map of ``config.kind`` for ``model``.
 
     Args:
@@ -57,6 +57,9 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
       params: model parameters; only their structure/shapes are read here (the filter and
         sketch are resolved against them). Any params of the same structure can be passed
         to ``apply`` later.
+      store: optional :class:`ntkal.program_cache.ProgramCache`; a hoisted sketch is then
+        read from its folder instead of drawn (and drawn and written there the first time).
+        The blocks are bitwise the same either way.
 
     Returns:
       A :class:`FeatureMap`.
@@ -100,7 +103,16 @@ def make_feature_map(model, config: KernelConfig, params) -> FeatureMap:
     blocks = None
     if fns.sketch.hoist:
         dtype = jnp.result_type(*fns.selection.take(params))
-        blocks = jax.jit(fns.sketch.blocks, static_argnums=0)(dtype)
+
+        def draw():
+            return jax.jit(fns.sketch.blocks, static_argnums=0)(dtype)
+
+        if store is None:
+            blocks = draw()
+        else:
+            selection = fns.selection
+            blocks = store.arrays(("sketch", config.sketch_kind, config.seed, config.sketch_dim,
+                                   np.dtype(dtype).name, selection.indices, selection.sizes), draw)
 
     def apply_padded(params, graph, sizes, salt=None, constants=None):
         return inner(params, graph, sizes=sizes, salt=salt,
