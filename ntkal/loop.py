@@ -53,6 +53,7 @@ from flax import serialization
 from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, StructureSet, structure_set
+from ntkal.added_fields import added_field
 from ntkal.acquire.pipeline import jitted_model
 from ntkal.acquisition import qbc_force_disagreement
 from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
@@ -105,6 +106,7 @@ class LoopConfig:
       chunk_size: structures per featurisation chunk.
       train: fine-tuning hyper-parameters (``seed`` is combined with the run seed and round).
       seed: run seed (initial set, selectors, fine-tuning order).
+      target_weighting: ``varred``'s target weighting (:class:`~ntkal.acquire.AcquisitionConfig`).
     """
 
     method: str = "joint"
@@ -129,6 +131,7 @@ class LoopConfig:
     chunk_size: int = 16
     train: TrainConfig = TrainConfig(max_epochs=30, batch_size=8, patience=1000)
     seed: int = 0
+    target_weighting: str = added_field("none", added_in="0.1 (issue 9)")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -171,7 +174,7 @@ class LoopConfig:
             noise_rule=self.noise_rule, feature_norm=self.feature_norm, reduction=self.reduction,
             max_force_quantile=self.max_force_quantile, cascade=self.cascade,
             cascade_keep=self.cascade_keep, chunk_size=self.chunk_size, size_classes=self.size_classes,
-            seed=self.seed)
+            seed=self.seed, target_weighting=self.target_weighting)
 
 
 class LoopState(NamedTuple):
@@ -595,7 +598,7 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
 #: LoopConfig fields that round 0 (random initial set + first fine-tune) does not depend on.
 _NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "noise_rule", "feature_norm",
                   "max_force_quantile", "cascade", "cascade_keep", "size_classes", "reduction", "batch",
-                  "rounds", "featurize_with", "committee_size", "chunk_size")
+                  "rounds", "featurize_with", "committee_size", "chunk_size", "target_weighting")
 
 
 def round0_fingerprint(config: LoopConfig, *extra) -> str:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ntkal.acquire.config import CASCADE_KINDS, AcquisitionConfig
-from ntkal.acquisition.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS
+from ntkal.acquisition.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
 from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
 from ntkal.kernels.config import KINDS
 
@@ -189,6 +189,9 @@ ACQUISITION_FLAGS: tuple[AcquisitionFlag, ...] = (
                     "local devices featurising side by side, one chunk each (0 = all)", int),
     AcquisitionFlag("--seed", ("seed", "kernel.seed"), "seeds the sketch, the probes and the random selectors",
                     int),
+    AcquisitionFlag("--target-weighting", ("target_weighting",), "how varred's target counts each pool "
+                    "structure: by its squared feature norm (none) or once each (per_structure)",
+                    choices=TARGET_WEIGHTINGS),
 )
 
 

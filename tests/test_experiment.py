@@ -127,6 +127,31 @@ batch_size = 4
     np.testing.assert_equal(len(r0["random"]), 4)
 
 
+def test_target_weighting_reaches_the_loop_and_the_label(tmp_path):
+    from ntkal.experiment import load_sweep
+    from ntkal.loop import round0_fingerprint
+    path = tmp_path / "tw.toml"
+    path.write_text("""
+name = "tw"
+[model]
+checkpoint = "oc20_like"
+[loop]
+method = "joint"
+selector = "varred"
+[[variants]]
+loop = { target_weighting = "none" }
+[[variants]]
+loop = { target_weighting = "per_structure" }
+""")
+    plain, each = load_sweep(path)
+    assert (plain.loop.acquisition.target_weighting, each.loop.acquisition.target_weighting) == ("none", "per_structure")
+    assert plain.label != each.label and "-tws" in each.label and "tws" not in plain.label
+    assert round0_fingerprint(plain.loop) == round0_fingerprint(each.loop)  # round 0 is shared with it
+    path.write_text(path.read_text().replace('"per_structure"', '"per_atom"'))
+    with pytest.raises(Exception, match="target_weighting"):
+        load_sweep(path)
+
+
 def test_variants_expand_to_a_union_of_method_families(tmp_path):
     from ntkal.experiment import load_sweep
     path = tmp_path / "v.toml"

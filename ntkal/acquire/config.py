@@ -10,7 +10,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from ntkal.acquisition.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS
+from ntkal.acquisition.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
+from ntkal.added_fields import added_field
 from ntkal.kernels.config import KINDS, KernelConfig
 
 __all__ = ["AcquisitionConfig", "CASCADE_KINDS", "DISTANCE_SELECTORS"]
@@ -58,6 +59,10 @@ class AcquisitionConfig:
         (:mod:`ntkal.acquire.devices`); 0 = all of this process's devices, 1 = the default one.
         The features, and so the picks, do not depend on it.
       seed: seeds the sketch, the probes and the random/k-means++ selectors.
+      target_weighting: how ``varred``'s target (every scored pool structure) counts each
+        structure (:data:`ntkal.acquisition.TARGET_WEIGHTINGS`): ``"none"`` by its squared
+        feature norm, so high-force structures dominate the variance it reduces;
+        ``"per_structure"`` once each (:func:`ntkal.acquisition.target_second_moment`).
     """
 
     kernel: KernelConfig = KernelConfig(kind="joint", sketch_dim=512, num_probes=4)
@@ -78,6 +83,7 @@ class AcquisitionConfig:
     prefetch: int = 2
     feature_devices: int = 0
     seed: int = 0
+    target_weighting: str = added_field("none", added_in="0.1 (issue 9)")
 
     def __post_init__(self):
         if not isinstance(self.kernel, KernelConfig):
@@ -104,6 +110,8 @@ class AcquisitionConfig:
             raise ValueError(f"feature_norm must be one of {NORMALIZATIONS}, got {self.feature_norm!r}")
         if self.reduction not in REDUCTIONS:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
+        if self.target_weighting not in TARGET_WEIGHTINGS:
+            raise ValueError(f"target_weighting must be one of {TARGET_WEIGHTINGS}, got {self.target_weighting!r}")
         if not 0.0 < self.max_force_quantile <= 1.0:
             raise ValueError(f"max_force_quantile must be in (0, 1], got {self.max_force_quantile}")
         if self.cascade is not None and self.cascade not in CASCADE_KINDS:

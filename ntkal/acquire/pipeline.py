@@ -186,7 +186,7 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
     def chunks():
         stream = (apply_feature_scale(chunk, scale) for chunk in pool_raw)
         if target is not None:  # varred's target is every scored candidate, guarded or not
-            stream = accumulate_second_moment(stream, target)
+            stream = accumulate_second_moment(stream, target, config.target_weighting)
         for chunk in stream:
             ids = chunk.ids
             if allowed is not None:

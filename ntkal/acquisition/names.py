@@ -1,6 +1,6 @@
 """Names of the acquisition options (JAX-free, so configs and the CLI can check them cheaply)."""
 
-__all__ = ["SELECTORS", "NORMALIZATIONS", "REDUCTIONS", "NOISE_RULES"]
+__all__ = ["SELECTORS", "NORMALIZATIONS", "REDUCTIONS", "NOISE_RULES", "TARGET_WEIGHTINGS"]
 
 #: Batch selectors (:func:`ntkal.acquisition.select_batch`).
 SELECTORS = ("random", "maxdiag", "maxdet", "varred", "maxdist", "lcmd", "kmeanspp")
@@ -10,3 +10,5 @@ NORMALIZATIONS = ("mean_trace", "median_trace", "per_structure")
 REDUCTIONS = ("total", "mean", "max")
 #: How σ² is chosen: a fixed value, the evidence maximiser, or evidence where an energy row exists.
 NOISE_RULES = ("fixed", "evidence", "auto")
+#: How ``varred``'s target moment counts each target structure (:func:`ntkal.acquisition.target_second_moment`).
+TARGET_WEIGHTINGS = ("none", "per_structure")

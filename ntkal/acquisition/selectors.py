@@ -105,7 +105,7 @@ __all__ = [
     "varred_gains",
 ]
 
-from ntkal.acquisition.names import SELECTORS  # noqa: E402  (re-exported)
+from ntkal.acquisition.names import SELECTORS, TARGET_WEIGHTINGS  # noqa: E402  (re-exported)
 _NEEDS_KEY = ("random", "kmeanspp")
 _NEEDS_POSTERIOR = ("maxdiag", "maxdet", "varred")
 _DISTANCE = ("maxdist", "lcmd", "kmeanspp")
@@ -147,27 +147,35 @@ def maxdet_update(z: jnp.ndarray, z_s: jnp.ndarray, noise_var, row_var=None):
     return z_new, jnp.maximum(row_var - jnp.sum(ke * ke / tot, axis=-1), 0.0)
 
 
-def target_second_moment(chunks, dim: int) -> np.ndarray:
-    """``Φ_Uᵀ Φ_U`` (``(d, d)`` float64) over the valid rows of an iterable of chunks.
+def target_second_moment(chunks, dim: int, weighting: str = "none") -> np.ndarray:
+    """The target set U's second moment (``(d, d)`` float64) over the valid rows of its chunks.
 
-    The raw (unwhitened) second moment of a target set U; :func:`select_batch` whitens it
-    with the posterior (``G = σ² L⁻¹ Φ_UᵀΦ_U L⁻ᵀ``). Streams: memory ``O(d²)``.
+    ``weighting="none"``: ``Φ_Uᵀ Φ_U = Σ_u Φ_uᵀ Φ_u``, so a structure counts with its squared
+    feature norm (high-force structures, whose force rows are large, dominate it);
+    ``"per_structure"``: ``Σ_u Φ_uᵀ Φ_u / ‖Φ_u‖²_F``, every target structure counts once
+    (structures with all-zero features are left out). :func:`select_batch` whitens it with the
+    posterior (``G = σ² L⁻¹ M L⁻ᵀ``). Streams: memory ``O(d²)``.
     """
+    if weighting not in TARGET_WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {TARGET_WEIGHTINGS}, got {weighting!r}")
     out = np.zeros((dim, dim), np.float64)
     for chunk in chunks:
         rows = np.asarray(chunk.rows, np.float64)
         keep = np.asarray(chunk.row_mask, bool) & (np.asarray(chunk.ids) >= 0)[:, None]
+        if weighting == "per_structure":
+            norm2 = np.sum(np.where(keep[..., None], rows * rows, 0.0), axis=(1, 2))
+            rows = rows / np.sqrt(np.where(norm2 > 0, norm2, 1.0))[:, None, None]
         x = rows[keep]
         out += x.T @ x
     return out
 
 
-def accumulate_second_moment(chunks, out: np.ndarray):
-    """Yield ``chunks`` unchanged while adding each one's ``Φᵀ Φ`` to ``out`` (``(d, d)``, in place):
-    the target moment of :func:`target_second_moment` gathered during a pass that streams the
-    pool anyway (e.g. the shortlist)."""
+def accumulate_second_moment(chunks, out: np.ndarray, weighting: str = "none"):
+    """Yield ``chunks`` unchanged while adding each one's target moment
+    (:func:`target_second_moment` with ``weighting``) to ``out`` (``(d, d)``, in place): gathered
+    during a pass that streams the pool anyway (e.g. the shortlist)."""
     for chunk in chunks:
-        out += target_second_moment([chunk], out.shape[0])
+        out += target_second_moment([chunk], out.shape[0], weighting)
         yield chunk
 
 

@@ -372,6 +372,8 @@ def sweep_label(config: ExperimentConfig) -> str:
             parts.append(f"s{loop.noise_var:g}")
         if loop.max_force_quantile < 1:
             parts.append(f"fq{loop.max_force_quantile:g}")
+        if loop.target_weighting == "per_structure":
+            parts.append("tws")
         if loop.cascade is not None:
             parts.append(f"cas{loop.cascade}{loop.cascade_keep:g}")
         if loop.featurize_with == "pretrained":

@@ -5,7 +5,7 @@ import pytest
 
 from ntkal.acquisition import (
     apply_feature_scale, chunk_from_arrays, fit_feature_scale, fit_posterior, posterior_arrays,
-    pv_scores, select_batch, target_second_moment,
+    accumulate_second_moment, pv_scores, select_batch, target_second_moment,
 )
 
 pytestmark = pytest.mark.usefixtures("x64")
@@ -47,7 +47,7 @@ def _ref_varred(rows, mask, t_rows, t_mask, u_rows, s2, budget):
     return picks, gains
 
 
-@pytest.mark.parametrize("target", ["pool", "other"])
+@pytest.mark.parametrize("target", ["pool", "other", "pool_per_structure"])
 def test_varred_equals_bruteforce_kernel_recompute(target):
     rng = np.random.default_rng(3)
     n, r, d, s2 = 14, 3, 6, 0.3
@@ -55,10 +55,14 @@ def test_varred_equals_bruteforce_kernel_recompute(target):
     t_rows, t_mask = _rows(rng, 4, r, d)
     if target == "pool":
         u = rows[mask]
-    else:
+        gram = target_second_moment([chunk_from_arrays(u[:, None, :])], d)
+    elif target == "other":
         u = rng.normal(size=(25, d)) * 0.7
+        gram = target_second_moment([chunk_from_arrays(u[:, None, :])], d)
+    else:  # every pool structure's rows divided by its Frobenius norm: each structure counts once
+        u = np.concatenate([rows[i][mask[i]] / np.linalg.norm(rows[i][mask[i]]) for i in range(n)])
+        gram = target_second_moment([chunk_from_arrays(rows, mask)], d, "per_structure")
     post = fit_posterior([chunk_from_arrays(t_rows, t_mask)], d, noise_var=s2)
-    gram = target_second_moment([chunk_from_arrays(u[:, None, :])], d)
     sel = select_batch("varred", chunk_from_arrays(rows, mask), budget=6, posterior=post, target_gram=gram)
     ref_picks, ref_gains = _ref_varred(rows, mask, t_rows, t_mask, u, s2, 6)
     assert list(np.asarray(sel.indices)) == ref_picks
@@ -81,6 +85,48 @@ def test_varred_prefers_representative_over_outlier():
     sel = select_batch("varred", chunk, budget=1, posterior=post,
                        target_gram=target_second_moment([chunk], d))
     assert int(sel.indices[0]) < 30
+
+
+def test_per_structure_target_moment_against_explicit_sums():
+    rng = np.random.default_rng(5)
+    rows, mask = _rows(rng, 7, 3, 4)
+    ids = np.arange(7)
+    ids[5] = -1  # a padding slot: never part of the target
+    chunks = [chunk_from_arrays(rows[:4], mask[:4], ids[:4]), chunk_from_arrays(rows[4:], mask[4:], ids[4:])]
+    want_plain = sum(rows[i][mask[i]].T @ rows[i][mask[i]] for i in range(7) if ids[i] >= 0)
+    want_each = sum(rows[i][mask[i]].T @ rows[i][mask[i]] / np.sum(rows[i][mask[i]] ** 2)
+                    for i in range(7) if ids[i] >= 0)
+    np.testing.assert_allclose(target_second_moment(chunks, 4), want_plain, rtol=1e-12)
+    np.testing.assert_allclose(target_second_moment(chunks, 4, "per_structure"), want_each, rtol=1e-12)
+    np.testing.assert_allclose(np.trace(want_each), 6.0, rtol=1e-12)  # one per valid structure
+    # streamed while the chunks pass through: the same sums, the chunks unchanged
+    out = np.zeros((4, 4))
+    passed = list(accumulate_second_moment(chunks, out, "per_structure"))
+    np.testing.assert_allclose(out, want_each, rtol=1e-12)
+    assert all(a is b for a, b in zip(passed, chunks))
+    # rescaling a structure changes its weight in the plain moment only
+    scaled = rows * rng.uniform(0.1, 10, size=(7, 1, 1))
+    again = [chunk_from_arrays(scaled[:4], mask[:4], ids[:4]), chunk_from_arrays(scaled[4:], mask[4:], ids[4:])]
+    np.testing.assert_allclose(target_second_moment(again, 4, "per_structure"), want_each, rtol=1e-12)
+    assert not np.allclose(target_second_moment(again, 4), want_plain)
+    with pytest.raises(ValueError, match="weighting"):
+        target_second_moment(chunks, 4, "per_atom")
+
+
+def test_per_structure_target_follows_the_many_not_the_large():
+    """Five large-norm structures (high forces) along one direction, thirty ordinary ones along
+    another: the plain target moment is dominated by the five (5·3² > 30·1), so varred reduces
+    variance along them; counting each structure once, it serves the thirty."""
+    rng = np.random.default_rng(2)
+    d = 4
+    large = np.array([0, 0, 3.0, 0]) + 0.05 * rng.normal(size=(5, d))
+    many = np.array([1.0, 0, 0, 0]) + 0.05 * rng.normal(size=(30, d))
+    chunk = chunk_from_arrays(np.concatenate([large, many])[:, None, :])
+    post = fit_posterior([], d, noise_var=0.1)
+    plain = select_batch("varred", chunk, budget=1, posterior=post, target_gram=target_second_moment([chunk], d))
+    each = select_batch("varred", chunk, budget=1, posterior=post,
+                        target_gram=target_second_moment([chunk], d, "per_structure"))
+    assert int(plain.indices[0]) < 5 and int(each.indices[0]) >= 5
 
 
 def test_varred_needs_target():
@@ -117,3 +163,36 @@ def test_feature_scale_modes(mode):
         np.testing.assert_allclose(out, rows * w[None, :, None] / np.sqrt(centre), rtol=1e-12)
     with pytest.raises(ValueError, match="normalisation"):
         fit_feature_scale(chunk, "bogus")
+
+
+@pytest.mark.parametrize("weighting", ["none", "per_structure"])
+def test_pipeline_passes_the_target_weighting_to_varred(weighting):
+    """``shortlist_and_select`` (the one pick pipeline) with a shortlist of the whole pool equals
+    ``select_batch`` on the scaled pool with the target moment of ``weighting``, computed here."""
+    import jax
+    from ntkal.acquire import AcquisitionConfig
+    from ntkal.acquire.pipeline import shortlist_and_select
+    rng = np.random.default_rng(7)
+    n, r, d, budget = 20, 3, 5, 4
+    rows, mask = _rows(rng, n, r, d)
+    rows[:3] *= 6.0  # three large-norm structures, as high-force frames are
+    t_rows, t_mask = _rows(rng, 5, r, d)
+    train = chunk_from_arrays(t_rows, t_mask)
+    scale = fit_feature_scale(train, "median_trace")
+    train_scaled = apply_feature_scale(train, scale)
+    post = fit_posterior([train_scaled], d, noise_var=0.05)
+    pool = chunk_from_arrays(rows, mask)
+    config = AcquisitionConfig(selector="varred", shortlist=n, target_weighting=weighting)
+    ids, scores, _ = shortlist_and_select(config, post, scale, train_scaled,
+                                          [chunk_from_arrays(rows[:8], mask[:8], np.arange(8)),
+                                           chunk_from_arrays(rows[8:], mask[8:], np.arange(8, n))],
+                                          budget, jax.random.key(0), n_candidates=n)
+    scaled = apply_feature_scale(pool, scale)
+    ref = select_batch("varred", scaled, budget=budget, posterior=post,
+                       target_gram=target_second_moment([scaled], d, weighting))
+    assert ids.tolist() == np.asarray(ref.indices).tolist()
+    np.testing.assert_allclose(scores, np.asarray(ref.scores), rtol=1e-8)
+    other = "per_structure" if weighting == "none" else "none"
+    alt = select_batch("varred", scaled, budget=budget, posterior=post,
+                       target_gram=target_second_moment([scaled], d, other))
+    assert not np.allclose(scores, np.asarray(alt.scores), rtol=1e-3)  # the weighting matters here
