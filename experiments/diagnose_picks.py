@@ -28,19 +28,9 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
-
-def parse_variant(text: str) -> dict:
-    """``"k=v[,k=v]"`` → LoopConfig overrides (numbers and JSON values parsed, else strings)."""
-    out = {}
-    for part in text.split(","):
-        key, _, value = part.partition("=")
-        value = value.strip()
-        try:
-            out[key.strip()] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key.strip()] = value
-    return out
+from diagnose_finetune import parse_variant  # noqa: E402  ("k=v[,k=v]" overrides)
 
 
 def main(argv=None) -> int:
