@@ -10,7 +10,8 @@ __all__ = ["lazy_attributes"]
 
 def lazy_attributes(package: str, where: dict[str, str]) -> tuple[Callable, Callable]:
     """``(__getattr__, __dir__)`` for ``package`` whose public names live in ``where``
-    (name → defining module); a name is imported on first access and then cached."""
+    (name → defining module, or ``"module:attribute"`` when the package renames it); a name is
+    imported on first access and then cached."""
     namespace = importlib.import_module(package).__dict__
 
     def __getattr__(name: str):
@@ -18,7 +19,8 @@ def lazy_attributes(package: str, where: dict[str, str]) -> tuple[Callable, Call
             module = where[name]
         except KeyError:
             raise AttributeError(f"module {package!r} has no attribute {name!r}") from None
-        value = getattr(importlib.import_module(module), name)
+        module, _, attribute = module.partition(":")
+        value = getattr(importlib.import_module(module), attribute or name)
         namespace[name] = value
         return value
 

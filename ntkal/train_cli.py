@@ -226,7 +226,7 @@ def _spec_file(spec: str) -> str:
 def _spec_problem(spec: str) -> str | None:
     """Why the file spec cannot be read (``None``: it looks readable). Plain structure files take
     the fast ASE check of ``ntkal select``; HDF5, LMDB and database files (and ``file.h5:split``)
-    :func:`ntkal.datasets.files.file_spec_problem` (importing :mod:`ntkal.datasets`, ~1 s)."""
+    :func:`ntkal.datasets.files.file_spec_problem`, which imports the readers."""
     if _spec_file(spec).lower().endswith(_NTKAL_FORMATS):
         from ntkal.datasets.files import file_spec_problem
         return file_spec_problem(spec)

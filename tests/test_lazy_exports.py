@@ -30,3 +30,17 @@ def test_fit_is_the_function_after_its_module_is_imported():
     from ntkal.train import fit
 
     assert callable(fit) and fit.__module__ == "ntkal.train.fitting"
+
+
+def test_renamed_lazy_export_and_no_generator_import_for_a_reader():
+    import subprocess
+    import sys
+    code = ("import sys; from ntkal.datasets import DatasetFormatError; "
+            "from ntkal.datasets.files import read_ase_frames; "
+            "print(sorted(m for m in sys.modules if m.startswith('ntkal.datasets.') and m.endswith(('_like', '.registry', '.oracles'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"  # `ntkal select` reads files without the dataset generators
+    from ntkal.datasets import oc20_is_source
+    from ntkal.datasets.oc20_like import is_source
+    assert oc20_is_source is is_source

@@ -14,26 +14,47 @@ Generators: :func:`generate` / :func:`load_split` for ``"oc20_like"`` (EMT),
 ``"pmechdb_like"`` (GFN2-xTB paths of template reactions; also needs ``rdkit``).
 """
 
-from ntkal.datasets._errors import DatasetFormatError, LabellingError
-from ntkal.datasets.generic import read_ase_db, read_extxyz
-from ntkal.datasets.oc20 import read_oc20_aselmdb, read_oc20_extxyz, read_oc20_s2ef
-from ntkal.datasets.oc20_like import OC20LikeConfig, generate_oc20_like
-from ntkal.datasets.oc20_like import is_source as oc20_is_source
-from ntkal.datasets.pmechdb_like import PMechDBLikeConfig, generate_pmechdb_like
-from ntkal.datasets.oracles import (LabellingFailure, LabelResult, Oracle, RetryStep,
-                                    XTB_LADDER, calculator_oracle, emt_oracle, xtb_oracle)
-from ntkal.datasets.registry import GENERATORS, SIZES, dataset_dir, generate, load_split, splits_of
-from ntkal.datasets.rgd1 import read_rgd1
-from ntkal.datasets.t1x import T1X_ATOMIC_ENERGIES, T1X_LEVEL_OF_THEORY, read_t1x, write_t1x
-from ntkal.datasets.t1x_like import T1xLikeConfig, generate_t1x_like
+from __future__ import annotations
 
-__all__ = [
-    "DatasetFormatError", "LabellingError",
-    "read_extxyz", "read_ase_db", "read_oc20_extxyz", "read_oc20_s2ef", "read_oc20_aselmdb",
-    "read_t1x", "write_t1x", "read_rgd1", "T1X_ATOMIC_ENERGIES", "T1X_LEVEL_OF_THEORY",
-    "Oracle", "RetryStep", "LabellingFailure", "LabelResult", "XTB_LADDER",
-    "calculator_oracle", "emt_oracle", "xtb_oracle",
-    "OC20LikeConfig", "generate_oc20_like", "oc20_is_source",
-    "T1xLikeConfig", "generate_t1x_like", "PMechDBLikeConfig", "generate_pmechdb_like",
-    "generate", "load_split", "dataset_dir", "splits_of", "GENERATORS", "SIZES",
-]
+from ntkal._lazy import lazy_attributes
+
+# Submodules are imported on first use (``ntkal select`` needs one reader, not the generators).
+_WHERE = {
+    "DatasetFormatError": "ntkal.datasets._errors",
+    "LabellingError": "ntkal.datasets._errors",
+    "read_ase_db": "ntkal.datasets.generic",
+    "read_extxyz": "ntkal.datasets.generic",
+    "read_oc20_aselmdb": "ntkal.datasets.oc20",
+    "read_oc20_extxyz": "ntkal.datasets.oc20",
+    "read_oc20_s2ef": "ntkal.datasets.oc20",
+    "OC20LikeConfig": "ntkal.datasets.oc20_like",
+    "generate_oc20_like": "ntkal.datasets.oc20_like",
+    "oc20_is_source": "ntkal.datasets.oc20_like:is_source",
+    "PMechDBLikeConfig": "ntkal.datasets.pmechdb_like",
+    "generate_pmechdb_like": "ntkal.datasets.pmechdb_like",
+    "LabellingFailure": "ntkal.datasets.oracles",
+    "LabelResult": "ntkal.datasets.oracles",
+    "Oracle": "ntkal.datasets.oracles",
+    "RetryStep": "ntkal.datasets.oracles",
+    "XTB_LADDER": "ntkal.datasets.oracles",
+    "calculator_oracle": "ntkal.datasets.oracles",
+    "emt_oracle": "ntkal.datasets.oracles",
+    "xtb_oracle": "ntkal.datasets.oracles",
+    "GENERATORS": "ntkal.datasets.registry",
+    "SIZES": "ntkal.datasets.registry",
+    "dataset_dir": "ntkal.datasets.registry",
+    "generate": "ntkal.datasets.registry",
+    "load_split": "ntkal.datasets.registry",
+    "splits_of": "ntkal.datasets.registry",
+    "read_rgd1": "ntkal.datasets.rgd1",
+    "T1X_ATOMIC_ENERGIES": "ntkal.datasets.t1x",
+    "T1X_LEVEL_OF_THEORY": "ntkal.datasets.t1x",
+    "read_t1x": "ntkal.datasets.t1x",
+    "write_t1x": "ntkal.datasets.t1x",
+    "T1xLikeConfig": "ntkal.datasets.t1x_like",
+    "generate_t1x_like": "ntkal.datasets.t1x_like",
+}
+
+__all__ = list(_WHERE)
+
+__getattr__, __dir__ = lazy_attributes(__name__, _WHERE)
