@@ -108,10 +108,12 @@ class ProgramCache:
         Returns:
           The list of arrays (JAX arrays on the default device), bitwise equal to ``build()``'s.
         """
+        import io
+
         import jax
         import numpy as np
 
-        from ntkal.models.checkpoint import atomic_path
+        from ntkal.models.checkpoint import atomic_write_bytes
 
         prng = (str(jax.config.jax_default_prng_impl), bool(jax.config.jax_threefry_partitionable))
         path = self.folder / f"{self._key(('arrays', prng, static), [], None)}.npz"
@@ -124,10 +126,9 @@ class ProgramCache:
             except Exception:  # truncated or foreign file: compute again and replace it
                 pass
         values = list(build())
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            np.savez(f, *[np.asarray(v) for v in values])
-            f.flush()
-            os.fsync(f.fileno())
+        buffer = io.BytesIO()
+        np.savez(buffer, *[np.asarray(v) for v in values])
+        atomic_write_bytes(path, buffer.getbuffer())
         self.arrays_saved += 1
         return values
 
