@@ -38,7 +38,10 @@ def parse_variant(text: str) -> dict:
     out = {}
     for part in text.split(","):
         key, _, value = part.partition("=")
-        out[key.strip()] = json.loads(value) if value.strip()[:1] in "0123456789-[{\"tfn" else value
+        try:  # numbers, true/false/null, lists; anything else ("fixed", "per_structure") is text
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value.strip()
     return out
 
 

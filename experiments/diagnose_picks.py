@@ -6,7 +6,8 @@ the fine-tunes. So a study's whole pick sequence can be replayed offline from it
 (read from the point's saved state) under other acquisition settings, in minutes instead of a
 study's hour. For each seed and setting this prints the largest force component of the picked
 frames (labels, eV/Å) — the kernel arms' picks are high-force frames, which costs mean error —
-and checks that the replay with the point's own settings reproduces the study's picks exactly.
+and the median ratio of the picks' posterior variance (as the shortlist scored them) to σ², and
+checks that the replay with the point's own settings reproduces the study's picks exactly.
 
 Usage::
 
@@ -63,19 +64,22 @@ def main(argv=None) -> int:
     settings = [("the point's own", {})] + [(v, parse_variant(v)) for v in args.variant]
     rows = []
 
-    def describe(name, seed, picks, seconds=None):
+    def describe(name, seed, picks, seconds=None, snr=None):
         f = fmax[np.asarray(picks, np.int64)]
         row = {"setting": name, "seed": seed, "picks": len(f), "median": float(np.median(f)),
-               "p90": float(np.quantile(f, 0.9)), "max": float(f.max()), "above5": float(np.mean(f > 5.0))}
+               "p90": float(np.quantile(f, 0.9)), "max": float(f.max()), "above5": float(np.mean(f > 5.0)),
+               "pv_over_noise_median": None if snr is None else float(np.median(snr))}
         rows.append({**row, "ids": [int(i) for i in picks]})
         took = "" if seconds is None else f" ({seconds:.0f} s)"
+        ratio = "" if snr is None else f"{np.median(snr):.3g}"
         print(f"| {name} | {seed} | {row['picks']} | {row['median']:.2f} | {row['p90']:.2f} | {row['max']:.1f} | "
-              f"{100 * row['above5']:.1f} %{took} |", flush=True)
+              f"{100 * row['above5']:.1f} % | {ratio}{took} |", flush=True)
 
     print(f"# {args.config}, point {args.point}; pool {len(pool)} frames: max |F| median {np.median(fmax):.2f}, "
           f"90th percentile {np.quantile(fmax, 0.9):.2f}, {100 * np.mean(fmax > 5):.1f} % above 5 eV/Å")
-    print("| setting | seed | picks | median max abs F (eV/Å) | 90th pct | max | above 5 eV/Å |")
-    print("|---|---|---|---|---|---|---|")
+    print("| setting | seed | picks | median max abs F (eV/Å) | 90th pct | max | above 5 eV/Å | "
+          "median PV/σ² of the picks |")
+    print("|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         base = points[(args.point, seed)].loop
         loaded = load_state(folder / f"{args.point}-seed{seed}")
@@ -92,19 +96,20 @@ def main(argv=None) -> int:
             ctx = make_context(model, pretrained, pool, {}, None, loop, progress=False, cache=cache,
                                initial_atoms=initial_atoms)
             state = init_state(ctx)
-            labelled = round0.copy()
+            labelled, snr = round0.copy(), []
             initial_energies = [labels_of(a)[0] for a in ctx.initial_atoms]
             for r in range(1, loop.rounds + 1):
                 unlabelled = np.setdiff1d(np.arange(len(pool)), labelled)
                 energies = ([pool[i].get_potential_energy() for i in labelled] + initial_energies
                             if loop.uses_evidence else None)
-                ids, *_ = _kernel_picks(state._replace(labelled=labelled), ctx, unlabelled,
-                                        jax.random.key(r), loop.batch, energies)
+                ids, _, pv, noise_var = _kernel_picks(state._replace(labelled=labelled), ctx, unlabelled,
+                                                      jax.random.key(r), loop.batch, energies)
+                snr.extend(np.asarray(pv, np.float64) / noise_var)  # ≫ 1: σ² hardly enters the gains
                 labelled = np.concatenate([labelled, np.asarray(ids, np.int64)])
             picks = labelled[base.initial:]
             if not overrides and not np.array_equal(picks, study[base.initial:base.initial + len(picks)]):
                 raise SystemExit(f"seed {seed}: the replay does not reproduce the study's picks")
-            describe(name, seed, picks, time.perf_counter() - t)
+            describe(name, seed, picks, time.perf_counter() - t, snr)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
     return 0

@@ -107,6 +107,9 @@ class LoopConfig:
       train: fine-tuning hyper-parameters (``seed`` is combined with the run seed and round).
       seed: run seed (initial set, selectors, fine-tuning order).
       target_weighting: ``varred``'s target weighting (:class:`~ntkal.acquire.AcquisitionConfig`).
+      force_noise_scale: soft outlier weight, c (0 = off): a candidate with predicted max |F| f
+        counts as observed with noise ``σ²·(1 + (f / (c·f_med))²)``
+        (:class:`~ntkal.acquire.AcquisitionConfig`).
     """
 
     method: str = "joint"
@@ -132,6 +135,7 @@ class LoopConfig:
     train: TrainConfig = TrainConfig(max_epochs=30, batch_size=8, patience=1000)
     seed: int = 0
     target_weighting: str = added_field("none", added_in="0.1 (issue 9)")
+    force_noise_scale: float = added_field(0.0, added_in="0.1 (issue 9)")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -174,7 +178,8 @@ class LoopConfig:
             noise_rule=self.noise_rule, feature_norm=self.feature_norm, reduction=self.reduction,
             max_force_quantile=self.max_force_quantile, cascade=self.cascade,
             cascade_keep=self.cascade_keep, chunk_size=self.chunk_size, size_classes=self.size_classes,
-            seed=self.seed, target_weighting=self.target_weighting)
+            seed=self.seed, target_weighting=self.target_weighting,
+            force_noise_scale=self.force_noise_scale)
 
 
 class LoopState(NamedTuple):
@@ -598,7 +603,8 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
 #: LoopConfig fields that round 0 (random initial set + first fine-tune) does not depend on.
 _NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "noise_rule", "feature_norm",
                   "max_force_quantile", "cascade", "cascade_keep", "size_classes", "reduction", "batch",
-                  "rounds", "featurize_with", "committee_size", "chunk_size", "target_weighting")
+                  "rounds", "featurize_with", "committee_size", "chunk_size", "target_weighting",
+                  "force_noise_scale")
 
 
 def round0_fingerprint(config: LoopConfig, *extra) -> str:

@@ -192,6 +192,9 @@ ACQUISITION_FLAGS: tuple[AcquisitionFlag, ...] = (
     AcquisitionFlag("--target-weighting", ("target_weighting",), "how varred's target counts each pool "
                     "structure: by its squared feature norm (none) or once each (per_structure)",
                     choices=TARGET_WEIGHTINGS),
+    AcquisitionFlag("--force-noise-scale", ("force_noise_scale",), "soft outlier weight c (0 = off): a "
+                    "candidate with predicted max |F| f counts with noise sigma^2 (1 + (f / (c f_med))^2), "
+                    "f_med the candidates' median", float, repr),
 )
 
 

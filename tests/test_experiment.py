@@ -152,6 +152,31 @@ loop = { target_weighting = "per_structure" }
         load_sweep(path)
 
 
+def test_force_noise_scale_reaches_the_loop_and_the_label(tmp_path):
+    from ntkal.experiment import load_sweep
+    from ntkal.loop import round0_fingerprint
+    path = tmp_path / "fn.toml"
+    path.write_text("""
+name = "fn"
+[model]
+checkpoint = "oc20_like"
+[[variants]]
+loop = { method = "joint", selector = "varred" }
+[[variants]]
+loop = { method = "joint", selector = "varred", force_noise_scale = 2.0 }
+[[variants]]
+loop = { method = "random", force_noise_scale = 2.0 }
+""")
+    plain, soft, rand = load_sweep(path)
+    assert (plain.loop.acquisition.force_noise_scale, soft.loop.acquisition.force_noise_scale) == (0.0, 2.0)
+    assert soft.label == plain.label.replace("-pre", "-fn2-pre") != plain.label
+    assert rand.loop.force_noise_scale == 0.0 and "fn" not in rand.label  # random picks ignore it
+    assert round0_fingerprint(plain.loop) == round0_fingerprint(soft.loop)  # round 0 is shared with it
+    path.write_text(path.read_text().replace("2.0 }\n[[", "-1.0 }\n[["))
+    with pytest.raises(Exception, match="force_noise_scale"):
+        load_sweep(path)
+
+
 def test_variants_expand_to_a_union_of_method_families(tmp_path):
     from ntkal.experiment import load_sweep
     path = tmp_path / "v.toml"

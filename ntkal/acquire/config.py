@@ -8,6 +8,7 @@ selection stores (:meth:`AcquisitionConfig.to_dict`). Importing this module does
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 from ntkal.acquisition.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
@@ -63,6 +64,12 @@ class AcquisitionConfig:
         structure (:data:`ntkal.acquisition.TARGET_WEIGHTINGS`): ``"none"`` by its squared
         feature norm, so high-force structures dominate the variance it reduces;
         ``"per_structure"`` once each (:func:`ntkal.acquisition.target_second_moment`).
+      force_noise_scale: c, a soft outlier weight (0 = off): a candidate whose predicted max
+        |F| is f counts as observed with label noise ``σ²·(1 + (f / (c·f_med))²)``, f_med the
+        median predicted max |F| of the candidates, so a frame with c·f_med of force is worth
+        half a typical one and one far beyond it little. It acts on the candidate side only
+        (the shortlist and the selector see rows scaled by ``(1 + (f / (c·f_med))²)^(-1/2)``);
+        ``varred``'s target still counts every candidate unweighted.
     """
 
     kernel: KernelConfig = KernelConfig(kind="joint", sketch_dim=512, num_probes=4)
@@ -84,6 +91,7 @@ class AcquisitionConfig:
     feature_devices: int = 0
     seed: int = 0
     target_weighting: str = added_field("none", added_in="0.1 (issue 9)")
+    force_noise_scale: float = added_field(0.0, added_in="0.1 (issue 9)")
 
     def __post_init__(self):
         if not isinstance(self.kernel, KernelConfig):
@@ -112,6 +120,8 @@ class AcquisitionConfig:
             raise ValueError(f"reduction must be one of {REDUCTIONS}, got {self.reduction!r}")
         if self.target_weighting not in TARGET_WEIGHTINGS:
             raise ValueError(f"target_weighting must be one of {TARGET_WEIGHTINGS}, got {self.target_weighting!r}")
+        if not (math.isfinite(self.force_noise_scale) and self.force_noise_scale >= 0.0):
+            raise ValueError(f"force_noise_scale must be >= 0 (0 = off), got {self.force_noise_scale}")
         if not 0.0 < self.max_force_quantile <= 1.0:
             raise ValueError(f"max_force_quantile must be in (0, 1], got {self.max_force_quantile}")
         if self.cascade is not None and self.cascade not in CASCADE_KINDS:

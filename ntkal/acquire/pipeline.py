@@ -48,7 +48,8 @@ from ntkal.models import energy_and_forces_fn
 from ntkal.program_cache import ProgramCache
 
 __all__ = ["StructureSet", "structure_set", "Picks", "Acquirer", "fit_scale",
-           "trace_equalising_w_force", "evidence_from_residuals", "shortlist_and_select"]
+           "trace_equalising_w_force", "evidence_from_residuals", "force_noise_factor",
+           "shortlist_and_select"]
 
 
 class StructureSet(NamedTuple):
@@ -160,9 +161,27 @@ def evidence_from_residuals(train_raw: FeatureChunk, train_scaled: FeatureChunk,
     return evidence_noise_var(scaled, np.asarray(residuals, np.float64) * factor)
 
 
+def force_noise_factor(fmax: np.ndarray, candidates: np.ndarray, scale: float) -> np.ndarray:
+    """Per-structure noise factors ``1 + (f / (scale · f_med))²`` of the soft outlier weight.
+
+    Args:
+      fmax: predicted max |F| (eV/Å), indexed by structure id.
+      candidates: the ids whose median sets ``f_med``.
+      scale: c > 0 (:attr:`AcquisitionConfig.force_noise_scale`).
+
+    Returns:
+      ``fmax``-shaped float64 factors (all 1 when ``f_med`` is 0: nothing to compare with).
+    """
+    reference = scale * float(np.median(np.asarray(fmax)[np.asarray(candidates, np.int64)]))
+    if not reference > 0.0:
+        return np.ones(np.shape(fmax))
+    return 1.0 + (np.asarray(fmax, np.float64) / reference) ** 2
+
+
 def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureScale,
                          train_scaled: FeatureChunk, pool_raw: Iterable[FeatureChunk], budget: int,
-                         key, *, n_candidates: int, allowed: np.ndarray | None = None):
+                         key, *, n_candidates: int, allowed: np.ndarray | None = None,
+                         noise_factor: np.ndarray | None = None):
     """Stream raw pool features through scale → guard → top-m PV shortlist, then select.
 
     Args:
@@ -176,6 +195,9 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
       n_candidates: candidates that may be picked (sizes the shortlist).
       allowed: optional bool array indexed by id; ``False`` candidates are never picked (they
         still count in ``varred``'s target moment).
+      noise_factor: optional array (≥ 1) indexed by id: candidate ``i`` counts as observed with
+        noise ``σ² · noise_factor[i]`` (its rows, as the shortlist and the selector see them, are
+        divided by ``sqrt(noise_factor[i])``; ``varred``'s target moment is taken before that).
 
     Returns:
       ``(ids, scores, pv)`` numpy arrays of length ``budget``.
@@ -188,11 +210,15 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
         if target is not None:  # varred's target is every scored candidate, guarded or not
             stream = accumulate_second_moment(stream, target, config.target_weighting)
         for chunk in stream:
-            ids = chunk.ids
+            ids, rows = chunk.ids, chunk.rows
+            host = np.asarray(ids)
             if allowed is not None:
-                host = np.asarray(ids)
                 ids = np.where((host >= 0) & allowed[np.maximum(host, 0)], host, -1)
-            yield FeatureChunk(jnp.asarray(chunk.rows), jnp.asarray(chunk.row_mask),
+            if noise_factor is not None:  # observing φ/√f with σ² = observing φ with f·σ²
+                factor = np.where(host >= 0, noise_factor[np.maximum(host, 0)], 1.0)
+                rows = jnp.asarray(rows)
+                rows = rows * jnp.asarray(1.0 / np.sqrt(factor), rows.dtype)[:, None, None]
+            yield FeatureChunk(jnp.asarray(rows), jnp.asarray(chunk.row_mask),
                                jnp.asarray(ids, jnp.int32))
 
     m = max(min(config.shortlist, n_candidates), budget)
@@ -539,9 +565,9 @@ class Acquirer:
         stats["train_features_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        allowed = None
+        allowed = noise_factor = None
         n_allowed = len(kept)
-        if cfg.max_force_quantile < 1.0:
+        if cfg.max_force_quantile < 1.0 or cfg.force_noise_scale > 0.0:
             fmax = np.zeros(len(data))
             fmax_key = ("fmax", len(data))
             if cache is not None and fmax_key in cache:
@@ -550,6 +576,9 @@ class Acquirer:
                 fmax[candidates] = self.predicted_fmax(params, data, candidates)
                 if cache is not None:
                     cache[fmax_key] = fmax
+        if cfg.force_noise_scale > 0.0:
+            noise_factor = force_noise_factor(fmax, candidates, cfg.force_noise_scale)
+        if cfg.max_force_quantile < 1.0:
             limit = np.quantile(fmax[candidates], cfg.max_force_quantile)
             allowed = np.zeros(len(data), bool)
             allowed[candidates] = fmax[candidates] <= limit
@@ -562,7 +591,8 @@ class Acquirer:
         pool = self._features(fmap, params, data, kept, cache, "main", counter, progress=progress,
                               desc="score pool")
         ids, scores, pv = shortlist_and_select(cfg, posterior, scale, train_scaled, pool, int(budget),
-                                               key, n_candidates=n_allowed, allowed=allowed)
+                                               key, n_candidates=n_allowed, allowed=allowed,
+                                               noise_factor=noise_factor)
         stats["score_select_s"] = time.perf_counter() - t
         stats["n_features"] = int(counter.get("main", 0))
         stats["n_cheap_features"] = int(counter.get("cheap", 0))

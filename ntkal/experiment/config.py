@@ -283,7 +283,8 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
             loop = dataclasses.replace(loop, kernel=KernelConfig(), selector="lcmd", **{
                 f: getattr(base, f) for f in ("shortlist", "noise_var", "noise_rule", "feature_norm",
                                               "max_force_quantile", "reduction", "featurize_with",
-                                              "cascade", "cascade_keep", "size_classes")})
+                                              "cascade", "cascade_keep", "size_classes",
+                                              "target_weighting", "force_noise_scale")})
         point = ExperimentConfig(name=str(raw["name"]), checkpoint=checkpoint, data=data,
                                  loop=loop, out=str(raw.get("out", f"runs/{raw['name']}")), source=source,
                                  oracle=oracle)
@@ -374,6 +375,8 @@ def sweep_label(config: ExperimentConfig) -> str:
             parts.append(f"fq{loop.max_force_quantile:g}")
         if loop.target_weighting == "per_structure":
             parts.append("tws")
+        if loop.force_noise_scale > 0:
+            parts.append(f"fn{loop.force_noise_scale:g}")
         if loop.cascade is not None:
             parts.append(f"cas{loop.cascade}{loop.cascade_keep:g}")
         if loop.featurize_with == "pretrained":

@@ -196,3 +196,61 @@ def test_pipeline_passes_the_target_weighting_to_varred(weighting):
     alt = select_batch("varred", scaled, budget=budget, posterior=post,
                        target_gram=target_second_moment([scaled], d, other))
     assert not np.allclose(scores, np.asarray(alt.scores), rtol=1e-3)  # the weighting matters here
+
+
+def test_force_noise_factor_makes_the_pipeline_heteroscedastic():
+    """``shortlist_and_select`` with a per-candidate noise factor f_i equals greedy variance
+    reduction recomputed in kernel space with label noise σ²·f_i on candidate i's rows (σ² on the
+    training rows) and the *unweighted* pool as the target; the soft weight moves the picks away
+    from the three large-norm structures that homoscedastic varred takes first."""
+    import jax
+    from ntkal.acquire import AcquisitionConfig
+    from ntkal.acquire.pipeline import force_noise_factor, shortlist_and_select
+    rng = np.random.default_rng(11)
+    n, r, d, budget, s2 = 18, 3, 5, 4, 0.05
+    rows, mask = _rows(rng, n, r, d)
+    rows[:3] *= 6.0  # three large-norm structures, as high-force frames are
+    fmax = np.concatenate([[8.0, 9.0, 12.0], rng.uniform(0.2, 1.5, n - 3)])  # their predicted max |F|
+    factor = force_noise_factor(fmax, np.arange(n), 2.0)
+    np.testing.assert_allclose(factor, 1 + (fmax / (2.0 * np.median(fmax))) ** 2, rtol=1e-12)
+    t_rows, t_mask = _rows(rng, 5, r, d)
+    train = chunk_from_arrays(t_rows, t_mask)
+    scale = fit_feature_scale(train, "median_trace")
+    train_scaled = apply_feature_scale(train, scale)
+    post = fit_posterior([train_scaled], d, noise_var=s2)
+    config = AcquisitionConfig(selector="varred", shortlist=n)
+    stream = [chunk_from_arrays(rows[:7], mask[:7], np.arange(7)),
+              chunk_from_arrays(rows[7:], mask[7:], np.arange(7, n))]
+    ids, scores, _ = shortlist_and_select(config, post, scale, train_scaled, stream, budget,
+                                          jax.random.key(0), n_candidates=n, noise_factor=factor)
+    pool = np.asarray(apply_feature_scale(chunk_from_arrays(rows, mask), scale).rows)
+    t_sc = np.asarray(train_scaled.rows)
+    u = pool[mask]
+
+    def total_var(obs):  # Σ_u posterior variance, noise σ²·f per observed row
+        x = np.concatenate([o for o, _ in obs])
+        noise = np.concatenate([np.full(len(o), s2 * f) for o, f in obs])
+        k_uo = u @ x.T
+        return np.trace(u @ u.T - k_uo @ np.linalg.solve(x @ x.T + np.diag(noise), k_uo.T))
+
+    obs = [(t_sc[i][t_mask[i]], 1.0) for i in range(len(t_sc))]
+    ref, gains = [], []
+    for _ in range(budget):
+        base = total_var(obs)
+        g = [-np.inf if i in ref else base - total_var(obs + [(pool[i][mask[i]], factor[i])]) for i in range(n)]
+        ref.append(int(np.argmax(g)))
+        gains.append(max(g))
+        obs.append((pool[ref[-1]][mask[ref[-1]]], factor[ref[-1]]))
+    assert ids.tolist() == ref
+    np.testing.assert_allclose(scores, gains, rtol=1e-8)
+    plain, _, _ = shortlist_and_select(config, post, scale, train_scaled, stream, budget,
+                                       jax.random.key(0), n_candidates=n)
+    assert set(plain.tolist()) & {0, 1, 2} and not set(ids.tolist()) & {0, 1, 2}
+
+
+def test_force_noise_factor_is_one_without_a_reference_force():
+    from ntkal.acquire.pipeline import force_noise_factor
+    np.testing.assert_array_equal(force_noise_factor(np.zeros(5), np.arange(5), 1.0), np.ones(5))
+    with pytest.raises(ValueError, match="force_noise_scale"):
+        from ntkal.acquire import AcquisitionConfig
+        AcquisitionConfig(force_noise_scale=-1.0)
