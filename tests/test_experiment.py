@@ -127,53 +127,37 @@ batch_size = 4
     np.testing.assert_equal(len(r0["random"]), 4)
 
 
-def test_target_weighting_reaches_the_loop_and_the_label(tmp_path):
+@pytest.mark.parametrize("field, default, value, bad, token", [
+    ("target_weighting", "none", "per_structure", "per_atom", "tws"),
+    ("force_noise_scale", 0.0, 2.0, -1.0, "fn2"),
+])
+def test_added_acquisition_fields_reach_the_loop_and_the_label(tmp_path, field, default, value, bad, token):
+    """A field added after studies were recorded: it reaches the acquisition config, names the
+    sweep point (and only that one), leaves round 0 shared, is reset for random arms and is
+    checked when the file is loaded."""
+    import json
     from ntkal.experiment import load_sweep
     from ntkal.loop import round0_fingerprint
-    path = tmp_path / "tw.toml"
-    path.write_text("""
-name = "tw"
-[model]
-checkpoint = "oc20_like"
-[loop]
-method = "joint"
-selector = "varred"
-[[variants]]
-loop = { target_weighting = "none" }
-[[variants]]
-loop = { target_weighting = "per_structure" }
-""")
-    plain, each = load_sweep(path)
-    assert (plain.loop.acquisition.target_weighting, each.loop.acquisition.target_weighting) == ("none", "per_structure")
-    assert plain.label != each.label and "-tws" in each.label and "tws" not in plain.label
-    assert round0_fingerprint(plain.loop) == round0_fingerprint(each.loop)  # round 0 is shared with it
-    path.write_text(path.read_text().replace('"per_structure"', '"per_atom"'))
-    with pytest.raises(Exception, match="target_weighting"):
-        load_sweep(path)
-
-
-def test_force_noise_scale_reaches_the_loop_and_the_label(tmp_path):
-    from ntkal.experiment import load_sweep
-    from ntkal.loop import round0_fingerprint
-    path = tmp_path / "fn.toml"
-    path.write_text("""
-name = "fn"
+    path = tmp_path / "added.toml"
+    text = f"""
+name = "added"
 [model]
 checkpoint = "oc20_like"
 [[variants]]
-loop = { method = "joint", selector = "varred" }
+loop = {{ method = "joint", selector = "varred" }}
 [[variants]]
-loop = { method = "joint", selector = "varred", force_noise_scale = 2.0 }
+loop = {{ method = "joint", selector = "varred", {field} = {json.dumps(value)} }}
 [[variants]]
-loop = { method = "random", force_noise_scale = 2.0 }
-""")
-    plain, soft, rand = load_sweep(path)
-    assert (plain.loop.acquisition.force_noise_scale, soft.loop.acquisition.force_noise_scale) == (0.0, 2.0)
-    assert soft.label == plain.label.replace("-pre", "-fn2-pre") != plain.label
-    assert rand.loop.force_noise_scale == 0.0 and "fn" not in rand.label  # random picks ignore it
-    assert round0_fingerprint(plain.loop) == round0_fingerprint(soft.loop)  # round 0 is shared with it
-    path.write_text(path.read_text().replace("2.0 }\n[[", "-1.0 }\n[["))
-    with pytest.raises(Exception, match="force_noise_scale"):
+loop = {{ method = "random", {field} = {json.dumps(value)} }}
+"""
+    path.write_text(text)
+    plain, changed, rand = load_sweep(path)
+    assert (getattr(plain.loop.acquisition, field), getattr(changed.loop.acquisition, field)) == (default, value)
+    assert changed.label == plain.label.replace("-pre", f"-{token}-pre") != plain.label
+    assert getattr(rand.loop, field) == default and token not in rand.label  # random picks ignore it
+    assert round0_fingerprint(plain.loop) == round0_fingerprint(changed.loop)  # round 0 is shared with it
+    path.write_text(text.replace(f"{field} = {json.dumps(value)} }}\n[[", f"{field} = {json.dumps(bad)} }}\n[["))
+    with pytest.raises(Exception, match=field):
         load_sweep(path)
 
 
