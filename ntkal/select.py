@@ -157,6 +157,7 @@ def select_from_files(
     config: AcquisitionConfig = AcquisitionConfig(),
     progress: bool = True,
     program_cache: str | os.PathLike | None = None,
+    target_path: str | os.PathLike | None = None,
 ) -> SelectSummary:
     """Pick ``budget`` structures of ``pool_path`` and write them to ``out_path``.
 
@@ -173,6 +174,9 @@ def select_from_files(
       program_cache: optional folder of traced programs (:class:`ntkal.program_cache.ProgramCache`;
         ``ntkal select`` passes ``programs/`` inside its compilation cache): a second run with the
         same model, kernel and padding classes skips tracing the feature map.
+      target_path: optional target structures (any ASE-readable file, labels ignored), e.g.
+        unlabelled frames like those the model will be used on: ``varred`` then reduces the
+        posterior variance summed over them instead of over the pool. Never picked.
 
     Returns:
       A :class:`SelectSummary` (also written as JSON next to ``out_path``).
@@ -213,15 +217,22 @@ def select_from_files(
     if budget > n_pool:
         raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
     train, energies = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
+    target = []
+    if target_path is not None:
+        if config.selector != "varred":
+            raise ValueError(f"a target set ({target_path}) needs selector 'varred', got {config.selector!r}")
+        target, _ = read_structures(target_path, cutoff, elements, progress=progress, desc="read target")
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    data = structure_set(pool + train, config.max_classes(n_pool + len(train)), config.max_padding)
+    n_all = n_pool + len(train) + len(target)
+    data = structure_set(pool + train + target, config.max_classes(n_all), config.max_padding)
     programs = None if program_cache is None else ProgramCache(program_cache)
     acquirer = Acquirer(model, params, config, programs=programs)
     timings["setup_s"] = time.perf_counter() - t
     picks = acquirer.pick(params, data, n_pool + np.arange(len(train)), np.arange(n_pool), budget,
-                          jax.random.PRNGKey(config.seed), train_energies=energies, progress=progress)
+                          jax.random.PRNGKey(config.seed), train_energies=energies, progress=progress,
+                          target_ids=n_pool + len(train) + np.arange(len(target)) if target else None)
     for name in ("cascade_s", "train_features_s", "score_select_s"):
         timings[name] = picks.stats[name]
 
@@ -239,6 +250,7 @@ def select_from_files(
     record = {
         "model": os.fspath(model_path), "pool": os.fspath(pool_path), "train": os.fspath(train_path),
         "out": os.fspath(out_path), "n_pool": n_pool, "n_train": len(train), "budget": budget,
+        "target": None if target_path is None else os.fspath(target_path), "n_target": len(target),
         "kernel": config.kind, "selector": config.selector, "config": config.to_dict(),
         "feature_dim": int(acquirer.feature_map.dim), "noise_var": picks.noise_var,
         "noise_var_from": "evidence" if config.uses_evidence(energies is not None) else "fixed",

@@ -205,6 +205,9 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                        f"({', '.join(shipped_model_names())})")
     files.add_argument("--pool", required=True, help="candidate structures (any ASE-readable file)")
     files.add_argument("--train", required=True, help="training structures (define the posterior)")
+    files.add_argument("--target", help="optional target structures (any ASE-readable file, labels ignored), "
+                       "e.g. unlabelled frames like those the model will be used on: varred reduces the "
+                       "posterior variance over them instead of over the pool")
     files.add_argument("--budget", required=True, type=int, help="number of structures to pick")
     files.add_argument("--out", required=True, help="output file for the picks, in a multi-frame format "
                        "(e.g. picked.extxyz); its folder is created if needed")
@@ -382,7 +385,8 @@ def validate_select_args(args: argparse.Namespace) -> None:
     """Check the budget and the files of ``ntkal select`` without reading more than file headers.
 
     ``--budget`` ≥ 1; ``--model`` an existing checkpoint file or a shipped name; ``--pool`` and
-    ``--train`` existing, non-empty, readable files in a format ASE reads; ``--out`` named with a
+    ``--train`` (and ``--target`` if given) existing, non-empty, readable files in a format ASE
+    reads; ``--out`` named with a
     format ASE writes with several frames, not one of the inputs, in a folder that exists or can be
     created, and writable.
 
@@ -392,11 +396,18 @@ def validate_select_args(args: argparse.Namespace) -> None:
     problems = []
     if args.budget < 1:
         problems.append(("--budget", f"must be >= 1, got {args.budget}"))
-    for flag, check in (("--model", _model_problem), ("--pool", input_file_problem), ("--train", input_file_problem)):
+    checks = [("--model", _model_problem), ("--pool", input_file_problem), ("--train", input_file_problem)]
+    target = getattr(args, "target", None)
+    if target is not None:
+        checks.append(("--target", input_file_problem))
+    for flag, check in checks:
         what = check(str(getattr(args, flag[2:])))
         if what:
             problems.append((flag, what))
-    what = _out_problem(str(args.out), {"--pool": str(args.pool), "--train": str(args.train)})
+    inputs = {"--pool": str(args.pool), "--train": str(args.train)}
+    if target is not None:
+        inputs["--target"] = str(target)
+    what = _out_problem(str(args.out), inputs)
     if what:
         problems.append(("--out", what))
     if problems:
@@ -423,6 +434,9 @@ def main_select(args: argparse.Namespace) -> int:
         config = config_from_args(args)
     except SelectArgumentError as err:
         problems += err.problems
+    else:
+        if getattr(args, "target", None) is not None and config.selector != "varred":
+            problems.append(("--target", f"a target set needs --selector varred, got {config.selector!r}"))
     if problems:
         raise SelectArgumentError(problems)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -432,7 +446,8 @@ def main_select(args: argparse.Namespace) -> int:
 
     summary = select_from_files(args.model, args.pool, args.train, args.budget, out_path=args.out,
                                 config=config, progress=not args.no_progress,
-                                program_cache=None if folder is None else folder / "programs")
+                                program_cache=None if folder is None else folder / "programs",
+                                target_path=getattr(args, "target", None))
     print(f"picked {summary.budget} of {summary.n_pool} pool structures ({summary.config.kind} kernel, "
           f"{summary.config.selector}) in {summary.timings['total_s']:.1f} s -> {summary.out_path} "
           f"(summary {summary.summary_path})", file=sys.stdout)

@@ -126,6 +126,7 @@ def files(tmp_path_factory):
               for i in range(3)]
     ase.io.write(root / "pool.extxyz", frames)
     ase.io.write(root / "train.extxyz", frames[:1])
+    ase.io.write(root / "target.extxyz", frames[1:])
     (root / "pool.foo").write_text("not a structure file\n")
     (root / "empty.extxyz").write_text("")
     (root / "a_file.txt").write_text("x\n")
@@ -162,6 +163,12 @@ def _bad_cases(files: Path) -> dict[str, tuple[list[str], str, str]]:
                                     "single structure"),
         "out without a format": (_select(files, **{"--out": str(files / "picked")}), "--out", "output format"),
         "out is the pool": (_select(files, **{"--out": pool}), "--out", "same file as --pool"),
+        "missing target": (_select(files, **{"--target": str(files / "nope.extxyz"), "--selector": "varred"}),
+                           "--target", "no such file"),
+        "out is the target": (_select(files, **{"--target": str(files / "target.extxyz"), "--selector": "varred",
+                                                "--out": str(files / "target.extxyz")}), "--out", "same file as --target"),
+        "target without varred": (_select(files, **{"--target": pool, "--selector": "lcmd"}), "--target",
+                                  "needs --selector varred"),
         "out is a folder": (_select(files, **{"--out": str(files / "dir.extxyz")}), "--out", "not a regular file"),
         "negative noise": (_select(files, **{"--noise-var": "-1"}), "--noise-var", "noise_var must be > 0"),
         "zero sketch": (_select(files, **{"--sketch-dim": "0"}), "--sketch-dim", "sketch_dim"),
@@ -226,11 +233,12 @@ def test_all_file_problems_are_reported_at_once(files):
 
 
 def test_good_arguments_pass_and_reach_the_compute_entry_point(files, monkeypatch, capsys):
-    calls = []
+    calls, targets = [], []
 
     def select_from_files(model_path, pool_path, train_path, budget, *, out_path, config, progress=True,
-                          program_cache=None):
+                          program_cache=None, target_path=None):
         assert program_cache is None  # --no-compile-cache: no traced programs on disk either
+        targets.append(target_path)
         calls.append((model_path, pool_path, train_path, budget, out_path, config, progress))
         return types.SimpleNamespace(budget=budget, n_pool=3, out_path=out_path, summary_path="s.json",
                                      timings={"total_s": 1.25}, config=config)
@@ -246,6 +254,10 @@ def test_good_arguments_pass_and_reach_the_compute_entry_point(files, monkeypatc
     assert config == dataclasses.replace(AcquisitionConfig(), selector="lcmd")
     assert (files / "new" / "deeper").is_dir()
     assert "picked 2 of 3" in capsys.readouterr().out
+    with_target = add_select_arguments(argparse.ArgumentParser()).parse_args(
+        argv[1:] + ["--target", str(files / "target.extxyz"), "--no-progress", "--no-compile-cache"])
+    assert main_select(with_target) == 0
+    assert targets == [None, str(files / "target.extxyz")]
 
 
 def test_an_existing_checkpoint_file_is_a_valid_model(files):

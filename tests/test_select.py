@@ -142,6 +142,31 @@ def test_varred_selector_through_select(files, tmp_path):
     assert np.all(scores > 0) and np.all(np.diff(scores) <= 1e-6 * scores[0])  # greedy gains shrink
 
 
+def test_target_set_through_select(files, tmp_path):
+    """``target_path``: the pool itself as the target gives the picks and gains of varred's own
+    target (the pool moment streamed with the shortlist); three pool frames as the target give
+    other picks, all from the pool; a target needs varred."""
+    varred = dataclasses.replace(SMALL, selector="varred", shortlist=N_POOL)
+    run = lambda name, **kw: select_from_files(files / "model.msgpack", files / "pool.extxyz",  # noqa: E731
+                                               files / "train.extxyz", budget=BUDGET, config=varred,
+                                               out_path=tmp_path / name, progress=False, **kw)
+    own = run("own.extxyz")
+    same = run("same.extxyz", target_path=files / "pool.extxyz")
+    assert same.ids == own.ids
+    np.testing.assert_allclose(same.scores, own.scores, rtol=2e-4)
+    pool = ase.io.read(files / "pool.extxyz", index=":")
+    ase.io.write(tmp_path / "target.extxyz", pool[-3:])
+    few = run("few.extxyz", target_path=tmp_path / "target.extxyz")
+    record = json.loads((tmp_path / "few.summary.json").read_text())
+    assert record["n_target"] == 3 and record["target"].endswith("target.extxyz") and record["ids"] == list(few.ids)
+    assert few.ids != own.ids and all(0 <= i < N_POOL for i in few.ids)
+    assert few.scores[0] < own.scores[0]  # three target frames hold less variance than fourteen
+    with pytest.raises(ValueError, match="varred"):
+        select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz", BUDGET,
+                          config=SMALL, out_path=tmp_path / "l.extxyz", progress=False,
+                          target_path=tmp_path / "target.extxyz")
+
+
 def test_same_picks_on_four_host_devices(files, picked, tmp_path):
     """Featurisation, the shortlist and the selector run on 4 host CPU devices (in a
     subprocess): the picks equal the 1-device run's."""

@@ -40,7 +40,8 @@ from ntkal.acquire.devices import MultiDeviceFeatures, feature_devices
 from ntkal.acquire.prefetching import prefetch
 from ntkal.acquisition import (FeatureChunk, FeatureScale, ScoreConfig, accumulate_second_moment,
                                apply_feature_scale, evidence_noise_var, fit_feature_scale,
-                               fit_posterior, pad_chunk, select_batch, shortlist_pool)
+                               fit_posterior, pad_chunk, select_batch, shortlist_pool,
+                               target_second_moment)
 from ntkal.data import Structure
 from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
 from ntkal.kernels import GraphSizes, KernelConfig, make_feature_map
@@ -181,7 +182,7 @@ def force_noise_factor(fmax: np.ndarray, candidates: np.ndarray, scale: float) -
 def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureScale,
                          train_scaled: FeatureChunk, pool_raw: Iterable[FeatureChunk], budget: int,
                          key, *, n_candidates: int, allowed: np.ndarray | None = None,
-                         noise_factor: np.ndarray | None = None):
+                         noise_factor: np.ndarray | None = None, target_moment: np.ndarray | None = None):
     """Stream raw pool features through scale → guard → top-m PV shortlist, then select.
 
     Args:
@@ -198,16 +199,22 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
       noise_factor: optional array (≥ 1) indexed by id: candidate ``i`` counts as observed with
         noise ``σ² · noise_factor[i]`` (its rows, as the shortlist and the selector see them, are
         divided by ``sqrt(noise_factor[i])``; ``varred``'s target moment is taken before that).
+      target_moment: ``varred`` only: ``(d, d)`` second moment of the scaled features of a
+        target set (:func:`~ntkal.acquisition.target_second_moment`); ``None`` = the scored
+        candidates themselves.
 
     Returns:
       ``(ids, scores, pv)`` numpy arrays of length ``budget``.
     """
     dim = posterior.dim
-    target = np.zeros((dim, dim)) if config.selector == "varred" else None
+    if target_moment is not None and config.selector != "varred":
+        raise ValueError(f"a target set needs selector 'varred', got {config.selector!r}")
+    own_target = config.selector == "varred" and target_moment is None
+    target = np.zeros((dim, dim)) if own_target else target_moment
 
     def chunks():
         stream = (apply_feature_scale(chunk, scale) for chunk in pool_raw)
-        if target is not None:  # varred's target is every scored candidate, guarded or not
+        if own_target:  # varred's target is every scored candidate, guarded or not
             stream = accumulate_second_moment(stream, target, config.target_weighting)
         for chunk in stream:
             ids, rows = chunk.ids, chunk.rows
@@ -504,7 +511,7 @@ class Acquirer:
 
     def pick(self, params, data: StructureSet, train_ids, candidate_ids, budget: int, key, *,
              train_energies: np.ndarray | None = None, cache: dict | None = None,
-             progress: bool = False) -> Picks:
+             progress: bool = False, target_ids=None) -> Picks:
         """Pick ``budget`` of ``candidate_ids`` given the training structures ``train_ids``.
 
         Args:
@@ -519,6 +526,9 @@ class Acquirer:
           cache: a dict kept across calls *with the same params and data* (e.g. pretrained
             features in an AL loop): every structure is then featurised at most once.
           progress: progress bars.
+          target_ids: optional ids of a target set (``varred`` only; e.g. unlabelled structures
+            like those the model will be used on): the selector reduces the posterior variance
+            summed over them instead of over the candidates. They are featurised, never picked.
 
         Returns:
           :class:`Picks`.
@@ -530,6 +540,12 @@ class Acquirer:
             raise ValueError("no training structures: the posterior needs at least one")
         if not 1 <= int(budget) <= len(candidates):
             raise ValueError(f"budget {budget} must be between 1 and the {len(candidates)} candidates")
+        if target_ids is not None:
+            target_ids = np.asarray(target_ids, np.int64)
+            if cfg.selector != "varred":
+                raise ValueError(f"a target set needs selector 'varred', got {cfg.selector!r}")
+            if target_ids.size == 0:
+                raise ValueError("the target set is empty")
         if cfg.noise_rule == "evidence" and train_energies is None:
             raise ValueError("noise_rule='evidence' needs the training structures' energy labels")
         if train_energies is not None:
@@ -588,11 +604,18 @@ class Acquirer:
                                  f"candidates for a batch of {budget}")
         if len(kept) < budget:
             raise ValueError(f"the cascade kept {len(kept)} candidates for a batch of {budget}")
+        target_moment = None
+        if target_ids is not None:
+            target_moment = target_second_moment(
+                (apply_feature_scale(c, scale) for c in self._features(
+                    fmap, params, data, target_ids, cache, "main", counter, progress=progress,
+                    desc="target features")), fmap.dim, cfg.target_weighting)
+        stats["n_target"] = 0 if target_ids is None else int(len(target_ids))
         pool = self._features(fmap, params, data, kept, cache, "main", counter, progress=progress,
                               desc="score pool")
         ids, scores, pv = shortlist_and_select(cfg, posterior, scale, train_scaled, pool, int(budget),
                                                key, n_candidates=n_allowed, allowed=allowed,
-                                               noise_factor=noise_factor)
+                                               noise_factor=noise_factor, target_moment=target_moment)
         stats["score_select_s"] = time.perf_counter() - t
         stats["n_features"] = int(counter.get("main", 0))
         stats["n_cheap_features"] = int(counter.get("cheap", 0))
