@@ -1,0 +1,149 @@
+"""What does a user-given target set change in a kernel arm's picks? Replayed without fine-tuning.
+
+Like ``diagnose_picks.py``: with ``featurize_with = "pretrained"`` a kernel arm's picks depend
+only on the pretrained model, the pool and the labelled set, so its whole pick sequence can be
+replayed from each seed's round-0 set (read from the point's saved state). Here the replay goes
+through :class:`ntkal.acquire.Acquirer` directly, once with the pool as varred's target (the
+study's setting; the replay must reproduce the study's picks exactly) and once per
+``--target-split``: those structures, *unlabelled*, are the target whose summed posterior
+variance the picks reduce (what ``ntkal select --target`` does). No test error is computed, so
+a test split may serve as the target here; in a study, target one split and evaluate another.
+
+For each seed and target it prints the share of picks from each part of the pool (the
+``[data] pool`` entries, in order) and the largest force component of the picks (labels, eV/Å).
+
+Usage::
+
+    python experiments/diagnose_target.py experiments/configs/pool_shift_payoff.toml \\
+        --point joint-varred-d512-k4-med-ev-pre-rp32 --seeds 0 1 2 3 4 --target-split val
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", type=Path)
+    p.add_argument("--point", required=True, help="a varred kernel arm's label (its point folder without -seedN)")
+    p.add_argument("--random", default="random-rp32", help="the random arm's label (its picks as a reference)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p.add_argument("--target-split", action="append", default=[],
+                   help="a split of the config's dataset used, unlabelled, as varred's target")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+
+    import jax
+    from ntkal.acquire import Acquirer, structure_set
+    from ntkal.data import labels_of, structures_from_atoms
+    from ntkal.experiment.config import load_sweep, sweep_label
+    from ntkal.experiment.run import load_data, load_initial
+    from ntkal.loop import load_state
+    from ntkal.models import load_pretrained
+    from ntkal import datasets
+
+    points = {(sweep_label(c), c.loop.seed): c for c in load_sweep(args.config)}
+    first = points[(args.point, args.seeds[0])]
+    loop0 = first.loop
+    if loop0.featurize_with != "pretrained" or loop0.selector != "varred":
+        raise SystemExit(f"{args.point}: needs pretrained features and the varred selector")
+    data_cfg = first.data
+    if data_cfg.from_files:
+        raise SystemExit("target splits come from a generator dataset, not from files")
+    model, params, _ = load_pretrained(first.checkpoint)
+    pool_atoms, tests = load_data(data_cfg, progress=False)
+    initial_atoms = load_initial(data_cfg, progress=False)
+    cutoff, elements = model.config.cutoff, model.config.elements
+    def graphs(atoms):
+        atoms = list(atoms)
+        return [s for _, s in structures_from_atoms(atoms, cutoff, elements=elements)] if atoms else []
+
+    pool, initial = graphs(pool_atoms), graphs(initial_atoms)
+    targets = {"pool (the study's)": []}
+    for split in args.target_split:  # a test split: the study's own subsample of it (max_test)
+        atoms = tests[split] if split in tests else datasets.load_split(
+            data_cfg.dataset, split, size=data_cfg.size, seed=data_cfg.seed, cache_dir=data_cfg.cache_dir,
+            progress=False)
+        targets[f"split {split!r}"] = graphs(atoms)
+    parts, start = [], 0  # the pool's parts, in [data] pool order: (name, first id, end id)
+    for spec in data_cfg.pool:
+        split, _, count = spec.partition(":")
+        n = int(count) if count else sum(1 for _ in datasets.load_split(
+            data_cfg.dataset, split, size=data_cfg.size, seed=data_cfg.seed, cache_dir=data_cfg.cache_dir,
+            progress=False))
+        parts.append((split, start, start + n))
+        start += n
+    if start != len(pool):
+        raise SystemExit(f"the pool parts {parts} do not add up to the pool's {len(pool)} structures")
+    fmax = np.array([np.abs(a.get_forces()).max() for a in pool_atoms])
+    energies_pool = np.array([a.get_potential_energy() for a in pool_atoms])
+    energies_initial = [labels_of(a)[0] for a in initial_atoms]
+    cfg = loop0.acquisition
+    acquirer = Acquirer(model, params, cfg, store={})  # compiled once for every set and seed
+    sets = {}  # target → (its structure set: pool, initial set, target; the target's ids; its feature cache)
+    for name, t in targets.items():  # one feature cache per structure set: ids mean other structures
+        structures = pool + initial + t
+        sets[name] = (structure_set(structures, cfg.max_classes(len(structures)), cfg.max_padding),
+                      None if not t else len(pool) + len(initial) + np.arange(len(t)), {})
+
+    rows = []
+    head = " | ".join(f"from {name}" for name, _, _ in parts)
+    print(f"# {args.config}, point {args.point}; pool {len(pool)} ({', '.join(f'{n} {b - a}' for n, a, b in parts)}); "
+          f"targets: {', '.join(f'{k} ({len(v) or len(pool)})' for k, v in targets.items())}")
+    print(f"| target | seed | {head} | median max abs F (eV/Å) |")
+    print("|---|---|" + "---|" * len(parts) + "---|")
+
+    def describe(name, seed, picks, seconds=None):
+        picks = np.asarray(picks, np.int64)
+        shares = {part: float(np.mean((picks >= a) & (picks < b))) for part, a, b in parts}
+        row = {"target": name, "seed": seed, "picks": len(picks), "shares": shares,
+               "median_fmax": float(np.median(fmax[picks])), "ids": [int(i) for i in picks]}
+        rows.append(row)
+        took = "" if seconds is None else f" ({seconds:.0f} s)"
+        cells = " | ".join(f"{100 * v:.1f} %" for v in shares.values())
+        print(f"| {name} | {seed} | {cells} | {row['median_fmax']:.2f}{took} |", flush=True)
+
+    folder = ROOT / first.out / "points"
+    for seed in args.seeds:
+        base = points[(args.point, seed)].loop
+        loaded = load_state(folder / f"{args.point}-seed{seed}")
+        if loaded is None:
+            raise SystemExit(f"no saved state for {args.point} seed {seed} in {folder}")
+        study = np.asarray(loaded[0].labelled, np.int64)
+        rand = load_state(folder / f"{args.random}-seed{seed}")
+        if rand is not None:
+            describe(f"random arm ({args.random})", seed, np.asarray(rand[0].labelled)[base.initial:])
+        for name, (data, target_ids, cache) in sets.items():
+            t = time.perf_counter()
+            labelled = study[:base.initial].copy()
+            for r in range(1, base.rounds + 1):
+                unlabelled = np.setdiff1d(np.arange(len(pool)), labelled)
+                train_ids = np.concatenate([labelled, len(pool) + np.arange(len(initial))])
+                energies = np.concatenate([energies_pool[labelled], energies_initial])
+                picks = acquirer.pick(params, data, train_ids, unlabelled, base.batch, jax.random.key(r),
+                                      train_energies=energies if base.uses_evidence else None, cache=cache,
+                                      target_ids=target_ids)
+                labelled = np.concatenate([labelled, np.asarray(picks.ids, np.int64)])
+            picked = labelled[base.initial:]
+            if target_ids is None and not np.array_equal(picked, study[base.initial:base.initial + len(picked)]):
+                same = len(np.intersect1d(picked, study[base.initial:]))
+                raise SystemExit(f"seed {seed}: the replay does not reproduce the study's picks ({same} of "
+                                 f"{len(picked)} shared)")
+            describe(name, seed, picked, time.perf_counter() - t)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
