@@ -531,6 +531,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                         help="paired differences at every round, not only the final one")
     parser.add_argument("--metric", default="force_mae",
                         help="metric of labels-to-reach and the monotonicity check")
+    parser.add_argument("--methods", nargs="+", metavar="LABEL",
+                        help="only these methods (labels), e.g. the arms run on extra seeds")
     parser.add_argument("--json", metavar="OUT", help="also write the statistics as JSON")
     args = parser.parse_args(argv)
     rows, seen = [], set()
@@ -541,9 +543,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(f"{path}: no 'rows' list")
         for row in data["rows"]:
             key = tuple(row.get(k) for k in ("dataset", "size", "label", "seed", "round", "split"))
-            if key not in seen:
+            if key not in seen and (args.methods is None or row.get("label") in args.methods):
                 seen.add(key)
                 rows.append(row)
+    if args.methods and {row.get("label") for row in rows} != set(args.methods):
+        sys.exit(f"--methods: no rows for {sorted(set(args.methods) - {row.get('label') for row in rows})}")
     summary = summarize(rows, n_boot=args.n_boot, seed=args.seed, pairs=args.pair,
                         all_rounds=args.all_rounds, metric=args.metric)
     print(to_markdown(summary), end="")
