@@ -161,3 +161,24 @@ def test_cli_markdown_and_strict_json(tmp_path, capsys):
     assert data["wall_times"]["random"] == {"select_s": 1.0, "finetune_s": 2.0, "evaluate_s": 0.5}
     with pytest.raises(SystemExit):
         summarize.main([str(results), "--pair", "nocolon"])
+
+
+def test_methods_keeps_the_arms_run_on_extra_seeds(tmp_path, capsys):
+    """Two results files, the second with extra seeds for two of three methods: without
+    ``--methods`` the extra seeds are dropped (not run by every method); with it they count."""
+    first = make_rows({"random": lambda s, rng: f(X), "joint-x": lambda s, rng: f(2 * X),
+                       "energy-y": lambda s, rng: f(X) + 0.01}, n_seeds=3)
+    extra = [dict(r, seed=r["seed"] + 3) for r in make_rows({"random": lambda s, rng: f(X),
+                                                              "joint-x": lambda s, rng: f(2 * X)}, n_seeds=3)]
+    paths = [tmp_path / "a.json", tmp_path / "b.json"]
+    for path, rows in zip(paths, (first, extra)):
+        path.write_text(json.dumps({"rows": rows}))
+    summarize.main([str(p) for p in paths] + ["--n-boot", "50"])
+    assert capsys.readouterr().out.startswith("Seeds: 3 (0, 1, 2)")
+    out_json = tmp_path / "s.json"
+    summarize.main([str(p) for p in paths] + ["--n-boot", "50", "--methods", "random", "joint-x",
+                                              "--json", str(out_json)])
+    assert capsys.readouterr().out.startswith("Seeds: 6 (0, 1, 2, 3, 4, 5)")
+    assert {row["label"] for row in json.loads(out_json.read_text())["final"]} == {"random", "joint-x"}
+    with pytest.raises(SystemExit, match="no rows for"):
+        summarize.main([str(paths[0]), "--methods", "random", "committee"])
