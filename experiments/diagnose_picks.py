@@ -34,21 +34,39 @@ sys.path.insert(0, str(ROOT / "experiments"))
 from diagnose_finetune import parse_variant  # noqa: E402  ("k=v[,k=v]" overrides)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def replay_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments every pick replay takes: the study config, the arm, the random arm, seeds, JSON."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path)
     p.add_argument("--point", required=True, help="a kernel arm's label (its point folder without -seedN)")
-    p.add_argument("--random", default="random-rp32", help="the random arm's label (for its picks' forces)")
+    p.add_argument("--random", default="random-rp32", help="the random arm's label (its picks as a reference)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0])
-    p.add_argument("--variant", action="append", default=[], help="LoopConfig overrides, k=v[,k=v]")
     p.add_argument("--json", type=Path)
+    return p
+
+
+def saved_picks(folder: Path, point: str, random: str, seed: int, initial: int):
+    """``(labelled, random_picks)``: the arm's labelled ids (round 0 first, in pick order) and the
+    random arm's picks after round 0 (``None`` if it has no saved state), from the points' states."""
+    from ntkal.loop import load_state
+    loaded = load_state(folder / f"{point}-seed{seed}")
+    if loaded is None:
+        raise SystemExit(f"no saved state for {point} seed {seed} in {folder}")
+    rand = load_state(folder / f"{random}-seed{seed}")
+    return (np.asarray(loaded[0].labelled, np.int64),
+            None if rand is None else np.asarray(rand[0].labelled, np.int64)[initial:])
+
+
+def main(argv=None) -> int:
+    p = replay_parser(__doc__)
+    p.add_argument("--variant", action="append", default=[], help="LoopConfig overrides, k=v[,k=v]")
     args = p.parse_args(argv)
 
     import jax
     from ntkal.data import labels_of
     from ntkal.experiment.config import load_sweep, sweep_label
     from ntkal.experiment.run import load_data, load_initial
-    from ntkal.loop import _kernel_picks, init_state, load_state, make_context
+    from ntkal.loop import _kernel_picks, init_state, make_context
     from ntkal.models import load_pretrained
 
     points = {(sweep_label(c), c.loop.seed): c for c in load_sweep(args.config)}
@@ -82,14 +100,10 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---|---|---|")
     for seed in args.seeds:
         base = points[(args.point, seed)].loop
-        loaded = load_state(folder / f"{args.point}-seed{seed}")
-        if loaded is None:
-            raise SystemExit(f"no saved state for {args.point} seed {seed} in {folder}")
-        study = np.asarray(loaded[0].labelled, np.int64)
+        study, randomised = saved_picks(folder, args.point, args.random, seed, base.initial)
         round0 = study[:base.initial]
-        randomised = load_state(folder / f"{args.random}-seed{seed}")
         if randomised is not None:
-            describe(f"random arm ({args.random})", seed, np.asarray(randomised[0].labelled)[base.initial:])
+            describe(f"random arm ({args.random})", seed, randomised)
         for name, overrides in settings:
             t = time.perf_counter()
             loop = dataclasses.replace(base, replay=0, **overrides)  # replay only enters the fine-tunes

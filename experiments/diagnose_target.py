@@ -20,7 +20,6 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -30,17 +29,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
+
+from diagnose_picks import replay_parser, saved_picks  # noqa: E402  (shared by the replays)
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("config", type=Path)
-    p.add_argument("--point", required=True, help="a varred kernel arm's label (its point folder without -seedN)")
-    p.add_argument("--random", default="random-rp32", help="the random arm's label (its picks as a reference)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0])
+    p = replay_parser(__doc__)
     p.add_argument("--target-split", action="append", default=[],
                    help="a split of the config's dataset used, unlabelled, as varred's target")
-    p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
 
     import jax
@@ -48,7 +45,6 @@ def main(argv=None) -> int:
     from ntkal.data import labels_of, structures_from_atoms
     from ntkal.experiment.config import load_sweep, sweep_label
     from ntkal.experiment.run import load_data, load_initial
-    from ntkal.loop import load_state
     from ntkal.models import load_pretrained
     from ntkal import datasets
 
@@ -116,13 +112,9 @@ def main(argv=None) -> int:
     folder = ROOT / first.out / "points"
     for seed in args.seeds:
         base = points[(args.point, seed)].loop
-        loaded = load_state(folder / f"{args.point}-seed{seed}")
-        if loaded is None:
-            raise SystemExit(f"no saved state for {args.point} seed {seed} in {folder}")
-        study = np.asarray(loaded[0].labelled, np.int64)
-        rand = load_state(folder / f"{args.random}-seed{seed}")
+        study, rand = saved_picks(folder, args.point, args.random, seed, base.initial)
         if rand is not None:
-            describe(f"random arm ({args.random})", seed, np.asarray(rand[0].labelled)[base.initial:])
+            describe(f"random arm ({args.random})", seed, rand)
         for name, (data, target_ids, cache) in sets.items():
             t = time.perf_counter()
             labelled = study[:base.initial].copy()
