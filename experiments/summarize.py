@@ -546,8 +546,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             if key not in seen and (args.methods is None or row.get("label") in args.methods):
                 seen.add(key)
                 rows.append(row)
-    if args.methods and {row.get("label") for row in rows} != set(args.methods):
-        sys.exit(f"--methods: no rows for {sorted(set(args.methods) - {row.get('label') for row in rows})}")
+    missing = set(args.methods or ()) - {row.get("label") for row in rows}
+    if missing:
+        sys.exit(f"--methods: no rows for {sorted(missing)}")
     summary = summarize(rows, n_boot=args.n_boot, seed=args.seed, pairs=args.pair,
                         all_rounds=args.all_rounds, metric=args.metric)
     print(to_markdown(summary), end="")

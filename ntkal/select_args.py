@@ -396,17 +396,12 @@ def validate_select_args(args: argparse.Namespace) -> None:
     problems = []
     if args.budget < 1:
         problems.append(("--budget", f"must be >= 1, got {args.budget}"))
-    checks = [("--model", _model_problem), ("--pool", input_file_problem), ("--train", input_file_problem)]
-    target = getattr(args, "target", None)
-    if target is not None:
-        checks.append(("--target", input_file_problem))
-    for flag, check in checks:
-        what = check(str(getattr(args, flag[2:])))
+    inputs = {flag: str(path) for flag, path in (("--pool", args.pool), ("--train", args.train),
+                                                  ("--target", args.target)) if path is not None}
+    for flag, what in [("--model", _model_problem(str(args.model)))] + [
+            (flag, input_file_problem(path)) for flag, path in inputs.items()]:
         if what:
             problems.append((flag, what))
-    inputs = {"--pool": str(args.pool), "--train": str(args.train)}
-    if target is not None:
-        inputs["--target"] = str(target)
     what = _out_problem(str(args.out), inputs)
     if what:
         problems.append(("--out", what))
@@ -435,7 +430,7 @@ def main_select(args: argparse.Namespace) -> int:
     except SelectArgumentError as err:
         problems += err.problems
     else:
-        if getattr(args, "target", None) is not None and config.selector != "varred":
+        if args.target is not None and config.selector != "varred":
             problems.append(("--target", f"a target set needs --selector varred, got {config.selector!r}"))
     if problems:
         raise SelectArgumentError(problems)
@@ -447,7 +442,7 @@ def main_select(args: argparse.Namespace) -> int:
     summary = select_from_files(args.model, args.pool, args.train, args.budget, out_path=args.out,
                                 config=config, progress=not args.no_progress,
                                 program_cache=None if folder is None else folder / "programs",
-                                target_path=getattr(args, "target", None))
+                                target_path=args.target)
     print(f"picked {summary.budget} of {summary.n_pool} pool structures ({summary.config.kind} kernel, "
           f"{summary.config.selector}) in {summary.timings['total_s']:.1f} s -> {summary.out_path} "
           f"(summary {summary.summary_path})", file=sys.stdout)

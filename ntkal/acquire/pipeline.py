@@ -218,7 +218,7 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
             stream = accumulate_second_moment(stream, target, config.target_weighting)
         for chunk in stream:
             ids, rows = chunk.ids, chunk.rows
-            host = np.asarray(ids)
+            host = np.asarray(ids) if allowed is not None or noise_factor is not None else None
             if allowed is not None:
                 ids = np.where((host >= 0) & allowed[np.maximum(host, 0)], host, -1)
             if noise_factor is not None:  # observing φ/√f with σ² = observing φ with f·σ²
