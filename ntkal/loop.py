@@ -110,6 +110,10 @@ class LoopConfig:
       force_noise_scale: soft outlier weight, c (0 = off): a candidate with predicted max |F| f
         counts as observed with noise ``σ²·(1 + (f / (c·f_med))²)``
         (:class:`~ntkal.acquire.AcquisitionConfig`).
+      variance_target: whose summed posterior variance ``varred`` reduces: ``"pool"`` (the
+        unlabelled pool) or ``"target_set"``: the context's target set (:func:`make_context`
+        ``target_atoms``, from ``[data] target_set``), structures like those the model will be
+        used on; they are featurised, never picked.
     """
 
     method: str = "joint"
@@ -136,6 +140,7 @@ class LoopConfig:
     seed: int = 0
     target_weighting: str = added_field("none", added_in="0.1 (issue 9)")
     force_noise_scale: float = added_field(0.0, added_in="0.1 (issue 9)")
+    variance_target: str = added_field("pool", added_in="0.1 (issue 9)")
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -150,6 +155,10 @@ class LoopConfig:
             raise ValueError(f"replay must be >= 0, got {self.replay}")
         if self.method == "committee" and self.committee_size < 2:
             raise ValueError("committee_size must be >= 2")
+        if self.variance_target not in ("pool", "target_set"):
+            raise ValueError(f"variance_target must be 'pool' or 'target_set', got {self.variance_target!r}")
+        if self.variance_target == "target_set" and self.selector != "varred":
+            raise ValueError(f"variance_target = 'target_set' needs selector 'varred', got {self.selector!r}")
         # the acquisition settings follow AcquisitionConfig's rules (one set, in one place);
         # random and committee runs are checked as if they were joint-kernel runs
         self._acquisition(self.method if self.method in KINDS else "joint")
@@ -226,6 +235,9 @@ class LoopContext(NamedTuple):
       cache: per-run store of what does not change between rounds: compiled functions (feature
         maps, energy/forces), the pool's size plan, pretrained-parameter pool features and
         predicted max forces; filled lazily, never saved.
+      initial: labelled structures (not from the pool) in every fine-tune and posterior.
+      initial_atoms: the same as ``ase.Atoms``.
+      target: unlabelled target structures (``variance_target = "target_set"``).
     """
 
     model: MLIP
@@ -241,12 +253,14 @@ class LoopContext(NamedTuple):
     cache: dict | None = None
     initial: Sequence[Structure] = ()
     initial_atoms: Sequence[ase.Atoms] = ()
+    target: Sequence[Structure] = ()
 
 
 def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests: dict,
                  oracle: Callable, config: LoopConfig, *, progress: bool = True,
                  replay_atoms: Sequence[ase.Atoms] = (), cache: dict | None = None,
-                 initial_atoms: Sequence[ase.Atoms] = ()) -> LoopContext:
+                 initial_atoms: Sequence[ase.Atoms] = (),
+                 target_atoms: Sequence[ase.Atoms] = ()) -> LoopContext:
     """Validate and graph the pool and test sets once.
 
     Args:
@@ -264,6 +278,8 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         to compute them once. Default: a new dict.
       initial_atoms: labelled structures (not from the pool) that every fine-tune includes and
         that define the posterior with the picks, e.g. the user's existing training set.
+      target_atoms: unlabelled structures like those the model will be used on (labels
+        ignored); ``config.variance_target = "target_set"`` needs them, other runs ignore them.
     """
     cutoff, elements = model.config.cutoff, model.config.elements
     pool_atoms = list(pool_atoms)
@@ -279,6 +295,13 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
     if config.initial + config.batch * config.rounds > len(pool):
         raise ValueError(f"the run needs {config.initial + config.batch * config.rounds} labels but "
                          f"the pool holds only {len(pool)} structures")
+    target = []
+    if config.variance_target == "target_set":
+        target_atoms = list(target_atoms)
+        if not target_atoms:
+            raise ValueError("variance_target = 'target_set' needs target structures (target_atoms / "
+                             "[data] target_set)")
+        target = [s for _, s in structures_from_atoms(target_atoms, cutoff, elements=elements)]
     sizes = GraphSizes(bucket(max(s.n_atoms for s in pool)), bucket(max(max(s.n_edges for s in pool), 1)))
     replay = []
     if config.replay:
@@ -289,7 +312,7 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         replay = [s for _, s in structures_from_atoms([replay_atoms[i] for i in pick], cutoff,
                                                       elements=elements, require_labels=True)]
     return LoopContext(model, pretrained, pool, pool_atoms, tests, oracle, sizes, config, progress,
-                       replay, {} if cache is None else cache, initial, initial_atoms)
+                       replay, {} if cache is None else cache, initial, initial_atoms, target)
 
 
 def replay_sample(n_available: int, count: int, seed: int) -> np.ndarray:
@@ -337,9 +360,11 @@ def _acquirer(ctx: LoopContext) -> tuple[Acquirer, StructureSet]:
     key = ("acquirer", id(ctx.model), cfg)
     if key not in ctx.cache:
         ctx.cache[key] = (ctx.model, Acquirer(ctx.model, ctx.pretrained, cfg, store=ctx.cache))
-    structures = list(ctx.pool) + list(ctx.initial)  # ids: pool ids, then the initial set's
+    # ids: pool ids, then the initial set's, then the target set's
+    structures = list(ctx.pool) + list(ctx.initial) + list(ctx.target)
     n = len(structures)
-    plan_key = ("structure_set", cfg.max_classes(n), cfg.max_padding, len(ctx.pool), len(ctx.initial))
+    plan_key = ("structure_set", cfg.max_classes(n), cfg.max_padding, len(ctx.pool), len(ctx.initial),
+                len(ctx.target))
     if plan_key not in ctx.cache:
         ctx.cache[plan_key] = structure_set(structures, cfg.max_classes(n), cfg.max_padding)
     return ctx.cache[key][1], ctx.cache[plan_key]
@@ -357,7 +382,10 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
     params = ctx.pretrained if pretrained_features else state.params
     acquirer, data = _acquirer(ctx)
     train_ids = np.concatenate([state.labelled, len(ctx.pool) + np.arange(len(ctx.initial))]).astype(np.int64)
-    picks = acquirer.pick(params, data, train_ids, unlabelled, budget, key,
+    target_ids = None
+    if ctx.config.variance_target == "target_set":
+        target_ids = len(ctx.pool) + len(ctx.initial) + np.arange(len(ctx.target), dtype=np.int64)
+    picks = acquirer.pick(params, data, train_ids, unlabelled, budget, key, target_ids=target_ids,
                           train_energies=None if energies is None else np.asarray(energies, np.float64),
                           cache=ctx.cache if pretrained_features else None,
                           progress=ctx.progress and not pretrained_features)
@@ -604,7 +632,7 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
 _NOT_IN_ROUND0 = ("method", "selector", "kernel", "shortlist", "noise_var", "noise_rule", "feature_norm",
                   "max_force_quantile", "cascade", "cascade_keep", "size_classes", "reduction", "batch",
                   "rounds", "featurize_with", "committee_size", "chunk_size", "target_weighting",
-                  "force_noise_scale")
+                  "force_noise_scale", "variance_target")
 
 
 def round0_fingerprint(config: LoopConfig, *extra) -> str:

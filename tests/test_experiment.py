@@ -94,8 +94,8 @@ cache_dir = "{tmp_path / 'cache'}"
 pool = ["train:24"]
 tests = ["val_id", "val_ood_cat"]
 max_test = 6
+target_set = ["val_ood_ads:5"]
 [loop]
-method = ["random", "energy"]
 selector = "maxdet"
 initial = 4
 batch = 3
@@ -106,24 +106,36 @@ sketch_dim = 16
 [train]
 max_epochs = 1
 batch_size = 4
+[[variants]]
+loop = {{ method = "random" }}
+[[variants]]
+loop = {{ method = "energy" }}
+[[variants]]
+loop = {{ method = "energy", selector = "varred", variance_target = "target_set" }}
 """
     results = run_sweep(write(tmp_path, text), progress=False, log=None)
-    assert [r.config.loop.method for r in results] == ["random", "energy"]
+    assert [r.config.loop.method for r in results] == ["random", "energy", "energy"]
+    assert results[2].config.label == "energy-varred-d16-med-ev-tgt-pre"
+    # the target arm shares round 0 (one folder) and records its target set
+    assert len(list((tmp_path / "out" / "points").glob("_round0-seed0-*"))) == 1
+    record = json.loads((tmp_path / "out" / "points" / "energy-varred-d16-med-ev-tgt-pre-seed0" / "config.json").read_text())
+    assert record["config"]["data"]["target_set"] == ["val_ood_ads:5"]
+    assert record["config"]["loop"]["variance_target"] == "target_set"
     data = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert len({p["id"] for p in data["picks"] if p["label"] == "energy-varred-d16-med-ev-tgt-pre"}) == 4 + 3
     with open(tmp_path / "out" / "results.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == len(data["rows"]) == 2 * 2 * 2  # methods x rounds x splits
+    assert len(rows) == len(data["rows"]) == 3 * 2 * 2  # methods x rounds x splits
     assert {r["split"] for r in rows} == {"val_id", "val_ood_cat"}
     assert all(float(r["force_mae"]) > 0 for r in rows)
-    picks = [p for p in data["picks"] if p["method"] == "energy" and p["round"] == 1]
+    picks = [p for p in data["picks"] if p["selector"] == "maxdet" and p["round"] == 1]
     assert len(picks) == 3 and len({p["id"] for p in picks}) == 3
     table = results_table(data["rows"])
     assert "energy-maxdet-d16" in table and "random" in table
-    # Both methods share round 0 (same seed ⇒ same initial set).
-    first = {p["method"]: sorted(p["id"] for p in data["picks"] if p["round"] == 0 and p["method"] == p["method"])
-             for p in data["picks"]}
-    r0 = {m: sorted(p["id"] for p in data["picks"] if p["round"] == 0 and p["method"] == m) for m in first}
-    assert r0["random"] == r0["energy"]
+    # Every arm shares round 0 (same seed ⇒ same initial set), the target arm included.
+    r0 = {label: sorted(p["id"] for p in data["picks"] if p["round"] == 0 and p["label"] == label)
+          for label in {p["label"] for p in data["picks"]}}
+    assert len(r0) == 3 and len({tuple(ids) for ids in r0.values()}) == 1
     np.testing.assert_equal(len(r0["random"]), 4)
 
 
@@ -159,6 +171,41 @@ loop = {{ method = "random", {field} = {json.dumps(value)} }}
     path.write_text(text.replace(f"{field} = {json.dumps(value)} }}\n[[", f"{field} = {json.dumps(bad)} }}\n[["))
     with pytest.raises(Exception, match=field):
         load_sweep(path)
+
+
+def test_target_set_config_names_the_arm_keeps_round0_and_refuses_test_frames(tmp_path):
+    from ntkal.experiment.run import shared_round0_fingerprint
+    text = """
+name = "tgt"
+[model]
+checkpoint = "oc20_like"
+[data]
+tests = ["val_id"]
+target_set = ["val_ood_ads:50"]
+[[variants]]
+loop = { method = "random", variance_target = "target_set" }
+[[variants]]
+loop = { method = "joint", selector = "varred" }
+[[variants]]
+loop = { method = "joint", selector = "varred", variance_target = "target_set" }
+"""
+    rand, plain, targeted = load_sweep(write(tmp_path, text))
+    assert rand.loop.variance_target == "pool" and rand.label == "random"  # random picks ignore it
+    assert targeted.label == plain.label.replace("-pre", "-tgt-pre") != plain.label
+    assert targeted.data.target_set == ("val_ood_ads:50",)
+    without = load_sweep(write(tmp_path, text.replace('target_set = ["val_ood_ads:50"]', "")
+                               .replace(', variance_target = "target_set"', "")))
+    assert shared_round0_fingerprint(targeted) == shared_round0_fingerprint(plain) \
+        == shared_round0_fingerprint(without[1])  # round 0 never sees the target set
+    for edit, line, message in [
+            (lambda t: t.replace('"val_ood_ads:50"', '"val_id"'), 7, "'val_id' is also a test split"),
+            (lambda t: t.replace('target_set = ["val_ood_ads:50"]', ""), 9, "needs a target set"),
+            (lambda t: t.replace('selector = "varred", variance_target', 'selector = "lcmd", variance_target'),
+             9, "needs selector 'varred'"),  # the key's first line in the file
+            (lambda t: t.replace('"val_ood_ads:50"', '"val_ood_ads:x"'), 7, "split:count")]:
+        with pytest.raises(ConfigError, match=message) as info:
+            load_sweep(write(tmp_path, edit(text), "bad.toml"))
+        assert f"line {line}:" in str(info.value)
 
 
 def test_variants_expand_to_a_union_of_method_families(tmp_path):

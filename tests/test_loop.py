@@ -154,6 +154,37 @@ def test_varred_and_outlier_guard_in_the_loop(setup):
     assert np.all(np.diff(scores) <= 1e-6) and np.all(scores > 0)  # greedy gains shrink
 
 
+def test_target_set_steers_varred_and_the_unlabelled_pool_as_target_equals_the_pool(setup):
+    """variance_target = "target_set": the target structures are featurised on their own (ids
+    after the pool's and the initial set's), so the unlabelled pool given as the target set must
+    reproduce the pool-target picks and gains; three rattled frames must change them."""
+    from ntkal.loop import _kernel_picks, init_state
+    model, params, pool, tests = setup
+    config = loop_config(selector="varred", feature_norm="per_structure", featurize_with="pretrained",
+                         shortlist=40, noise_rule="fixed", noise_var=1.0)
+    targeted = dataclasses.replace(config, variance_target="target_set")
+    labelled = np.array([3, 7, 11, 20, 31, 2])
+    unlabelled = np.setdiff1d(np.arange(len(pool)), labelled)
+    key = jax.random.key(2)
+    picks = {}
+    for name, cfg, target in [("pool", config, ()), ("own", targeted, [pool[i] for i in unlabelled]),
+                              ("hot", targeted, tests["hot"][:3])]:
+        ctx = make_context(model, params, pool, {"id": tests["id"]}, lambda a: list(a), cfg, progress=False,
+                           target_atoms=target)
+        assert len(ctx.target) == len(target)
+        picks[name] = _kernel_picks(init_state(ctx)._replace(labelled=labelled), ctx, unlabelled, key, 5)
+    np.testing.assert_array_equal(picks["own"][0], picks["pool"][0])
+    np.testing.assert_allclose(picks["own"][1], picks["pool"][1], rtol=1e-4)
+    assert set(picks["hot"][0].tolist()) != set(picks["pool"][0].tolist())
+    assert np.isin(picks["hot"][0], unlabelled).all()  # target structures are never picked
+    with pytest.raises(ValueError, match="needs target structures"):
+        make_context(model, params, pool, {"id": tests["id"]}, lambda a: list(a), targeted, progress=False)
+    with pytest.raises(ValueError, match="needs selector 'varred'"):
+        dataclasses.replace(targeted, selector="lcmd")
+    with pytest.raises(ValueError, match="variance_target"):
+        dataclasses.replace(config, variance_target="test")
+
+
 def test_replay_sample_fixed_per_run_and_round0_shared(setup, tmp_path):
     from ntkal.loop import replay_sample, round0_fingerprint
     model, params, pool, tests = setup

@@ -235,3 +235,24 @@ def test_data_file_problems_are_reported_before_any_compute(files, tmp_path):
     both = write_config(files, "both.toml", text.replace('dataset = "files"', 'dataset = "files"\noracle = "emt"'))
     with pytest.raises(ValueError, match=r"either \[data\] oracle .* or an \[oracle\] table"):
         run_sweep(both, progress=False, log=None)
+
+
+def test_target_set_files_are_resolved_read_unlabelled_and_never_a_test_file(files, tmp_path):
+    from ntkal.experiment import ConfigError, load_sweep
+    from ntkal.experiment.run import load_target_set
+    text = config_text(files, out=tmp_path / "out", oracle='calculator = "emt"', method="energy",
+                       loop='variance_target = "target_set"').replace('selector = "maxdet"', 'selector = "varred"')
+    text = text.replace('test_files = {val = "test.extxyz"}',
+                        'test_files = {val = "test.extxyz"}\ntarget_set_files = ["pool.extxyz"]')
+    (point,) = load_sweep(write_config(files, "target.toml", text))
+    assert point.data.target_set_files == (str(files / "pool.extxyz"),)  # relative to the config file
+    target = load_target_set(point.data, progress=False)
+    assert len(target) == 10 and target[0].calc is None  # unlabelled frames are fine
+    np.testing.assert_allclose(target[3].positions, ase.io.read(files / "pool.extxyz", 3).positions)
+    overlap = write_config(files, "target_test.toml", text.replace('target_set_files = ["pool.extxyz"]',
+                                                                   'target_set_files = ["test.extxyz"]'))
+    with pytest.raises(ConfigError, match=r"line \d+: target_set_files .*test.extxyz.* is also a test file"):
+        load_sweep(overlap)
+    generated = write_config(files, "target_split.toml", text.replace("target_set_files", "target_set"))
+    with pytest.raises(ConfigError, match=r"line 12: \[data\] target_set applies to generated datasets"):
+        load_sweep(generated)

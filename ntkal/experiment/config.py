@@ -20,6 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from ntkal.added_fields import added_field
 from ntkal.kernels import KernelConfig
 from ntkal.labelling import OracleConfig
 from ntkal.loop import LoopConfig
@@ -61,6 +62,12 @@ class DataConfig:
       test_files: split name → file spec or list of file specs (labelled), e.g.
         ``test_files = {val = "val.extxyz", ood = ["a.traj", "b.traj"]}``.
       replay_files: labelled pretraining structures for ``[loop] replay``.
+      target_set: unlabelled structures the model will be used on, for ``[loop] variance_target
+        = "target_set"`` (``varred`` then reduces the posterior variance summed over them
+        instead of over the pool): split names, each optionally ``"split:count"`` (drawn with
+        their own seeded generator, so the pool and test subsamples stay as without it; the
+        ``pool_filter`` applies). Never a test split: its frames would steer the picks.
+      target_set_files: the same from the user's files (``dataset = "files"``; labels ignored).
     """
 
     dataset: str = "oc20_like"
@@ -77,9 +84,12 @@ class DataConfig:
     initial_files: tuple[str, ...] = ()
     test_files: tuple[tuple[str, tuple[str, ...]], ...] = ()
     replay_files: tuple[str, ...] = ()
+    target_set: tuple[str, ...] = added_field((), added_in="0.1 (issue 9)")
+    target_set_files: tuple[str, ...] = added_field((), added_in="0.1 (issue 9)")
 
     def __post_init__(self):
-        for name in ("pool", "tests", "pool_files", "initial_files", "replay_files"):
+        for name in ("pool", "tests", "pool_files", "initial_files", "replay_files", "target_set",
+                     "target_set_files"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
         tests = self.test_files
@@ -90,14 +100,35 @@ class DataConfig:
             raise ValueError(f"pool_filter must be 'target' or 'all', got {self.pool_filter!r}")
         if self.oracle not in ("stored", "emt", "xtb"):
             raise ValueError(f"oracle must be 'stored', 'emt' or 'xtb', got {self.oracle!r}")
-        for spec in self.pool:
-            if ":" in spec and not spec.split(":", 1)[1].isdigit():
-                raise ValueError(f"pool entry {spec!r} must be 'split' or 'split:count'")
-        files = self.pool_files or self.initial_files or self.test_files or self.replay_files
+        for name in ("pool", "target_set"):
+            for spec in getattr(self, name):
+                if ":" in spec and not spec.split(":", 1)[1].isdigit():
+                    raise ValueError(f"{name} entry {spec!r} must be 'split' or 'split:count'")
+        tested = {spec.partition(":")[0] for spec in self.target_set} & set(self.tests)
+        if tested:
+            raise ValueError(f"target_set split {sorted(tested)[0]!r} is also a test split: the target's frames "
+                             f"steer the picks, so they must not be the frames the run is tested on")
+        test_specs = {spec for _, specs in self.test_files for spec in specs}
+        tested = set(self.target_set_files) & test_specs
+        if tested:
+            raise ValueError(f"target_set_files {sorted(tested)[0]!r} is also a test file: the target's frames "
+                             f"steer the picks, so they must not be the frames the run is tested on")
+        files = (self.pool_files or self.initial_files or self.test_files or self.replay_files
+                 or self.target_set_files)
         if self.from_files and not self.pool_files:
             raise ValueError("dataset = 'files' needs pool_files (the candidate structures)")
         if files and not self.from_files:
-            raise ValueError("pool_files, initial_files, test_files and replay_files need dataset = 'files'")
+            raise ValueError("pool_files, initial_files, test_files, replay_files and target_set_files need "
+                             "dataset = 'files'")
+
+    @property
+    def has_target_set(self) -> bool:
+        """Whether the data names a target set (``target_set`` or ``target_set_files``)."""
+        return bool(self.target_set or self.target_set_files)
+
+    def without_target_set(self) -> "DataConfig":
+        """The same data without its target set (what round 0 depends on)."""
+        return dataclasses.replace(self, target_set=(), target_set_files=())
 
     @property
     def from_files(self) -> bool:
@@ -107,7 +138,7 @@ class DataConfig:
     def file_specs(self) -> dict[str, tuple[str, ...]]:
         """Every file the data reads, by config key (``pool_files``, ``test_files.val``, ...)."""
         out = {"pool_files": self.pool_files, "initial_files": self.initial_files,
-               "replay_files": self.replay_files}
+               "replay_files": self.replay_files, "target_set_files": self.target_set_files}
         out.update({f"test_files.{name}": specs for name, specs in self.test_files})
         return {k: v for k, v in out.items() if v}
 
@@ -143,18 +174,23 @@ class ExperimentConfig:
 
 _SECTIONS = {"data": DataConfig, "kernel": KernelConfig, "train": TrainConfig, "loop": LoopConfig}
 _LIST_FIELDS = {("data", "pool"), ("data", "tests"), ("kernel", "param_filter"), ("data", "pool_files"),
-                ("data", "initial_files"), ("data", "replay_files")}
+                ("data", "initial_files"), ("data", "replay_files"), ("data", "target_set"),
+                ("data", "target_set_files")}
 #: data keys with file paths (resolved against the config file's folder)
-_PATH_FIELDS = ("pool_files", "initial_files", "replay_files", "test_files")
+_PATH_FIELDS = ("pool_files", "initial_files", "replay_files", "test_files", "target_set_files")
 #: data keys that only a generator uses
-_GENERATOR_FIELDS = ("size", "cache_dir", "pool", "pool_filter", "tests", "replay_split")
+_GENERATOR_FIELDS = ("size", "cache_dir", "pool", "pool_filter", "tests", "replay_split", "target_set")
 _TOP = {"name", "seeds", "out", "data", "model", "loop", "kernel", "train", "variants", "oracle"}
 
 
 def _line_of(text: str, key: str) -> int | None:
-    pattern = re.compile(rf"^\s*{re.escape(key)}\s*=", re.M)
-    match = pattern.search(text)
-    return text[: match.start()].count("\n") + 1 if match else None
+    """The first line that sets ``key``: as a table key, else inside an inline table
+    (``loop = { ..., key = ... }`` of a ``[[variants]]`` entry)."""
+    for pattern in (rf"^\s*{re.escape(key)}\s*=", rf"[{{,]\s*{re.escape(key)}\s*="):
+        match = re.compile(pattern, re.M).search(text)
+        if match:
+            return text[: match.start()].count("\n") + 1
+    return None
 
 
 def _fail(path, text, key, message):
@@ -284,7 +320,11 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
                 f: getattr(base, f) for f in ("shortlist", "noise_var", "noise_rule", "feature_norm",
                                               "max_force_quantile", "reduction", "featurize_with",
                                               "cascade", "cascade_keep", "size_classes",
-                                              "target_weighting", "force_noise_scale")})
+                                              "target_weighting", "force_noise_scale",
+                                              "variance_target")})
+        if loop.variance_target == "target_set" and not data.has_target_set:
+            _fail(source, text, "variance_target", "variance_target = 'target_set' needs a target set: "
+                                                   "[data] target_set (or target_set_files)")
         point = ExperimentConfig(name=str(raw["name"]), checkpoint=checkpoint, data=data,
                                  loop=loop, out=str(raw.get("out", f"runs/{raw['name']}")), source=source,
                                  oracle=oracle)
@@ -301,7 +341,8 @@ def _resolve_data_paths(table: dict, source: str, text: str) -> dict:
         for key in _GENERATOR_FIELDS:
             if key in table:
                 _fail(source, text, key, f"[data] {key} applies to generated datasets, not dataset = 'files' "
-                                         f"(use pool_files / test_files / initial_files / replay_files)")
+                                         f"(use pool_files / test_files / initial_files / replay_files / "
+                                         f"target_set_files)")
     if "test_files" in table and not isinstance(table["test_files"], dict):
         _fail(source, text, "test_files", "test_files must be a table: split name = file or list of files, "
                                           "e.g. test_files = {val = \"val.extxyz\"}")
@@ -377,6 +418,8 @@ def sweep_label(config: ExperimentConfig) -> str:
             parts.append("tws")
         if loop.force_noise_scale > 0:
             parts.append(f"fn{loop.force_noise_scale:g}")
+        if loop.variance_target == "target_set":
+            parts.append("tgt")
         if loop.cascade is not None:
             parts.append(f"cas{loop.cascade}{loop.cascade_keep:g}")
         if loop.featurize_with == "pretrained":

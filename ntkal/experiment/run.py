@@ -19,7 +19,7 @@ from ntkal.loop import make_context, round0_fingerprint, run_loop
 from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import remove_stale_temp_files
 
-__all__ = ["Results", "run", "run_sweep", "load_data", "make_oracle", "write_results"]
+__all__ = ["Results", "run", "run_sweep", "load_data", "load_target_set", "make_oracle", "write_results"]
 
 
 class Results(NamedTuple):
@@ -68,6 +68,22 @@ def _read_files(specs, *, stored_labels: bool, progress: bool, desc: str) -> lis
     return atoms
 
 
+def _generated_structures(data: DataConfig, specs, rng: np.random.Generator, progress: bool) -> list:
+    """The structures of generator split specs (``"split"`` or ``"split:count"``, subsampled
+    with ``rng``), without the source subset when ``data.pool_filter == "target"`` (OC20-like)."""
+    from ntkal import datasets
+
+    out = []
+    for spec in specs:
+        split, _, count = spec.partition(":")
+        atoms = list(datasets.load_split(data.dataset, split, size=data.size, seed=data.seed,
+                                         cache_dir=data.cache_dir, progress=progress))
+        if data.pool_filter == "target" and data.dataset == "oc20_like" and split != "pretrain":
+            atoms = [a for a in atoms if not datasets.oc20_is_source(a)]
+        out.extend(_subsample(atoms, int(count or 0), rng))
+    return out
+
+
 def load_data(data: DataConfig, *, progress: bool = True, stored_labels: bool | None = None):
     """Pool structures and test sets of ``data`` (generated on first use, then cached, or read
     from the user's files).
@@ -91,14 +107,7 @@ def load_data(data: DataConfig, *, progress: bool = True, stored_labels: bool | 
 
     from ntkal import datasets
 
-    pool = []
-    for spec in data.pool:
-        split, _, count = spec.partition(":")
-        atoms = list(datasets.load_split(data.dataset, split, size=data.size, seed=data.seed,
-                                         cache_dir=data.cache_dir, progress=progress))
-        if data.pool_filter == "target" and data.dataset == "oc20_like" and split != "pretrain":
-            atoms = [a for a in atoms if not datasets.oc20_is_source(a)]
-        pool.extend(_subsample(atoms, int(count or 0), rng))
+    pool = _generated_structures(data, data.pool, rng, progress)
     if not pool:
         raise ValueError(f"the pool {data.pool} of {data.dataset} ({data.size}) is empty")
     tests = {}
@@ -107,6 +116,18 @@ def load_data(data: DataConfig, *, progress: bool = True, stored_labels: bool | 
                                          cache_dir=data.cache_dir, progress=progress))
         tests[split] = _subsample(atoms, data.max_test, rng)
     return pool, tests
+
+
+def load_target_set(data: DataConfig, *, progress: bool = True) -> list:
+    """The unlabelled target structures of ``data`` (``target_set`` splits or ``target_set_files``;
+    empty without them). ``"split:count"`` subsamples use their own generator (seeded by
+    ``data.seed``), so a target set never changes the pool or test subsamples."""
+    if data.from_files:
+        return _read_files(data.target_set_files, stored_labels=False, progress=progress, desc="target set")
+    target = _generated_structures(data, data.target_set, np.random.default_rng([data.seed, 0x7A26E7]), progress)
+    if data.target_set and not target:
+        raise ValueError(f"the target set {data.target_set} of {data.dataset} ({data.size}) is empty")
+    return target
 
 
 def load_initial(data: DataConfig, *, progress: bool = True) -> list:
@@ -220,11 +241,13 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
     pool, tests = load_data(config.data, progress=progress, stored_labels=oracle_config(config) is None)
     replay = load_replay(config.data, progress=progress) if config.loop.replay else ()
     initial = load_initial(config.data, progress=progress)
-    _check_elements(model, metadata, pool, tests, initial, log)
+    target = load_target_set(config.data, progress=progress) if config.loop.variance_target == "target_set" else []
+    _check_elements(model, metadata, pool, tests, initial, log, target)
     if oracle is None:
         oracle = _default_oracle(config, directory, progress)
     ctx = make_context(model, params, pool, tests, oracle, config.loop,
-                       progress=progress, replay_atoms=replay, cache=cache, initial_atoms=initial)
+                       progress=progress, replay_atoms=replay, cache=cache, initial_atoms=initial,
+                       target_atoms=target)
     state = run_loop(ctx, directory, resume=resume, log=log, shared_round0=shared_round0)
     columns = _columns(config)
     rows = [{**columns, **row} for row in state.rows]
@@ -232,12 +255,13 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
     return Results(config, rows, picks, time.perf_counter() - t0)
 
 
-def _check_elements(model, metadata, pool, tests, initial, log) -> None:
+def _check_elements(model, metadata, pool, tests, initial, log, target=()) -> None:
     """Elements outside the model are an error (naming file and frame); elements it knows but
     never saw in training (checkpoint metadata ``train_elements``) are reported once."""
     from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
 
-    groups = [("pool", pool), ("initial labelled set", initial)] + [(f"test split {k}", v) for k, v in tests.items()]
+    groups = ([("pool", pool), ("initial labelled set", initial), ("target set", target)]
+              + [(f"test split {k}", v) for k, v in tests.items()])
     for what, atoms in groups:
         if not atoms:
             continue
@@ -337,6 +361,16 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
         return _run_points(points, out_dir, resume, progress, log, stack)
 
 
+def shared_round0_fingerprint(point: ExperimentConfig) -> str:
+    """The key of the round-0 state that ``point`` shares with the other points of its sweep: the
+    loop's round-0 settings, the checkpoint, the data and the digests of its files. The target
+    set (settings and files) is left out: round 0 does not use it."""
+    round0_data = point.data.without_target_set()
+    digests = {spec: digest for spec, digest in config_record(point)["data_files"].items()
+               if any(spec in specs for specs in round0_data.file_specs().values())}
+    return round0_fingerprint(point.loop, point.checkpoint, round0_data, *sorted(digests.items()))
+
+
 def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack: contextlib.ExitStack):
     from ntkal.labelling import make_executor
 
@@ -348,8 +382,7 @@ def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack:
         if log:
             log(f"== point {k + 1}/{len(points)}: {point.label} seed {point.loop.seed}")
         directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
-        digests = config_record(point)["data_files"]
-        fingerprint = round0_fingerprint(point.loop, point.checkpoint, point.data, *sorted(digests.items()))
+        fingerprint = shared_round0_fingerprint(point)
         shared = out_dir / "points" / f"_round0-seed{point.loop.seed}-{fingerprint}"
         if not resume and shared not in cleared:  # --no-resume recomputes the shared round 0 once
             cleared.add(shared)
