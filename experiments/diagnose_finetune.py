@@ -7,7 +7,9 @@ pretrained parameters exactly as the loop does (same TrainConfig, seed rule, rep
 then with each ``--variant`` (TrainConfig overrides). Errors are measured on ``dev``: target-
 distribution frames of the dataset's ``train`` split that are not in the pool (never the study's
 test splits, so nothing here tunes on them). The loop's own setting is the first row; its
-``val_id`` error, printed once per point, must match the study's log (a reproduction check).
+error on the study's first test split (``--check-split``), printed once per point, must match
+the study's log (a reproduction check). With several ``--seeds`` a last table gives each
+variant's seed-mean dev error per label count and whether that curve falls monotonically.
 
 Also printed per labelled set: the force magnitude of the picks (max |F| per frame, eV/Å), since
 the kernel methods are suspected of picking high-force frames.
@@ -17,6 +19,8 @@ Usage::
     python experiments/diagnose_finetune.py experiments/configs/oc20_payoff_large.toml \\
         --points random-rp32 joint-varred-d512-k4-med-ev-pre-rp32 --seed 0 --labels 48 96 \\
         --variant learning_rate=0.0005 --variant grad_clip=1.0 --drop-above 5
+    python experiments/diagnose_finetune.py experiments/configs/pool_shift_target.toml \
+        --points random-rp32 --seeds 0 1 2 3 4 --labels 36 48 60 72 --variant grad_clip=0.3
 """
 
 from __future__ import annotations
@@ -49,7 +53,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path)
     p.add_argument("--points", nargs="+", required=True, help="variant labels (the point folder without -seedN)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", "--seed", type=int, nargs="+", default=[0])
+    p.add_argument("--check-split", help="test split of the reproduction check (default: the config's first)")
     p.add_argument("--labels", type=int, nargs="+", default=[48, 96])
     p.add_argument("--variant", action="append", default=[], help="TrainConfig overrides, k=v[,k=v]")
     p.add_argument("--dev", type=int, default=200, help="development frames (not in the pool, not tests)")
@@ -74,26 +79,29 @@ def main(argv=None) -> int:
     replay_atoms = load_replay(first.data, progress=False)
     key = lambda a: (a.numbers.tobytes(), np.round(a.positions, 6).tobytes())
     in_pool = {key(a) for a in pool}
+    check = args.check_split or first.data.tests[0]
+    source = datasets.oc20_is_source if first.data.dataset == "oc20_like" else (lambda a: False)
     target = [a for a in datasets.load_split(first.data.dataset, "train", size=first.data.size,
                                              seed=first.data.seed, cache_dir=first.data.cache_dir,
                                              progress=False)
-              if not datasets.oc20_is_source(a) and key(a) not in in_pool]
+              if not source(a) and key(a) not in in_pool]
     rng = np.random.default_rng(12345)
     dev = [target[i] for i in np.sort(rng.choice(len(target), min(args.dev, len(target)), replace=False))]
     print(f"# dev: {len(dev)} target frames of `train` outside the {len(pool)}-frame pool "
-          f"({len(target)} available); tests untouched except val_id for the reproduction check")
+          f"({len(target)} available); tests untouched except {check} for the reproduction check")
     sums = jax.jit(make_error_sums_fn(model.energy))
     out_dir = ROOT / first.out / "points"
     results = []
-    header = "| point | labels | fine-tune | dev F-MAE | dev F-RMSE | val_id F-MAE (check) | picks' max abs F (median / max) |"
-    print(header + "\n|---|---|---|---|---|---|---|")
-    for label in args.points:
-        config = points[(label, args.seed)]
-        loaded = load_state(out_dir / f"{label}-seed{args.seed}")
+    header = (f"| point | seed | labels | fine-tune | dev F-MAE | dev F-RMSE | {check} F-MAE (check) "
+              f"| picks' max abs F (median / max) |")
+    print(header + "\n|---|---|---|---|---|---|---|---|")
+    for label, seed in [(label, seed) for label in args.points for seed in args.seeds]:
+        config = points[(label, seed)]
+        loaded = load_state(out_dir / f"{label}-seed{seed}")
         if loaded is None:
-            raise SystemExit(f"no saved state for {label} seed {args.seed}")
+            raise SystemExit(f"no saved state for {label} seed {seed}")
         _, atoms = loaded
-        ctx = make_context(model, pretrained, pool, {"dev": dev, "val_id": tests["val_id"]}, None, config.loop,
+        ctx = make_context(model, pretrained, pool, {"dev": dev, check: tests[check]}, None, config.loop,
                            progress=False, replay_atoms=replay_atoms)
         tests_s = ctx.tests
         for n in args.labels:
@@ -108,6 +116,7 @@ def main(argv=None) -> int:
                     + [(f"without picks max|F| > {x:g}", {}, x) for x in args.drop_above])
             for name, overrides, limit in runs:
                 t = time.perf_counter()
+                group = name
                 kept = structures
                 if limit is not None:
                     keep = [k for k, f in enumerate(fmax) if f <= limit]
@@ -115,18 +124,37 @@ def main(argv=None) -> int:
                     name += f" ({len(picked) - len(keep)} dropped)"
                 params = fit(model, pretrained, kept, None, dataclasses.replace(base, **overrides),
                              replay=ctx.replay, progress=False).params
-                m = {split: evaluate(sums, params, make_batches(tests_s[split], 16)) for split in ("dev", "val_id")}
-                row = {"point": label, "seed": args.seed, "labels": n, "variant": name,
+                m = {split: evaluate(sums, params, make_batches(tests_s[split], 16)) for split in ("dev", check)}
+                row = {"point": label, "seed": seed, "labels": n, "variant": name, "group": group,
                        "dev_force_mae": m["dev"]["force_mae"], "dev_force_rmse": m["dev"]["force_rmse"],
-                       "val_id_force_mae": m["val_id"]["force_mae"], "picks_fmax_median": float(np.median(fmax)),
+                       f"{check}_force_mae": m[check]["force_mae"], "picks_fmax_median": float(np.median(fmax)),
                        "picks_fmax_max": float(fmax.max()), "seconds": time.perf_counter() - t}
                 results.append(row)
-                print(f"| {label} | {n} | {name} | {row['dev_force_mae']:.4f} | {row['dev_force_rmse']:.4f} | "
-                      f"{row['val_id_force_mae']:.4f} | {row['picks_fmax_median']:.2f} / {row['picks_fmax_max']:.2f} |",
+                print(f"| {label} | {seed} | {n} | {name} | {row['dev_force_mae']:.4f} | {row['dev_force_rmse']:.4f} | "
+                      f"{row[f'{check}_force_mae']:.4f} | {row['picks_fmax_median']:.2f} / {row['picks_fmax_max']:.2f} |",
                       flush=True)
                 if args.json:
                     args.json.write_text(json.dumps(results, indent=1))
+    if len(args.seeds) > 1:
+        print_seed_means(results, args.seeds)
     return 0
+
+
+def print_seed_means(results: list[dict], seeds: list[int]) -> None:
+    """Seed-mean dev force MAE per point, variant and label count (only where every seed has a
+    row), and whether each curve falls monotonically with the labels."""
+    groups: dict = {}
+    for row in results:
+        groups.setdefault((row["point"], row["group"]), {}).setdefault(row["labels"], []).append(row["dev_force_mae"])
+    labels = sorted({row["labels"] for row in results})
+    print(f"\n# seed-mean dev F-MAE (eV/Å) over seeds {seeds}")
+    print("| point | fine-tune | " + " | ".join(f"{n} labels" for n in labels) + " | monotone |")
+    print("|---|---|" + "---|" * len(labels) + "---|")
+    for (point, variant), by_n in groups.items():
+        means = [float(np.mean(by_n[n])) if len(by_n.get(n, [])) == len(seeds) else float("nan") for n in labels]
+        finite = [m for m in means if np.isfinite(m)]
+        monotone = "n/a" if len(finite) < 2 else "yes" if all(b <= a for a, b in zip(finite, finite[1:])) else "no"
+        print(f"| {point} | {variant} | " + " | ".join(f"{m:.4f}" for m in means) + f" | {monotone} |")
 
 
 if __name__ == "__main__":
