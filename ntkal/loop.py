@@ -25,7 +25,8 @@ force blocks to unit norm (a cosine kernel per block), so the score measures nov
 feature direction, not the feature norm. ``noise_var`` is relative to that unit.
 
 Selector ``varred`` (expected reduction of the pool's total posterior variance) takes the
-whole unlabelled pool as its target set. ``max_force_quantile < 1`` excludes candidates whose
+whole unlabelled pool as its target set, or, with ``variance_target = "target_set"``, the
+context's target structures (unlabelled frames like the application's). ``max_force_quantile < 1`` excludes candidates whose
 predicted max |F| (by the featurising model) lies above that quantile of the pool's (a guard
 against picking hard outliers such as early relaxation frames).
 
