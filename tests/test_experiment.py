@@ -2,6 +2,7 @@
 
 import csv
 import json
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -238,3 +239,15 @@ loop = { method = "random" }
     path.write_text('name = "v"\n[model]\ncheckpoint = "x"\n[[variants]]\ndata = { size = "tiny" }\n')
     with pytest.raises(Exception, match="variant may only set"):
         load_sweep(path)
+
+
+SHIPPED = sorted(p for p in (Path(__file__).resolve().parent.parent / "experiments" / "configs").glob("*.toml")
+                 if not p.name.startswith("train_"))  # train_*.toml are `ntkal train` configs
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_every_shipped_study_config_loads_with_distinct_points(path):
+    """The committed studies must stay loadable (and resumable) as the config format grows."""
+    points = load_sweep(path)
+    assert points and len({(p.label, p.loop.seed) for p in points}) == len(points)
+    assert all(p.out for p in points)
