@@ -26,9 +26,10 @@ feature direction, not the feature norm. ``noise_var`` is relative to that unit.
 
 Selector ``varred`` (expected reduction of the pool's total posterior variance) takes the
 whole unlabelled pool as its target set, or, with ``variance_target = "target_set"``, the
-context's target structures (unlabelled frames like the application's). ``max_force_quantile < 1`` excludes candidates whose
-predicted max |F| (by the featurising model) lies above that quantile of the pool's (a guard
-against picking hard outliers such as early relaxation frames).
+context's target structures (unlabelled frames like the application's).
+``max_force_quantile < 1`` excludes candidates whose predicted max |F| (by the featurising
+model) lies above that quantile of the pool's (a guard against picking hard outliers such as
+early relaxation frames).
 
 With ``featurize_with = "pretrained"`` the features of every pool structure are computed once
 per run and reused in every round (training features are rows of the same array).
