@@ -151,20 +151,25 @@ def test_huber_force_loss_against_a_hand_computed_reference(data):
     from ntkal.models import energy_and_forces_fn
     model, params, train, _ = data
     graph = batch_structures(train[:3])
-    _, f_pred = energy_and_forces_fn(model.energy)(params, graph)
+    _, f_pred = jax.jit(energy_and_forces_fn(model.energy))(params, graph)
     _, fmask, _ = label_masks(graph)
     err = np.asarray(f_pred - graph.nodes["forces"])[np.asarray(fmask)].ravel()
     delta = float(np.quantile(np.abs(err), 0.7))  # 30 % of the components beyond δ
     rho = np.where(np.abs(err) <= delta, err**2, 2 * delta * np.abs(err) - delta**2)
-    plain, aux = make_loss_fn(model.energy, energy_weight=0.0, force_weight=1.0)(params, graph)
-    huber, aux_h = make_loss_fn(model.energy, energy_weight=0.0, force_weight=1.0,
-                                force_huber_delta=delta)(params, graph)
+
+    @jax.jit  # one program for the four losses (op-by-op they take ~40 s on two CPU cores)
+    def losses(params, graph):
+        forces_only = dict(energy_weight=0.0, force_weight=1.0)
+        return (make_loss_fn(model.energy, **forces_only)(params, graph),
+                make_loss_fn(model.energy, **forces_only, force_huber_delta=delta)(params, graph),
+                make_loss_fn(model.energy, force_huber_delta=2 * np.abs(err).max())(params, graph)[0],
+                make_loss_fn(model.energy)(params, graph)[0])
+    (plain, aux), (huber, aux_h), wide, default = losses(params, graph)
     np.testing.assert_allclose(float(plain), np.mean(err**2), rtol=1e-5)
     np.testing.assert_allclose(float(huber), np.mean(rho), rtol=1e-5)
     assert float(huber) < float(plain)
     np.testing.assert_allclose(float(aux_h["f_sse"]), float(aux["f_sse"]), rtol=1e-6)
-    wide = make_loss_fn(model.energy, force_huber_delta=2 * np.abs(err).max())(params, graph)[0]
-    np.testing.assert_allclose(float(wide), float(make_loss_fn(model.energy)(params, graph)[0]), rtol=1e-6)
+    np.testing.assert_allclose(float(wide), float(default), rtol=1e-6)
 
 
 def test_replay_indices():
