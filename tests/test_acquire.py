@@ -178,6 +178,32 @@ def test_cascade_scores_only_the_kept_fraction(setup):
     assert set(half.ids.tolist()) <= set(energy_top.ids.tolist())
 
 
+def test_cascade_pick_equals_a_pick_from_the_cheap_kernels_top_fraction(setup):
+    """What ``experiments/cascade_recall.py`` replays. A cheap kernel's maxdiag PVs do not depend
+    on the other candidates (two slices give the whole set's values), and the cascade's pick
+    equals the full pipeline's pick from the top ``max(ceil(q·n), B)`` candidates by those PVs."""
+    model, params, frames, structures = setup
+    data = structure_set(structures, BASE.size_classes)
+    train, candidates, key = np.arange(6), np.arange(6, 30), jax.random.key(0)
+    energies = np.array([frames[i].get_potential_energy() for i in train])
+    cheap = dataclasses.replace(BASE, kernel=KernelConfig(kind="atom_embedding", sketch_dim=16),
+                                selector="maxdiag", shortlist=24)
+    scorer = Acquirer(model, params, cheap, store=STORE)
+    whole = scorer.pick(params, data, train, candidates, 24, key, train_energies=energies)
+    pv = dict(zip(whole.ids.tolist(), whole.pv))
+    assert sorted(pv) == candidates.tolist() and min(pv.values()) > 0
+    for part in (candidates[:10], candidates[10:]):
+        got = scorer.pick(params, data, train, part, len(part), key, train_energies=energies)
+        np.testing.assert_allclose(got.pv, [pv[i] for i in got.ids.tolist()], rtol=1e-12)
+    kept = np.array(sorted(candidates.tolist(), key=lambda i: (-pv[i], i))[:12])
+    cascade = pick(setup, dataclasses.replace(BASE, cascade="atom_embedding", cascade_keep=0.5))
+    replay = Acquirer(model, params, BASE, store=STORE).pick(params, data, train, kept, 4, key,
+                                                              train_energies=energies)
+    assert cascade.stats["n_kept"] == 12 and set(cascade.ids.tolist()) <= set(kept.tolist())
+    np.testing.assert_array_equal(cascade.ids, replay.ids)
+    np.testing.assert_allclose(cascade.scores, replay.scores, rtol=1e-10)
+
+
 def test_feature_cache_equals_streaming_and_counts_once(setup):
     cache = {}
     first = pick(setup, BASE, cache=cache)
