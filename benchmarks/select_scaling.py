@@ -22,9 +22,10 @@ pick's, the ratio of force-aware feature evaluations, and a noise-ceiling row (t
 pick with another sketch/probe seed). The first stage keeps ``max(ceil(q·N), B)`` structures:
 with N = 1,000, B = 100 and q = 0.1 that is the batch itself, so the first stage must guess the
 batch exactly; ``experiments/cascade_recall.py`` measures recall against q, B and the pool size
-from stored scores (one featurisation per kernel). ``--startup`` times ``ntkal --help`` and a cold and a
-warm (persistent compilation cache and traced programs) ``ntkal select`` on a 50-structure pool
-in subprocesses, and their fixed cost: the wall time minus the same pick's time once compiled.
+from stored scores (one featurisation per kernel). ``--startup`` times ``ntkal --help`` and a
+cold and a warm (persistent compilation cache and traced programs) ``ntkal select`` on a
+50-structure pool in subprocesses, and their fixed cost: the wall time minus the same pick's
+time once compiled.
 
 Usage::
 
