@@ -5,9 +5,10 @@ One featurisation per kernel, then every question answered from the stored score
 1. Every candidate of an ``n``-structure mixed-size OC20-like pool (the pool and 64-structure
    training set of ``benchmarks/select_scaling.py``) is scored by posterior variance under the
    full force-aware kernel (joint, two sketch/probe seeds: the second is the noise ceiling) and
-   under each cheap first-stage kernel, with the same training posterior rule the cascade uses
-   (:meth:`ntkal.acquire.Acquirer.pick` with ``maxdiag`` over the whole pool). PV under a fixed
-   training posterior does not depend on the other candidates, so:
+   under each cheap first-stage kernel (the cascade's own, ``AcquisitionConfig.cascade_kernel``),
+   with the same training posterior rule the cascade uses (:meth:`ntkal.acquire.Acquirer.pick`
+   with ``maxdiag`` on slices of the pool). PV under a fixed training posterior does not depend
+   on the other candidates, so:
 2. ``maxdiag`` (the pure PV top-B): the cascade's batch is the joint top-B of the structures the
    first stage keeps, so its recall is exactly the first stage's coverage of the joint top-B.
    It is computed for every q, budget B and first stage, on the whole pool and on random
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import io
 import json
 import math
 import os
@@ -41,6 +43,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from ntkal.models import atomic_write_bytes  # noqa: E402
 
 
 def top(scores: np.ndarray, ids: np.ndarray, k: int) -> np.ndarray:
@@ -79,7 +83,9 @@ def featurise(args, log):
     data = structure_set(structures, base.max_classes(len(structures)), base.max_padding)
     pool, train = np.arange(n), n + np.arange(args.train)
     store: dict = {}
-    scores, picks, seconds = {}, {}, {}
+    scores, picks = {}, {}
+    # the full kernel and its noise ceiling: the same kernel with another sketch/probe seed
+    kernels = {"joint": base.kernel, "joint_seed1": dataclasses.replace(base.kernel, seed=base.kernel.seed + 1)}
 
     def pv_of(config, cache=None):
         """PV of every pool structure: ``maxdiag`` picks of whole slices. The scale and the
@@ -96,24 +102,20 @@ def featurise(args, log):
         assert np.all(np.isfinite(out)), "a pool structure was not scored"
         return out, time.perf_counter() - t
 
-    caches = {}
-    for name, kernel in [("joint", base.kernel),
-                         ("joint_seed1", dataclasses.replace(base.kernel, seed=base.kernel.seed + 1))]:
-        caches[name] = {}
-        scores[name], seconds[name] = pv_of(dataclasses.replace(base, kernel=kernel), caches[name])
-        log(f"# {name}: {seconds[name]:.0f} s (compilation included)")
+    caches = {name: {} for name in kernels}
+    for name, kernel in kernels.items():
+        scores[name], seconds = pv_of(dataclasses.replace(base, kernel=kernel), caches[name])
+        log(f"# {name}: {seconds:.0f} s (compilation included)")
     for kind in args.kinds:
-        cheap = KernelConfig(kind=kind, sketch_dim=args.sketch_dim, seed=base.kernel.seed)
-        scores[kind], seconds[kind] = pv_of(dataclasses.replace(base, kernel=cheap))
-        log(f"# {kind}: {seconds[kind]:.0f} s (compilation included)")
+        cheap = dataclasses.replace(base, cascade=kind).cascade_kernel  # what the cascade uses
+        scores[kind], seconds = pv_of(dataclasses.replace(base, kernel=cheap))
+        log(f"# {kind}: {seconds:.0f} s (compilation included)")
 
     # batch selectors: full pick, other-seed pick, and the cascade replayed on the kept ids
     for selector in args.selectors:
         config = dataclasses.replace(base, selector=selector, shortlist=args.shortlist)
-        for name in ("joint", "joint_seed1"):
-            acq = Acquirer(model, params, dataclasses.replace(
-                config, kernel=base.kernel if name == "joint" else
-                dataclasses.replace(base.kernel, seed=base.kernel.seed + 1)), store=store)
+        for name, kernel in kernels.items():
+            acq = Acquirer(model, params, dataclasses.replace(config, kernel=kernel), store=store)
             for budget in args.budgets:
                 picks[(selector, name, budget, 1.0)] = acq.pick(
                     params, data, train, pool, budget, jax.random.key(0), cache=caches[name]).ids
@@ -125,7 +127,7 @@ def featurise(args, log):
                     picks[(selector, kind, budget, q)] = acq.pick(
                         params, data, train, ids, budget, jax.random.key(0), cache=caches["joint"]).ids
         log(f"# {selector} picks done")
-    return scores, data.n_atoms[:n].copy(), picks, seconds
+    return scores, data.n_atoms[:n].copy(), picks
 
 
 def tables(scores, n_atoms, picks, args, log):
@@ -227,17 +229,17 @@ def main(argv=None) -> int:
         log(f"# load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
         log(f"# pool {args.n} OC20-like (20-230 atoms, seed {args.pool_seed}), {args.train} training structures (seed 2); "
             f"joint probe-{args.probes}, d = {args.sketch_dim}, σ² fixed 0.01, median-trace scale")
-        scores, n_atoms, picks, _ = featurise(args, log)
-        tmp = out / "scores.npz.tmp.npz"
-        np.savez(tmp, n_atoms=n_atoms, **{f"pv_{k}": v for k, v in scores.items()})
-        os.replace(tmp, out / "scores.npz")
-        (out / "featurise.md").write_text("\n".join(lines) + "\n")
-        (out / "picks.json").write_text(json.dumps(
-            {f"{s}|{k}|{b}|{q}": v.tolist() for (s, k, b, q), v in picks.items()}))
+        scores, n_atoms, picks = featurise(args, log)
+        buffer = io.BytesIO()
+        np.savez(buffer, n_atoms=n_atoms, **{f"pv_{k}": v for k, v in scores.items()})
+        atomic_write_bytes(out / "scores.npz", buffer.getvalue())
+        atomic_write_bytes(out / "featurise.md", ("\n".join(lines) + "\n").encode())
+        atomic_write_bytes(out / "picks.json", json.dumps(
+            {f"{s}|{k}|{b}|{q}": v.tolist() for (s, k, b, q), v in picks.items()}).encode())
     rows = tables(scores, n_atoms, picks, args, log)
     log(f"\n# load average at the end {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
-    (out / "rows.json").write_text(json.dumps(rows, indent=1))
-    (out / "tables.md").write_text("\n".join(lines) + "\n")
+    atomic_write_bytes(out / "rows.json", json.dumps(rows, indent=1).encode())
+    atomic_write_bytes(out / "tables.md", ("\n".join(lines) + "\n").encode())
     return 0
 
 

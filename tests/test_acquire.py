@@ -186,8 +186,9 @@ def test_cascade_pick_equals_a_pick_from_the_cheap_kernels_top_fraction(setup):
     data = structure_set(structures, BASE.size_classes)
     train, candidates, key = np.arange(6), np.arange(6, 30), jax.random.key(0)
     energies = np.array([frames[i].get_potential_energy() for i in train])
-    cheap = dataclasses.replace(BASE, kernel=KernelConfig(kind="atom_embedding", sketch_dim=16),
-                                selector="maxdiag", shortlist=24)
+    config = dataclasses.replace(BASE, cascade="atom_embedding", cascade_keep=0.5)
+    cheap = dataclasses.replace(BASE, kernel=config.cascade_kernel, selector="maxdiag", shortlist=24)
+    assert cheap.kernel == KernelConfig(kind="atom_embedding", sketch_dim=16)  # BASE's sketch and seed
     scorer = Acquirer(model, params, cheap, store=STORE)
     whole = scorer.pick(params, data, train, candidates, 24, key, train_energies=energies)
     pv = dict(zip(whole.ids.tolist(), whole.pv))
@@ -196,7 +197,7 @@ def test_cascade_pick_equals_a_pick_from_the_cheap_kernels_top_fraction(setup):
         got = scorer.pick(params, data, train, part, len(part), key, train_energies=energies)
         np.testing.assert_allclose(got.pv, [pv[i] for i in got.ids.tolist()], rtol=1e-12)
     kept = np.array(sorted(candidates.tolist(), key=lambda i: (-pv[i], i))[:12])
-    cascade = pick(setup, dataclasses.replace(BASE, cascade="atom_embedding", cascade_keep=0.5))
+    cascade = pick(setup, config)
     replay = Acquirer(model, params, BASE, store=STORE).pick(params, data, train, kept, 4, key,
                                                               train_energies=energies)
     assert cascade.stats["n_kept"] == 12 and set(cascade.ids.tolist()) <= set(kept.tolist())

@@ -150,6 +150,16 @@ class AcquisitionConfig:
         """The (second-stage) kernel kind."""
         return self.kernel.kind
 
+    @property
+    def cascade_kernel(self) -> KernelConfig | None:
+        """The first stage's kernel (``None`` without a cascade): ``cascade``'s kind with the
+        second stage's sketch, parameter filter, seed and pooling."""
+        if self.cascade is None:
+            return None
+        k = self.kernel
+        return KernelConfig(kind=self.cascade, sketch_dim=k.sketch_dim, sketch_kind=k.sketch_kind,
+                            param_filter=k.param_filter, seed=k.seed, pool=k.pool)
+
     def uses_evidence(self, have_energies: bool = True) -> bool:
         """Whether σ² comes from the evidence (``noise_rule`` resolved for this kernel)."""
         if self.noise_rule == "evidence":

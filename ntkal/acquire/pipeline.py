@@ -44,7 +44,7 @@ from ntkal.acquisition import (FeatureChunk, FeatureScale, ScoreConfig, accumula
                                target_second_moment)
 from ntkal.data import Structure
 from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
-from ntkal.kernels import GraphSizes, KernelConfig, make_feature_map
+from ntkal.kernels import GraphSizes, make_feature_map
 from ntkal.models import energy_and_forces_fn
 from ntkal.program_cache import ProgramCache
 
@@ -300,9 +300,7 @@ class Acquirer:
         self.feature_map = shared(("map", unit), lambda: make_feature_map(model, unit, params, store=programs))
         self.cascade_map = None
         if config.cascade is not None:
-            k = config.kernel
-            cheap = KernelConfig(kind=config.cascade, sketch_dim=k.sketch_dim, sketch_kind=k.sketch_kind,
-                                 param_filter=k.param_filter, seed=k.seed, pool=k.pool)
+            cheap = config.cascade_kernel
             self.cascade_map = shared(("map", cheap), lambda: make_feature_map(model, cheap, params, store=programs))
         self.energy_and_forces, self.energy = jitted_model(model, store)
         self.devices = feature_devices(config.feature_devices)
