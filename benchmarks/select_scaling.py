@@ -238,8 +238,8 @@ def run_startup(args, log):
         # the same pick with everything compiled, in this process
         config = config_from_args(add_select_arguments(argparse.ArgumentParser()).parse_args(argv[1:]))
         model, params, _ = load_pretrained("oc20_like")
-        pool, _ = read_structures(tmp / "pool.extxyz", model.config.cutoff, None, progress=False)
-        train, energies = read_structures(tmp / "train.extxyz", model.config.cutoff, model.config.elements,
+        pool = read_structures(tmp / "pool.extxyz", model.config.cutoff, None, progress=False).structures
+        train, energies, _ = read_structures(tmp / "train.extxyz", model.config.cutoff, model.config.elements,
                                           progress=False)
         data = structure_set(pool + train, config.max_classes(len(pool) + len(train)), config.max_padding)
         acquirer = Acquirer(model, params, config)

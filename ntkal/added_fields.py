@@ -15,9 +15,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-__all__ = ["added_field", "omitted", "stable_repr"]
+__all__ = ["added_field", "unrecorded_field", "omitted", "stable_repr"]
 
 _KEY = "ntkal_added_in"
+_UNRECORDED = "ntkal_unrecorded"
 
 
 def added_field(default: Any, *, added_in: str) -> Any:
@@ -30,9 +31,16 @@ def added_field(default: Any, *, added_in: str) -> Any:
     return dataclasses.field(default=default, metadata={_KEY: added_in})
 
 
+def unrecorded_field(default: Any) -> Any:
+    """A ``dataclasses.field`` for a setting that decides how inputs are checked, never what a
+    run computes (e.g. whether a test frame found in the pool is an error or a warning): always
+    left out of records and fingerprints, so changing it never blocks resuming a run."""
+    return dataclasses.field(default=default, metadata={_UNRECORDED: True})
+
+
 def omitted(field: dataclasses.Field, value: Any) -> bool:
     """Whether ``value`` of ``field`` is left out of records and fingerprints."""
-    return _KEY in field.metadata and value == field.default
+    return field.metadata.get(_UNRECORDED, False) or (_KEY in field.metadata and value == field.default)
 
 
 def stable_repr(value: Any) -> str:

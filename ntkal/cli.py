@@ -1,9 +1,10 @@
-"""The ``ntkal`` command: ``run``, ``select``, ``train``, ``md``, ``plot``, ``bench``.
+"""The ``ntkal`` command: ``run``, ``select``, ``train``, ``labels``, ``md``, ``plot``, ``bench``.
 
-    ntkal run CONFIG.toml [--no-resume] [--out DIR] [--no-compile-cache]
+    ntkal run CONFIG.toml [--no-resume] [--out DIR] [--no-compile-cache] [--diagnose]
     ntkal train CONFIG.toml [--out CKPT.msgpack] [--quiet]
     ntkal select --model CKPT --pool FILE --train FILE --budget N --out picked.extxyz [--kernel joint ...]
     ntkal md CONFIG.toml [--out DIR] [--no-resume] [--quiet] [--no-compile-cache]
+    ntkal labels check STORE | export STORE OUT.extxyz | rebuild CONFIG.toml [--out DIR]
     ntkal plot RESULTS.json [--out DIR]
     ntkal bench [NAME ...] [--full]
 
@@ -16,6 +17,7 @@ unless ``--no-compile-cache`` is given.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -63,7 +65,10 @@ def _run(args) -> int:
         enable_compile_cache_or_warn()  # before the first compilation
 
     t0 = time.perf_counter()
-    results = run_sweep(args.config, out=args.out, resume=not args.no_resume, progress=not args.quiet)
+    with contextlib.ExitStack() as stack:
+        after_point = _diagnose_points(stack) if args.diagnose else None
+        results = run_sweep(args.config, out=args.out, resume=not args.no_resume, progress=not args.quiet,
+                            after_point=after_point)
     rows = [row for r in results for row in r.rows]
     print()
     print(results_table(rows))
@@ -75,6 +80,40 @@ def _run(args) -> int:
         return 0
     for png in plot_results(out / "results.json", out):
         print(f"plot: {png}")
+    return 0
+
+
+def _diagnose_points(stack: contextlib.ExitStack):
+    """``after_point`` for ``ntkal run --diagnose``: one line of process counters per point."""
+    from ntkal.process_stats import CompileCounter, max_map_count, snapshot
+
+    compiles = stack.enter_context(CompileCounter())
+    limit = max_map_count()
+
+    def after_point(k: int, _results) -> None:
+        print(f"diagnose: after point {k + 1}: {snapshot(compiles).line(limit)}", flush=True)
+
+    return after_point
+
+
+def _labels(args) -> int:
+    """``ntkal labels check|export|rebuild``: the label store's health, an export, a rebuild."""
+    from ntkal.experiment import label_store_repair as repair
+
+    if args.action == "check":
+        for line in repair.check_store(args.target).lines():
+            print(line)
+    elif args.action == "export":
+        if args.output is None:
+            raise ValueError("ntkal labels export STORE OUT: name the output file")
+        n = repair.export_store(args.target, args.output, args.oracle)
+        print(f"wrote {n} labelled structure(s) to {args.output}")
+    else:
+        for done in repair.rebuild_store(args.target, out=args.out, progress=not args.quiet):
+            if done.moved_aside:
+                print(f"moved the damaged store aside: {done.moved_aside}")
+            print(f"{done.path}: restored {done.restored} label(s) from {done.files} labelled.extxyz file(s)"
+                  + (f"; {done.unmatched} frame(s) matched no pool frame" if done.unmatched else ""))
     return 0
 
 
@@ -158,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true",
                    help="start every point over (a saved run made with other settings is otherwise an error)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--diagnose", action="store_true",
+                   help="after every point, print the process's mapped memory regions, RSS and compile count")
     add_compile_cache_argument(p)
     p.set_defaults(func=_run)
 
@@ -168,6 +209,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="pretrain or fine-tune a model from structure files (TOML config)")
     add_train_arguments(p)
     p.set_defaults(func=main_train)
+
+    p = sub.add_parser("labels", help="check, export or rebuild a label store (labels.db)",
+                       description="check STORE: is it readable, what does it hold; export STORE OUT: every "
+                                   "label to a structure file; rebuild CONFIG.toml: the store of that run, "
+                                   "from its points' labelled.extxyz (a damaged store is moved aside first)")
+    p.add_argument("action", choices=("check", "export", "rebuild"))
+    p.add_argument("target", type=Path, help="the store (check, export) or the run's config (rebuild)")
+    p.add_argument("output", type=Path, nargs="?", default=None, help="export: the output file (.extxyz, ...)")
+    p.add_argument("--oracle", default=None, help="export: only this oracle fingerprint")
+    p.add_argument("--out", type=Path, default=None, help="rebuild: the run's --out, when it was given")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_labels)
 
     p = sub.add_parser("md", help="on-the-fly active learning: (uncertainty-biased) MD that labels "
                                    "what the model does not know, resumable")

@@ -59,6 +59,7 @@ from ntkal.added_fields import added_field
 from ntkal.acquire.pipeline import jitted_model
 from ntkal.acquisition import qbc_force_disagreement
 from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
+from ntkal.data.overlap import InputAudit, audit_inputs
 from ntkal.kernels import KINDS, KernelConfig
 from ntkal.kernels.split import GraphSizes
 from ntkal.models import MLIP, atomic_write_bytes
@@ -240,6 +241,10 @@ class LoopContext(NamedTuple):
       initial: labelled structures (not from the pool) in every fine-tune and posterior.
       initial_atoms: the same as ``ase.Atoms``.
       target: unlabelled target structures (``variance_target = "target_set"``).
+      excluded: (k,) int64 pool ids never offered as candidates: frames that repeat the initial
+        labelled set (:func:`ntkal.data.overlap.audit_inputs`).
+      audit: what :func:`ntkal.data.overlap.audit_inputs` found in the inputs (``None`` when
+        not audited).
     """
 
     model: MLIP
@@ -256,14 +261,21 @@ class LoopContext(NamedTuple):
     initial: Sequence[Structure] = ()
     initial_atoms: Sequence[ase.Atoms] = ()
     target: Sequence[Structure] = ()
+    excluded: np.ndarray = np.zeros((0,), np.int64)
+    audit: InputAudit | None = None
 
 
 def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests: dict,
                  oracle: Callable, config: LoopConfig, *, progress: bool = True,
                  replay_atoms: Sequence[ase.Atoms] = (), cache: dict | None = None,
                  initial_atoms: Sequence[ase.Atoms] = (),
-                 target_atoms: Sequence[ase.Atoms] = ()) -> LoopContext:
+                 target_atoms: Sequence[ase.Atoms] = (), test_overlap: str = "error") -> LoopContext:
     """Validate and graph the pool and test sets once.
+
+    The inputs are audited first (:func:`ntkal.data.overlap.audit_inputs`): a test frame that is
+    also a pool, initial-set or target-set frame is a :class:`~ntkal.data.overlap.LeakageError`
+    (``test_overlap="warn"`` downgrades it to a warning); pool frames that repeat the initial
+    labelled set are never offered as candidates (``excluded``).
 
     Args:
       model: the MLIP (its cutoff and elements are used).
@@ -282,24 +294,29 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         that define the posterior with the picks, e.g. the user's existing training set.
       target_atoms: unlabelled structures like those the model will be used on (labels
         ignored); ``config.variance_target = "target_set"`` needs them, other runs ignore them.
+      test_overlap: ``"error"`` or ``"warn"``: what a test frame found among the other inputs is.
     """
     cutoff, elements = model.config.cutoff, model.config.elements
     pool_atoms = list(pool_atoms)
-    pool = [s for _, s in structures_from_atoms(pool_atoms, cutoff, elements=elements)]
-    tests = {name: [s for _, s in structures_from_atoms(list(atoms), cutoff, elements=elements,
-                                                        require_labels=True)]
-             for name, atoms in tests.items()}
+    tests = {name: list(atoms) for name, atoms in tests.items()}
     initial_atoms = list(initial_atoms)
+    target_atoms = list(target_atoms) if config.variance_target == "target_set" else []
+    audit = audit_inputs(pool_atoms, tests, initial_atoms, target_atoms, test_overlap=test_overlap)
+    pool = [s for _, s in structures_from_atoms(pool_atoms, cutoff, elements=elements)]
+    tests = {name: [s for _, s in structures_from_atoms(atoms, cutoff, elements=elements, require_labels=True)]
+             for name, atoms in tests.items()}
     initial = ([s for _, s in structures_from_atoms(initial_atoms, cutoff, elements=elements, require_labels=True)]
                if initial_atoms else [])
     if config.initial == 0 and not initial:
         raise ValueError("initial = 0 needs an initial labelled set (initial_atoms / [data] initial_files)")
-    if config.initial + config.batch * config.rounds > len(pool):
+    available = len(pool) - len(audit.pool_in_initial)
+    if config.initial + config.batch * config.rounds > available:
+        repeats = (f" ({len(audit.pool_in_initial)} more repeat the initial labelled set)"
+                   if len(audit.pool_in_initial) else "")
         raise ValueError(f"the run needs {config.initial + config.batch * config.rounds} labels but "
-                         f"the pool holds only {len(pool)} structures")
+                         f"the pool holds only {available} candidate structures{repeats}")
     target = []
     if config.variance_target == "target_set":
-        target_atoms = list(target_atoms)
         if not target_atoms:
             raise ValueError("variance_target = 'target_set' needs target structures (target_atoms / "
                              "[data] target_set)")
@@ -314,7 +331,8 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
         replay = [s for _, s in structures_from_atoms([replay_atoms[i] for i in pick], cutoff,
                                                       elements=elements, require_labels=True)]
     return LoopContext(model, pretrained, pool, pool_atoms, tests, oracle, sizes, config, progress,
-                       replay, {} if cache is None else cache, initial, initial_atoms, target)
+                       replay, {} if cache is None else cache, initial, initial_atoms, target,
+                       audit.pool_in_initial, audit)
 
 
 def replay_sample(n_available: int, count: int, seed: int) -> np.ndarray:
@@ -456,7 +474,8 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     r = state.round
     times = {}
     key = jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(state.key)), r)
-    unlabelled = np.setdiff1d(np.arange(len(ctx.pool)), np.concatenate([state.labelled, state.failed]))
+    unlabelled = np.setdiff1d(np.arange(len(ctx.pool)), np.concatenate([state.labelled, state.failed,
+                                                                        ctx.excluded]))
     t = time.perf_counter()
     budget = min(cfg.initial if r == 0 else cfg.batch, len(unlabelled))
     pv = np.full((budget,), np.nan)

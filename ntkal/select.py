@@ -41,13 +41,14 @@ from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
 from ntkal.data import EmptyInputError, InvalidStructureError, atoms_to_structure, labels_of
+from ntkal.data.overlap import count_duplicates, frame_key, repeats_of
 from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import atomic_path, remove_stale_temp_files
 from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
 from ntkal.program_cache import ProgramCache
 
-__all__ = ["SelectSummary", "select_from_files", "read_frames", "read_structures"]
+__all__ = ["SelectSummary", "FileStructures", "select_from_files", "read_frames", "read_structures"]
 
 
 class SelectSummary(NamedTuple):
@@ -69,6 +70,9 @@ class SelectSummary(NamedTuple):
       timings: seconds per stage (``read_s``, ``setup_s``, ``cascade_s``, ``train_features_s``,
         ``score_select_s``, ``write_s``, ``total_s``).
       stats: counts from :class:`ntkal.acquire.Picks` (``n_features``, ``n_kept``, ...).
+      n_pool_in_train: pool frames that are also training frames (same numbers, cell, pbc and
+        positions to 1e-6 Å, :mod:`ntkal.data.overlap`): never picked.
+      pool_duplicates: pool frames that repeat an earlier pool frame (kept).
     """
 
     out_path: Path
@@ -85,6 +89,8 @@ class SelectSummary(NamedTuple):
     padding_ratio: float
     timings: dict
     stats: dict
+    n_pool_in_train: int = 0
+    pool_duplicates: int = 0
 
     @property
     def kernel(self) -> str:
@@ -119,28 +125,43 @@ def read_frames(path: str | os.PathLike, *, tag: bool = True) -> Iterator[ase.At
                                     info={"source": path, "frame": err.where}) from err
 
 
-def read_structures(path, cutoff: float, elements, *, progress: bool = False, desc: str = "read"):
+class FileStructures(NamedTuple):
+    """Every frame of one file, read and graphed once (:func:`read_structures`).
+
+    Attributes:
+      structures: the :class:`~ntkal.data.Structure` s in file order.
+      energies: (n,) energy labels in eV (``None`` unless every frame has one).
+      keys: the :func:`~ntkal.data.overlap.frame_key` of every frame (copies across files).
+    """
+
+    structures: list
+    energies: np.ndarray | None
+    keys: list
+
+
+def read_structures(path, cutoff: float, elements, *, progress: bool = False,
+                    desc: str = "read") -> FileStructures:
     """Read and graph every frame of ``path`` once.
 
     Returns:
-      ``(structures, energies)``: the :class:`~ntkal.data.Structure` s in file order and their
-      (n,) energy labels in eV (``None`` unless every frame has one).
+      A :class:`FileStructures`.
 
     Raises:
       EmptyInputError: the file holds no frame.
       InvalidStructureError: a frame cannot be read or graphed (message names file and frame).
     """
-    structures, energies = [], []
+    structures, energies, keys = [], [], []
     frames = read_frames(path)
     if progress:
         frames = tqdm(frames, desc=f"{desc} {Path(path).name}", unit="frame", leave=False)
     for n, atoms in enumerate(frames):
         structures.append(atoms_to_structure(atoms, cutoff, index=n, elements=elements))
         energies.append(labels_of(atoms)[0])
+        keys.append(frame_key(atoms))
     if not structures:
         raise EmptyInputError(f"{path}: no structures in the file")
     have = all(e is not None for e in energies)
-    return structures, (np.asarray(energies, np.float64) if have else None)
+    return FileStructures(structures, np.asarray(energies, np.float64) if have else None, keys)
 
 
 def _summary_path(out_path: Path) -> Path:
@@ -166,7 +187,8 @@ def select_from_files(
         pretrained name.
       pool_path: candidate structures, any ASE-readable file (labels ignored).
       train_path: structures the model was trained on (define the posterior; energy labels, if
-        every frame has one, feed the evidence rule for σ²).
+        every frame has one, feed the evidence rule for σ²). Pool frames that are also training
+        frames (:mod:`ntkal.data.overlap`) are never picked (``n_pool_in_train``).
       budget: number of structures to pick (1 ≤ budget ≤ pool size).
       out_path: output structure file (format from its extension; ``.extxyz`` recommended).
       config: the acquisition settings (kernel, selector, shortlist, σ², cascade, chunking).
@@ -207,7 +229,7 @@ def select_from_files(
     cutoff, elements = model.config.cutoff, model.config.elements
 
     t = time.perf_counter()
-    pool, _ = read_structures(pool_path, cutoff, None, progress=progress, desc="read pool")
+    pool, _, pool_keys = read_structures(pool_path, cutoff, None, progress=progress, desc="read pool")
     # elements outside the model: error (all of them, one example frame); known but never trained on: warn
     element_warning = check_element_coverage(elements, metadata, (s.numbers for s in pool), what="pool",
                                              source=os.fspath(pool_path))
@@ -216,12 +238,18 @@ def select_from_files(
     n_pool = len(pool)
     if budget > n_pool:
         raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
-    train, energies = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
+    train, energies, train_keys = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
+    # pool frames already in the training set are labelled: never candidates
+    in_train = repeats_of(pool_keys, train_keys)
+    candidates = np.setdiff1d(np.arange(n_pool), in_train)
+    if budget > len(candidates):
+        raise ValueError(f"budget {budget} exceeds the pool's {len(candidates)} structures that are not "
+                         f"in the training set ({pool_path}: {len(in_train)} of {n_pool} frames are in {train_path})")
     target = []
     if target_path is not None:
         if config.selector != "varred":
             raise ValueError(f"a target set ({target_path}) needs selector 'varred', got {config.selector!r}")
-        target, _ = read_structures(target_path, cutoff, elements, progress=progress, desc="read target")
+        target = read_structures(target_path, cutoff, elements, progress=progress, desc="read target").structures
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -230,7 +258,7 @@ def select_from_files(
     programs = None if program_cache is None else ProgramCache(program_cache)
     acquirer = Acquirer(model, params, config, programs=programs)
     timings["setup_s"] = time.perf_counter() - t
-    picks = acquirer.pick(params, data, n_pool + np.arange(len(train)), np.arange(n_pool), budget,
+    picks = acquirer.pick(params, data, n_pool + np.arange(len(train)), candidates, budget,
                           jax.random.PRNGKey(config.seed), train_energies=energies, progress=progress,
                           target_ids=n_pool + len(train) + np.arange(len(target)) if target else None)
     for name in ("cascade_s", "train_features_s", "score_select_s"):
@@ -246,7 +274,7 @@ def select_from_files(
     summary = SelectSummary(out_path, _summary_path(out_path), n_pool, len(train), budget, config,
                             tuple(int(i) for i in picks.ids), tuple(float(s) for s in picks.scores),
                             tuple(float(v) for v in picks.pv), picks.noise_var, picks.w_force,
-                            padding, timings, stats)
+                            padding, timings, stats, len(in_train), count_duplicates(pool_keys))
     record = {
         "model": os.fspath(model_path), "pool": os.fspath(pool_path), "train": os.fspath(train_path),
         "out": os.fspath(out_path), "n_pool": n_pool, "n_train": len(train), "budget": budget,
@@ -258,6 +286,7 @@ def select_from_files(
         "size_classes": [list(b) for b in data.plan.budgets], "padding_ratio": padding,
         "ids": list(summary.ids), "scores": list(summary.scores), "pv": list(summary.pv),
         "stats": stats, "timings": timings, "element_warning": element_warning,
+        "n_pool_in_train": summary.n_pool_in_train, "pool_duplicates": summary.pool_duplicates,
         "programs": None if programs is None else {"folder": str(programs.folder), "loaded": programs.loaded,
                                                    "exported": programs.exported,
                                                    "arrays_loaded": programs.arrays_loaded,

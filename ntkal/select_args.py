@@ -446,4 +446,9 @@ def main_select(args: argparse.Namespace) -> int:
     print(f"picked {summary.budget} of {summary.n_pool} pool structures ({summary.config.kind} kernel, "
           f"{summary.config.selector}) in {summary.timings['total_s']:.1f} s -> {summary.out_path} "
           f"(summary {summary.summary_path})", file=sys.stdout)
+    if summary.n_pool_in_train:
+        print(f"note: {summary.n_pool_in_train} pool frame(s) are also in {args.train}; they were never "
+              f"candidates", file=sys.stdout)
+    if summary.pool_duplicates:
+        print(f"note: {summary.pool_duplicates} pool frame(s) repeat an earlier pool frame", file=sys.stdout)
     return 0

@@ -136,7 +136,7 @@ def test_cached_graphs_equal_fresh_ones(setup, tmp_path):
     from ntkal.select import read_structures
     _, _, frames, _ = setup
     ase.io.write(tmp_path / "f.extxyz", frames[:7])
-    held, energies = read_structures(tmp_path / "f.extxyz", CONFIG.cutoff, CONFIG.elements)
+    held, energies, _ = read_structures(tmp_path / "f.extxyz", CONFIG.cutoff, CONFIG.elements)
     np.testing.assert_allclose(energies, [a.get_potential_energy() for a in frames[:7]], rtol=1e-9)
     for s, atoms in zip(held, ase.io.read(tmp_path / "f.extxyz", index=":")):
         fresh = atoms_to_structure(atoms, CONFIG.cutoff, elements=CONFIG.elements)

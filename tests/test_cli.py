@@ -241,7 +241,8 @@ def test_good_arguments_pass_and_reach_the_compute_entry_point(files, monkeypatc
         targets.append(target_path)
         calls.append((model_path, pool_path, train_path, budget, out_path, config, progress))
         return types.SimpleNamespace(budget=budget, n_pool=3, out_path=out_path, summary_path="s.json",
-                                     timings={"total_s": 1.25}, config=config)
+                                     timings={"total_s": 1.25}, config=config, n_pool_in_train=0,
+                                     pool_duplicates=0)
 
     monkeypatch.setitem(sys.modules, "ntkal.select", types.SimpleNamespace(select_from_files=select_from_files))
     argv = _select(files, **{"--out": str(files / "new" / "deeper" / "picked.extxyz.gz")})

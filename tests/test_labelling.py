@@ -355,3 +355,76 @@ def test_store_keeps_numpy_valued_info(tmp_path):
     assert row.info["sid"] == 7 and row.info["weight"] == 0.5
     store.put_failure(atoms, "other", "SCF failed", ["default"])
     assert store.failure(atoms, "other").error == "SCF failed"
+
+
+_KILLED_WRITER = """
+import os, signal, sys
+import ase.db.sqlite
+from labelling_oracles import counting_emt
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.build import bulk
+from ntkal.labelling import LabelStore
+
+armed = False
+connect = ase.db.sqlite.SQLite3Database._connect
+
+def killing_connect(self):
+    con = connect(self)
+    con.execute("PRAGMA cache_size=1")  # dirty pages spill into the log before the commit
+    def trace(statement):
+        if armed and statement.strip().upper() == "COMMIT":
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-commit: the write's pages are in the log
+    con.set_trace_callback(trace)
+    return con
+
+ase.db.sqlite.SQLite3Database._connect = killing_connect
+store = LabelStore(sys.argv[1])
+for k in range(6):
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    atoms.rattle(0.05, seed=k)
+    energy, forces = counting_emt(atoms)
+    atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+    atoms.info["payload"] = "x" * 20000  # a few pages per record
+    armed = k == 4
+    store.put(atoms, "fp")
+    print(k, flush=True)
+"""
+
+
+def test_a_writer_killed_mid_commit_leaves_a_readable_store(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    path = tmp_path / "labels.db"
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    env = {**os.environ, "PYTHONPATH": tests_dir + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    run = subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(path)], capture_output=True, text=True, env=env)
+    assert run.returncode == -signal.SIGKILL and run.stdout.split() == ["0", "1", "2", "3"], run.stderr
+    assert os.path.getsize(str(path) + "-wal") > 0  # the killed write's pages were in the log
+    store = LabelStore(path)
+    store.check()  # readable
+    assert store.counts("fp") == {"labelled": 4, "failed": 0}  # the four committed labels, not the fifth
+    for k, atoms in enumerate(store.labelled("fp")):
+        assert atoms.info["payload"] == "x" * 20000 and np.isfinite(atoms.get_potential_energy())
+    extra = bulk("Cu", "fcc", a=3.6, cubic=True)
+    store.put(with_calc(extra), "fp")  # and writable
+    assert LabelStore(path).counts("fp")["labelled"] == 5
+
+
+def test_an_unreadable_store_names_the_file_and_the_recovery(tmp_path):
+    from ntkal.labelling import LabelStoreError
+
+    path = tmp_path / "labels.db"
+    store = LabelStore(path)
+    atoms = structures(1)[0]
+    store.put(with_calc(atoms), "fp")
+    path.write_bytes(path.read_bytes()[:1000])  # truncated
+    for use in (lambda s: s.get(atoms, "fp"), lambda s: s.counts(), lambda s: s.check()):
+        with pytest.raises(LabelStoreError, match=rf"^{path}: the label store cannot be read \(.*\); rebuild it "
+                                                  r".*`ntkal labels rebuild CONFIG.toml`"):
+            use(LabelStore(path))
+    path.write_text("not a database at all, but long enough to have a header " * 20)
+    with pytest.raises(LabelStoreError, match="file is not a database"):
+        LabelStore(path).check()

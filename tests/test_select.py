@@ -132,6 +132,35 @@ def test_bad_frame_names_file_and_frame(files):
                           out_path=files / "never.extxyz", config=SMALL, progress=False)
 
 
+def test_pool_frames_already_in_the_training_set_are_never_picked(files, tmp_path, capsys):
+    """A pool file that repeats the training frames (a round trip through another file, labels
+    and all) offers only its other frames: all ``N_POOL`` of them are picked, none of the copies."""
+    train = ase.io.read(files / "train.extxyz", index=":")
+    pool = ase.io.read(files / "pool.extxyz", index=":")
+    ase.io.write(tmp_path / "pool.extxyz", pool[:7] + train[:3] + pool[7:] + train[3:] + [pool[2]])
+    copies = {7, 8, 9, N_POOL + 3 + 7}  # frame indices of the training frames in the new pool file
+    lcmd = dataclasses.replace(SMALL, selector="lcmd", shortlist=N_POOL + N_TRAIN + 1)
+    summary = select_from_files(files / "model.msgpack", tmp_path / "pool.extxyz", files / "train.extxyz",
+                                budget=N_POOL + 1, out_path=tmp_path / "all.extxyz", progress=False, config=lcmd)
+    assert not copies & set(summary.ids) and len(set(summary.ids)) == N_POOL + 1
+    assert summary.n_pool_in_train == N_TRAIN and summary.pool_duplicates == 1
+    record = json.loads((tmp_path / "all.summary.json").read_text())
+    assert record["n_pool_in_train"] == N_TRAIN and record["pool_duplicates"] == 1
+    with pytest.raises(ValueError, match=rf"budget {N_POOL + 2} exceeds the pool's {N_POOL + 1} structures that "
+                                         rf"are not in the training set .*{N_TRAIN} of {N_POOL + N_TRAIN + 1} frames"):
+        select_from_files(files / "model.msgpack", tmp_path / "pool.extxyz", files / "train.extxyz",
+                          budget=N_POOL + 2, out_path=tmp_path / "never.extxyz", progress=False, config=lcmd)
+    args = add_select_arguments(argparse.ArgumentParser()).parse_args([
+        "--model", str(files / "model.msgpack"), "--pool", str(tmp_path / "pool.extxyz"),
+        "--train", str(files / "train.extxyz"), "--budget", "2", "--kernel", "joint",
+        "--out", str(tmp_path / "cli.extxyz"), "--sketch-dim", "32", "--num-probes", "2",
+        "--shortlist", "8", "--chunk-size", "4", "--selector", "lcmd", "--no-progress", "--no-compile-cache"])
+    assert main_select(args) == 0
+    out = capsys.readouterr().out
+    assert f"note: {N_TRAIN} pool frame(s) are also in {files / 'train.extxyz'}; they were never candidates" in out
+    assert "note: 1 pool frame(s) repeat an earlier pool frame" in out
+
+
 def test_varred_selector_through_select(files, tmp_path):
     """varred needs the pool's second moment: select accumulates it in its one streaming pass."""
     summary = select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz",

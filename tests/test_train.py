@@ -245,6 +245,26 @@ def test_fits_of_different_sizes_and_schedules_share_one_compiled_step(data, cap
     assert [h["lr"] for h in result.history] == [pytest.approx(5e-5), pytest.approx(1e-3)]
 
 
+def test_a_reloaded_checkpoint_is_the_same_model_and_compiles_nothing_new(data, tmp_path):
+    """Every sweep point loads its checkpoint anew: the programs compiled for the first load must
+    serve the next (each copy holds hundreds of mapped regions until the process ends)."""
+    from ntkal.process_stats import CompileCounter
+
+    model, params, train, _ = data
+    train = _dense(train)[:8]
+    config = TrainConfig(max_epochs=1, batch_size=8)
+    save_checkpoint(tmp_path / "ckpt.msgpack", params, model.config)
+    first, loaded, _ = load_checkpoint(tmp_path / "ckpt.msgpack")
+    fit(first, loaded, train, None, config, progress=False)  # the first sweep point
+    second, again, _ = load_checkpoint(tmp_path / "ckpt.msgpack")  # the next one
+    assert first is second is model  # equal configs: one model object
+    with CompileCounter() as compiles:
+        fit(second, again, train, None, dataclasses.replace(config, seed=3), progress=False)
+        assert compiles.count == 0
+        jax.jit(lambda x: x * 3)(np.ones(3))  # positive control: a new program is counted
+        assert compiles.count == 1
+
+
 def test_interrupted_fit_resumes_to_the_uninterrupted_result(data, tmp_path, monkeypatch):
     """A fit killed after epoch 2 and rerun with the same ``state_path`` returns bit-identical
     parameters, best epoch and history to a fit that was never interrupted (hold-out, replay and

@@ -256,3 +256,121 @@ def test_target_set_files_are_resolved_read_unlabelled_and_never_a_test_file(fil
     generated = write_config(files, "target_split.toml", text.replace("target_set_files", "target_set"))
     with pytest.raises(ConfigError, match=r"line 12: \[data\] target_set applies to generated datasets"):
         load_sweep(generated)
+
+
+def _files_config(files, tmp_path, name, *, oracle='calculator = "emt"', method="random", replace=(), **kw):
+    """A config in ``tmp_path`` over the module's files (absolute paths), written to ``name``."""
+    text = config_text(files, out=tmp_path / "out", oracle=oracle, method=method, **kw)
+    for old in ("model.msgpack", "pool.extxyz", "initial.extxyz", "test.extxyz"):
+        text = text.replace(f'"{old}"', f'"{files}/{old}"')
+    for old, new in replace:
+        assert old in text, old
+        text = text.replace(old, new)
+    return write_config(tmp_path, name, text)
+
+
+def test_a_test_split_sharing_a_pool_frame_is_refused_before_any_compute(files, tmp_path, capsys):
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    from ntkal.cli import main
+    from ntkal.process_stats import CompileCounter
+
+    leaked = list(ase.io.iread(files / "pool.extxyz"))[6]  # round trip through another file below
+    energy, forces = emt_labels(leaked)
+    leaked.calc = SinglePointCalculator(leaked, energy=energy, forces=forces)
+    ase.io.write(tmp_path / "test.extxyz", list(ase.io.iread(files / "test.extxyz")) + [leaked])
+    path = _files_config(files, tmp_path, "leak.toml", replace=[(f'"{files}/test.extxyz"', f'"{tmp_path}/test.extxyz"')])
+    with CompileCounter() as compiles:
+        code = main(["run", str(path), "--no-compile-cache", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"test split 'val' {tmp_path}/test.extxyz frame 4 is also pool {files}/pool.extxyz frame 6" in err
+    assert compiles.count == 0 and not (tmp_path / "out" / "points").exists()  # nothing computed or written
+    # a study that wants it can downgrade the error (the audit then warns and the run would go on)
+    from ntkal.data.overlap import LeakageWarning
+    from ntkal.experiment.run import _audited_inputs
+    from ntkal.experiment import load_sweep
+    warned = _files_config(files, tmp_path, "warn.toml", replace=[
+        (f'"{files}/test.extxyz"', f'"{tmp_path}/test.extxyz"'), ("[oracle]", 'test_overlap = "warn"\n[oracle]')])
+    with pytest.warns(LeakageWarning, match="frame 4 is also pool"):
+        _audited_inputs(load_sweep(warned), progress=False)
+
+
+def test_pool_frames_that_repeat_the_initial_set_are_never_candidates(files, tmp_path):
+    initial = list(ase.io.iread(files / "initial.extxyz"))
+    pool = list(ase.io.iread(files / "pool.extxyz"))[:5] + _unlabelled(initial[:2])  # pool ids 5, 6 are labelled
+    ase.io.write(tmp_path / "pool.extxyz", pool)
+    swap = [(f'"{files}/pool.extxyz"', f'"{tmp_path}/pool.extxyz"')]
+    too_many = _files_config(files, tmp_path, "six.toml", replace=swap + [("batch = 2\nrounds = 2", "batch = 6\nrounds = 1")])
+    with pytest.raises(ValueError, match=r"needs 6 labels but the pool holds only 5 candidate structures "
+                                         r"\(2 more repeat the initial labelled set\)"):
+        run_sweep(too_many, progress=False, log=None)
+    path = _files_config(files, tmp_path, "five.toml", replace=swap + [("batch = 2\nrounds = 2", "batch = 5\nrounds = 1")])
+    notes = []
+    (result,) = run_sweep(path, resume=False, progress=False, log=notes.append)  # the refused run left its record
+    assert sorted(p["id"] for p in result.picks) == [0, 1, 2, 3, 4]  # every candidate, never 5 or 6
+    assert "note: 2 pool frame(s) repeat the initial labelled set; they are never offered as candidates" in notes
+
+
+def test_a_damaged_label_store_is_one_line_and_the_rebuild_restores_every_label(files, tmp_path, capsys):
+    from ntkal.cli import main
+    from ntkal.labelling import LabelStoreError
+
+    log = tmp_path / "calls.log"
+    path = _files_config(files, tmp_path, "store.toml", method="random",
+                         oracle=f'function = "labelling_oracles:counting_emt"\nexecutor = "serial"\n'
+                                f'kwargs = {{log = "{log}"}}')
+    run_sweep(path, progress=False, log=None)
+    store = LabelStore(tmp_path / "out" / "labels.db")
+    before = {structure_hash(a): a for a in store.labelled()}
+    assert len(before) == 4 and log.read_text().count("ok ") == 4
+    db = tmp_path / "out" / "labels.db"
+    with open(db, "r+b") as fh:  # what a full disk or a bad copy leaves
+        fh.truncate(db.stat().st_size // 2)
+    with pytest.raises(LabelStoreError):
+        run_sweep(path, progress=False, log=None)
+    assert main(["run", str(path), "--no-compile-cache", "--quiet", "--no-resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"ntkal run: error: {db}: the label store cannot be read (") and \
+        f"`ntkal labels rebuild {path}`" in err
+    assert main(["labels", "check", str(db)]) == 2
+    assert main(["labels", "rebuild", str(path), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "moved the damaged store aside" in out and "restored 4 label(s)" in out
+    assert list(tmp_path.glob("out/labels.db.damaged-*"))  # kept, never deleted
+    after = {structure_hash(a): a for a in LabelStore(db).labelled()}
+    assert after.keys() == before.keys()  # keyed by the exact pool frames, not the 8-decimal text
+    for key, atoms in before.items():
+        assert after[key].get_potential_energy() == atoms.get_potential_energy()
+        np.testing.assert_allclose(after[key].get_forces(), atoms.get_forces(), atol=1e-8)
+    run_sweep(path, resume=False, progress=False, log=None)  # the whole run again, from scratch:
+    assert log.read_text().count("ok ") == 4  # every label came from the rebuilt store
+    assert main(["labels", "export", str(db), str(tmp_path / "all.extxyz")]) == 0
+    assert len(ase.io.read(tmp_path / "all.extxyz", index=":")) == 4
+
+
+def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(files, tmp_path):
+    import socket
+    import subprocess
+    import sys
+
+    from ntkal.experiment.folder_lock import FolderInUseError, hold_folder
+
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom ntkal.experiment.folder_lock import hold_folder\n"
+                               f"with hold_folder({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        path = _files_config(files, tmp_path, "held.toml")
+        with pytest.raises(FolderInUseError, match=rf"{out} is in use by another live run \(ntkal run, pid "
+                                                   rf"{holder.pid} on {socket.gethostname()}, since "):
+            run_sweep(path, progress=False, log=None)
+        assert not (out / "points").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with hold_folder(out):  # a killed holder leaves no stale lock
+        pass

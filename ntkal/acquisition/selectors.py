@@ -330,7 +330,11 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, tgram, *, met
         if method == "maxdist":
             s = crit
         elif method == "lcmd":
-            w = jax.ops.segment_sum(jnp.where(valid, min_sq, 0.0), closest,
+            # cluster sizes over the candidates still available: a picked centre's distance to
+            # itself is 0 only up to rounding, and a residual there could make a cluster whose
+            # members are all picked the "largest" (then nothing is pickable; seen with a pool
+            # frame repeated, whose copy sits at distance 0 from its picked twin)
+            w = jax.ops.segment_sum(jnp.where(avail, min_sq, 0.0), closest,
                                     num_segments=n_t + budget + 1)
             w = jax.lax.psum(w, POOL_AXIS)
             in_max = w[closest] == jnp.max(w)

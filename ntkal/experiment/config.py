@@ -20,7 +20,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from ntkal.added_fields import added_field
+from ntkal.added_fields import added_field, unrecorded_field
 from ntkal.kernels import KernelConfig
 from ntkal.labelling import OracleConfig
 from ntkal.loop import LoopConfig
@@ -68,6 +68,10 @@ class DataConfig:
         their own seeded generator, so the pool and test subsamples stay as without it; the
         ``pool_filter`` applies). Never a test split: its frames would steer the picks.
       target_set_files: the same from the user's files (``dataset = "files"``; labels ignored).
+      test_overlap: what a test frame that is also a pool, initial-set or target-set frame is
+        (the same numbers, cell, pbc and positions to 1e-6 Å: :mod:`ntkal.data.overlap`):
+        ``"error"`` (the run is refused before any compute, naming both files and frames) or
+        ``"warn"`` (for studies that want it). Not recorded: changing it never blocks a resume.
     """
 
     dataset: str = "oc20_like"
@@ -86,6 +90,7 @@ class DataConfig:
     replay_files: tuple[str, ...] = ()
     target_set: tuple[str, ...] = added_field((), added_in="0.1 (issue 9)")
     target_set_files: tuple[str, ...] = added_field((), added_in="0.1 (issue 9)")
+    test_overlap: str = unrecorded_field("error")
 
     def __post_init__(self):
         for name in ("pool", "tests", "pool_files", "initial_files", "replay_files", "target_set",
@@ -98,6 +103,8 @@ class DataConfig:
             (str(name), (specs,) if isinstance(specs, str) else tuple(specs)) for name, specs in items))
         if self.pool_filter not in ("target", "all"):
             raise ValueError(f"pool_filter must be 'target' or 'all', got {self.pool_filter!r}")
+        if self.test_overlap not in ("error", "warn"):
+            raise ValueError(f"test_overlap must be 'error' or 'warn', got {self.test_overlap!r}")
         if self.oracle not in ("stored", "emt", "xtb"):
             raise ValueError(f"oracle must be 'stored', 'emt' or 'xtb', got {self.oracle!r}")
         for name in ("pool", "target_set"):

@@ -19,7 +19,42 @@ from ntkal.loop import make_context, round0_fingerprint, run_loop
 from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import remove_stale_temp_files
 
-__all__ = ["Results", "run", "run_sweep", "load_data", "load_target_set", "make_oracle", "write_results"]
+__all__ = ["Results", "RunInputs", "run", "run_sweep", "load_data", "load_inputs", "load_target_set", "make_oracle",
+           "write_results"]
+
+
+class RunInputs(NamedTuple):
+    """The structures of one sweep point, read (or generated) once.
+
+    Attributes:
+      pool: candidate ``ase.Atoms``.
+      tests: split name → labelled ``ase.Atoms``.
+      replay: labelled pretraining ``ase.Atoms`` (empty without ``[loop] replay``).
+      initial: the initial labelled ``ase.Atoms`` (``[data] initial_files``).
+      target: unlabelled target ``ase.Atoms`` (empty unless ``variance_target = "target_set"``).
+    """
+
+    pool: list
+    tests: dict
+    replay: list
+    initial: list
+    target: list
+
+
+def load_inputs(config: ExperimentConfig, *, progress: bool = True) -> RunInputs:
+    """Every structure ``config`` reads, with the label checks of :func:`load_data`; nothing is
+    computed on them."""
+    pool, tests = load_data(config.data, progress=progress, stored_labels=oracle_config(config) is None)
+    replay = list(load_replay(config.data, progress=progress)) if config.loop.replay else []
+    initial = load_initial(config.data, progress=progress)
+    target = load_target_set(config.data, progress=progress) if config.loop.variance_target == "target_set" else []
+    return RunInputs(pool, tests, replay, initial, target)
+
+
+def _inputs_key(config: ExperimentConfig) -> tuple:
+    """Points with equal keys read the same :class:`RunInputs`."""
+    return (config.data, bool(config.loop.replay), config.loop.variance_target == "target_set",
+            oracle_config(config) is None)
 
 
 class Results(NamedTuple):
@@ -218,7 +253,7 @@ def load_replay(data: DataConfig, *, progress: bool = True) -> list:
 def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume: bool = True,
         progress: bool = True, log: Callable[[str], None] | None = print,
         shared_round0: str | Path | None = None, cache: dict | None = None,
-        oracle: Callable | None = None) -> Results:
+        oracle: Callable | None = None, inputs: RunInputs | None = None) -> Results:
     """Run one sweep point end to end.
 
     Args:
@@ -233,21 +268,26 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
       oracle: the labelling function (:func:`make_oracle`); default: from ``config`` with a
         label store ``labels.db`` in ``directory`` (in memory without a directory) and one
         executor per round.
+      inputs: the point's structures (:func:`load_inputs`); default: read them now.
+
+    Raises:
+      LeakageError: a test frame is also a pool, initial-set or target-set frame (before any
+        compute; ``[data] test_overlap = "warn"`` downgrades it).
     """
     t0 = time.perf_counter()
     if directory is not None:
         prepare_directory(directory, config, resume=resume)
     model, params, metadata = load_pretrained(config.checkpoint)
-    pool, tests = load_data(config.data, progress=progress, stored_labels=oracle_config(config) is None)
-    replay = load_replay(config.data, progress=progress) if config.loop.replay else ()
-    initial = load_initial(config.data, progress=progress)
-    target = load_target_set(config.data, progress=progress) if config.loop.variance_target == "target_set" else []
+    pool, tests, replay, initial, target = inputs if inputs is not None else load_inputs(config, progress=progress)
     _check_elements(model, metadata, pool, tests, initial, log, target)
     if oracle is None:
         oracle = _default_oracle(config, directory, progress)
     ctx = make_context(model, params, pool, tests, oracle, config.loop,
                        progress=progress, replay_atoms=replay, cache=cache, initial_atoms=initial,
-                       target_atoms=target)
+                       target_atoms=target, test_overlap=config.data.test_overlap)
+    if log:
+        for note in ctx.audit.notes():
+            log(f"note: {note}")
     state = run_loop(ctx, directory, resume=resume, log=log, shared_round0=shared_round0)
     columns = _columns(config)
     rows = [{**columns, **row} for row in state.rows]
@@ -332,8 +372,12 @@ def write_results(results: list[Results], out_dir: str | Path) -> tuple[Path, Pa
 
 
 def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool = True, progress: bool = True,
-              log: Callable[[str], None] | None = print) -> list[Results]:
+              log: Callable[[str], None] | None = print,
+              after_point: Callable[[int, Results], None] | None = None) -> list[Results]:
     """Run every point of the config at ``path``; results are rewritten after each point.
+
+    ``after_point(k, results)`` (optional) is called after point ``k`` (0-based) has finished
+    and its results are written (``ntkal run --diagnose`` prints the process's counters there).
 
     Each point keeps its resumable state in ``<out>/points/<label>-seed<k>/`` with the
     ``config.json`` it was made with; resuming a point whose settings changed is an error naming
@@ -345,20 +389,62 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
     it completes and look there first, so no structure is labelled twice by the same oracle:
     not after a crash, not by another method or seed of the sweep. One executor (process pool
     or Dask client) serves the whole sweep.
+
+    Before any compute: the folder is held for this run (a second live run into it is a
+    :class:`~ntkal.experiment.folder_lock.FolderInUseError`), every point's settings are checked
+    against its saved run, every label store is checked readable
+    (:class:`~ntkal.labelling.LabelStoreError` with the recovery command), and every input is
+    read and audited for test leakage (:class:`~ntkal.data.overlap.LeakageError`).
     """
+    from ntkal.experiment.folder_lock import hold_folder
+
     points = load_sweep(path)
     problems = data_file_problems(points)
     if problems:
         raise ValueError("\n".join(problems))
     _check_oracles_import(points)
     out_dir = Path(out or points[0].out)
-    remove_stale_temp_files(out_dir)
-    if resume:  # every point's settings checked before any compute
-        for point in points:
-            directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
-            check_record(directory, point, has_state=(directory / "state.msgpack").exists())
     with contextlib.ExitStack() as stack:
-        return _run_points(points, out_dir, resume, progress, log, stack)
+        stack.enter_context(hold_folder(out_dir))
+        remove_stale_temp_files(out_dir)
+        if resume:  # every point's settings checked before any compute
+            for point in points:
+                directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
+                check_record(directory, point, has_state=(directory / "state.msgpack").exists())
+        _check_label_stores(points, out_dir, path, out)
+        inputs = _audited_inputs(points, progress)
+        return _run_points(points, out_dir, resume, progress, log, stack, after_point, inputs)
+
+
+def _check_label_stores(points, out_dir: Path, config_path, out) -> None:
+    """Every label store the sweep will use reads (else one line naming the file and the exact
+    recovery command)."""
+    from ntkal.labelling import LabelStoreError
+
+    for spec in {oracle_config(p) for p in points} - {None}:
+        store = _label_store(spec, out_dir)
+        try:
+            store.check()
+        except LabelStoreError as err:
+            command = f"ntkal labels rebuild {config_path}" + (f" --out {out}" if out is not None else "")
+            raise LabelStoreError(store.path, err.reason, f"rebuild it from the runs' labelled.extxyz files "
+                                                          f"with `{command}` (it moves the damaged file aside "
+                                                          f"first)") from None
+
+
+def _audited_inputs(points, progress: bool) -> dict:
+    """Every point's structures, read once per distinct input and audited for test leakage
+    (:func:`ntkal.data.overlap.audit_inputs`) before any point computes anything."""
+    from ntkal.data.overlap import audit_inputs
+
+    inputs: dict = {}
+    for point in points:
+        key = _inputs_key(point)
+        if key not in inputs:
+            found = inputs[key] = load_inputs(point, progress=progress)
+            audit_inputs(found.pool, found.tests, found.initial, found.target,
+                         test_overlap=point.data.test_overlap)
+    return inputs
 
 
 def shared_round0_fingerprint(point: ExperimentConfig) -> str:
@@ -371,13 +457,19 @@ def shared_round0_fingerprint(point: ExperimentConfig) -> str:
     return round0_fingerprint(point.loop, point.checkpoint, round0_data, *sorted(digests.items()))
 
 
-def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack: contextlib.ExitStack):
+def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack: contextlib.ExitStack,
+                after_point=None, inputs: dict | None = None):
     from ntkal.labelling import make_executor
 
     results = []
     caches: dict = {}  # (checkpoint, data) -> per-pool cache shared by the points using that pool
     oracles: dict = {}  # OracleConfig -> the labelling function (one store and executor each)
     cleared: set = set()
+    inputs = dict(inputs or {})
+    # the last point that uses each per-pool cache and each input: released after it (a cache
+    # holds compiled feature maps and pool features; nothing later would find them again)
+    last_cache = {(p.checkpoint, p.data): k for k, p in enumerate(points)}
+    last_inputs = {_inputs_key(p): k for k, p in enumerate(points)}
     for k, point in enumerate(points):
         if log:
             log(f"== point {k + 1}/{len(points)}: {point.label} seed {point.loop.seed}")
@@ -394,6 +486,13 @@ def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack:
             oracles[spec] = make_oracle(spec, store=_label_store(spec, out_dir),
                                         executor=stack.enter_context(make_executor(spec)), progress=progress)
         results.append(run(point, directory=directory, resume=resume, progress=progress, log=log,
-                           shared_round0=shared, cache=cache, oracle=oracles.get(spec) or make_oracle(None)))
+                           shared_round0=shared, cache=cache, oracle=oracles.get(spec) or make_oracle(None),
+                           inputs=inputs.get(_inputs_key(point))))
+        if last_cache[(point.checkpoint, point.data)] == k:
+            del caches[(point.checkpoint, point.data)]
+        if last_inputs[_inputs_key(point)] == k:
+            inputs.pop(_inputs_key(point), None)
         write_results(results, out_dir)
+        if after_point is not None:
+            after_point(k, results[-1])
     return results

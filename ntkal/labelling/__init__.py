@@ -26,6 +26,7 @@ _WHERE = {
     "FunctionCalculator": "ntkal.labelling.oracle",
     "LabelStore": "ntkal.labelling.store",
     "FailureRecord": "ntkal.labelling.store",
+    "LabelStoreError": "ntkal.labelling.store",
     "structure_hash": "ntkal.labelling.store",
     "with_labels": "ntkal.labelling.store",
     "make_executor": "ntkal.labelling.executor",

@@ -1,7 +1,14 @@
 """A label store: every label an oracle ever produced, keyed by structure and oracle.
 
 :class:`LabelStore` is an ``ase.db`` SQLite file (one committed transaction per write, so a
-label is on disk before :meth:`LabelStore.put` returns and a crash loses nothing stored).
+label is on disk before :meth:`LabelStore.put` returns and a crash loses nothing stored). The
+file is kept in SQLite's write-ahead-log mode: a write goes to ``labels.db-wal`` first and
+reaches the store only when its commit is complete, so a process killed mid-write leaves the
+store as it was before that write (the log is folded back in, and removed, when the last
+connection closes). A store that cannot be read (truncated by a full disk or a bad copy, or not
+a store at all) is a :class:`LabelStoreError` naming the file and how to recover: the labels of
+finished rounds are also in every point's ``labelled.extxyz``, and ``ntkal labels rebuild
+CONFIG.toml`` (:func:`ntkal.labelling.maintenance.rebuild_store`) puts them back.
 A record is keyed by :func:`structure_hash` of the input structure together with the oracle's
 :meth:`~ntkal.labelling.OracleConfig.fingerprint`, so two oracles never share labels. The key
 is the row's ``unique_id`` (indexed); rows also carry the searchable keys ``structure``,
@@ -16,18 +23,20 @@ Failures store the structure, the error text and the attempts (``data``).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import numbers
 import os
+import sqlite3
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 from ase import Atoms
 from ase.calculators.singlepoint import SinglePointCalculator
 
-__all__ = ["LabelStore", "FailureRecord", "structure_hash", "with_labels", "HASHED_INFO_KEYS",
-           "LABELLING_INFO_KEYS"]
+__all__ = ["LabelStore", "LabelStoreError", "FailureRecord", "structure_hash", "with_labels",
+           "HASHED_INFO_KEYS", "LABELLING_INFO_KEYS"]
 
 #: ``atoms.info`` keys that change what a calculator computes, hence part of the hash.
 HASHED_INFO_KEYS = ("charge", "spin", "multiplicity")
@@ -97,6 +106,30 @@ class FailureRecord:
     attempts: tuple[str, ...]
 
 
+class LabelStoreError(ValueError):
+    """The label store file cannot be read.
+
+    Attributes:
+      path: the store file.
+      reason: what SQLite said.
+    """
+
+    def __init__(self, path: str, reason: str, recovery: str | None = None):
+        self.path, self.reason = path, reason
+        recovery = recovery or ("rebuild it from the runs' labelled.extxyz files with `ntkal labels rebuild "
+                                "CONFIG.toml` (it moves the damaged file aside first)")
+        super().__init__(f"{path}: the label store cannot be read ({reason}); {recovery}")
+
+
+@contextlib.contextmanager
+def _readable(path: str):
+    """Turn SQLite's errors about the file into :class:`LabelStoreError` naming ``path``."""
+    try:
+        yield
+    except sqlite3.DatabaseError as err:  # "database disk image is malformed", "file is not a database"
+        raise LabelStoreError(path, str(err)) from err
+
+
 def _key(structure: str, fingerprint: str) -> str:
     return f"{structure}-{fingerprint}"
 
@@ -135,18 +168,40 @@ class LabelStore:
 
     @property
     def db(self):
-        """The ``ase.db`` connection (lazily opened)."""
+        """The ``ase.db`` connection, opened on first use after :meth:`check` (a damaged file is
+        a :class:`LabelStoreError`) and switched to write-ahead logging."""
         if self._db is None:
             import ase.db
 
-            self._db = ase.db.connect(self.path, type="db", append=True)
+            self.check()
+            with _readable(self.path):
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+                with contextlib.closing(sqlite3.connect(self.path, timeout=20)) as con:
+                    con.execute("PRAGMA journal_mode=WAL")  # persistent: stored in the file
+            # SQLite locks the file itself; ASE's extra lock file (created and deleted around each
+            # write) would be left behind by a killed writer and make the next write wait forever
+            self._db = ase.db.connect(self.path, type="db", append=True, use_lock_file=False)
         return self._db
+
+    def check(self) -> None:
+        """Raise :class:`LabelStoreError` unless the file is absent or a readable SQLite
+        database (SQLite's ``quick_check``: every page and index entry is read once)."""
+        if not os.path.exists(self.path):
+            return
+        with _readable(self.path), contextlib.closing(sqlite3.connect(self.path, timeout=20)) as con:
+            result = con.execute("PRAGMA quick_check").fetchall()
+            if result != [("ok",)]:
+                problems = [line.strip() for r in result for line in str(r[0]).splitlines()
+                            if line.strip() and not line.startswith("***")]
+                more = f" and {len(problems) - 1} more problem(s)" if len(problems) > 1 else ""
+                raise LabelStoreError(self.path, f"damaged: {problems[0] if problems else result[0][0]}{more}")
 
     def _row(self, structure: str, fingerprint: str):
         if not os.path.exists(self.path):
             return None
-        for row in self.db.select(unique_id=_key(structure, fingerprint), limit=1):
-            return row
+        with _readable(self.path):
+            for row in self.db.select(unique_id=_key(structure, fingerprint), limit=1):
+                return row
         return None
 
     # -- reading -------------------------------------------------------------------------------
@@ -173,22 +228,34 @@ class LabelStore:
         if not os.path.exists(self.path):
             return
         query = {"status": "ok"} if fingerprint is None else {"status": "ok", "fingerprint": fingerprint}
-        for row in self.db.select(**query):
-            atoms = row.toatoms()
-            atoms.calc = None
-            atoms.info = dict(row.data.get("info", {}))
-            yield with_labels(atoms, row.energy, row.forces, atoms.info)
+        with _readable(self.path):
+            for row in self.db.select(**query):
+                atoms = row.toatoms()
+                atoms.calc = None
+                atoms.info = dict(row.data.get("info", {}))
+                yield with_labels(atoms, row.energy, row.forces, atoms.info)
 
     def counts(self, fingerprint: str | None = None) -> dict[str, int]:
         """``{"labelled": n_ok, "failed": n_failed}`` (of one oracle, or all)."""
         if not os.path.exists(self.path):
             return {"labelled": 0, "failed": 0}
         fp = {} if fingerprint is None else {"fingerprint": fingerprint}
-        return {"labelled": self.db.count(status="ok", **fp), "failed": self.db.count(status="failed", **fp)}
+        with _readable(self.path):
+            return {"labelled": self.db.count(status="ok", **fp), "failed": self.db.count(status="failed", **fp)}
+
+    def fingerprints(self) -> list[str]:
+        """The oracle fingerprints that have records, sorted."""
+        if not os.path.exists(self.path):
+            return []
+        with _readable(self.path):
+            return sorted({row.get("fingerprint") for row in self.db.select(columns=["key_value_pairs"])} - {None})
 
     def __len__(self) -> int:
         """Records (labels and failures) of every oracle."""
-        return self.db.count() if os.path.exists(self.path) else 0
+        if not os.path.exists(self.path):
+            return 0
+        with _readable(self.path):
+            return self.db.count()
 
     # -- writing -------------------------------------------------------------------------------
     def _write(self, atoms: Atoms, structure: str, fingerprint: str, status: str, data: dict) -> None:
@@ -205,7 +272,15 @@ class LabelStore:
         old = self._row(structure, fingerprint)
         kvp = {"structure": structure, "fingerprint": fingerprint, "status": status}
         # one statement = one committed transaction (an existing record is overwritten in place)
-        self.db.write(row, key_value_pairs=kvp, data=data, id=None if old is None else old.id)
+        with _readable(self.path):
+            self.db.write(row, key_value_pairs=kvp, data=data, id=None if old is None else old.id)
+        self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        """Fold the write-ahead log into the store file, so that the file alone holds every
+        label between writes (a copy of ``labels.db`` without its ``-wal`` is complete)."""
+        with _readable(self.path), contextlib.closing(sqlite3.connect(self.path, timeout=20)) as con:
+            con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def put(self, atoms: Atoms, fingerprint: str) -> None:
         """Store labelled ``atoms`` (energy and forces from its calculator) under
@@ -243,7 +318,10 @@ class LabelStore:
         if not os.path.exists(self.path):
             return 0
         fp = {} if fingerprint is None else {"fingerprint": fingerprint}
-        ids = [row.id for row in self.db.select(status="failed", **fp)]
+        with _readable(self.path):
+            ids = [row.id for row in self.db.select(status="failed", **fp)]
+            if ids:
+                self.db.delete(ids)
         if ids:
-            self.db.delete(ids)
+            self._checkpoint()
         return len(ids)

@@ -10,6 +10,7 @@ Padded nodes, edges and graph slots contribute exactly zero.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -77,10 +78,17 @@ def _edge_vectors(config: ModelConfig, graph: jraph.GraphsTuple):
     return jnp.where(edge_mask(graph)[:, None], vectors, far)
 
 
+@functools.lru_cache(maxsize=8)
 def build_model(config: ModelConfig) -> MLIP:
     """Build the model for ``config``: the built-in NequIP-style network, or for
     ``config.backbone`` ``"mace"``/``"nequip"``/``"visnet"`` an InstaDeep ``mlip`` network through
     :func:`ntkal.models.mlip_adapter.build_mlip_model` (optional extra ``ntkal[mlip]``).
+
+    Equal configs give the *same* :class:`MLIP` object (the last 8 configs are kept): every
+    compiled program keyed on the model (the fine-tuning step, jitted energy and forces, feature
+    maps) is then found again when a checkpoint is loaded anew, e.g. by every point of a sweep,
+    instead of being compiled again beside the old copy (each copy holds hundreds of mapped
+    memory regions until the process dies: :mod:`ntkal.process_stats`).
 
     Example:
       >>> model = build_model(ModelConfig(elements=(29, 78)))

@@ -252,3 +252,18 @@ def test_second_call_does_not_recompile(caplog):
     after = _compiled.cache_info()
     assert after.misses == before.misses and after.hits == before.hits + 1
     assert not [r for r in caplog.records if "_core" in r.getMessage() and "ompil" in r.getMessage()]
+
+
+@pytest.mark.parametrize("method", ["lcmd", "maxdist", "kmeanspp"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_distance_selectors_pick_every_candidate_of_a_pool_with_repeated_frames(method, dtype):
+    """A pool that repeats frames (copies at distance 0 from their picked twin, up to rounding)
+    still yields ``budget`` distinct candidates when the budget takes every one of them."""
+    rows, mask = _rows(21, 7, 2, 3, pad_frac=0)
+    rows = np.concatenate([rows, rows[[1, 4, 4]]]).astype(dtype)
+    mask = np.concatenate([mask, mask[[1, 4, 4]]])
+    t_rows, t_mask = _rows(22, 2, 2, 3, pad_frac=0)
+    for train in (None, chunk_from_arrays(t_rows.astype(dtype), t_mask)):
+        sel = select_batch(method, chunk_from_arrays(rows, mask), budget=10, train=train,
+                           key=jax.random.PRNGKey(0), dtype=dtype)
+        assert sorted(np.asarray(sel.indices).tolist()) == list(range(10))
