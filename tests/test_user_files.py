@@ -355,11 +355,11 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(files, tmp
     import subprocess
     import sys
 
-    from ntkal.experiment.folder_lock import FolderInUseError, hold_folder
+    from ntkal.folder_lock import FolderInUseError, hold_folder
 
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time\nfrom ntkal.experiment.folder_lock import hold_folder\n"
+        [sys.executable, "-c", "import sys, time\nfrom ntkal.folder_lock import hold_folder\n"
                                f"with hold_folder({str(out)!r}):\n    print('held', flush=True)\n    time.sleep(60)"],
         stdout=subprocess.PIPE, text=True)
     try:

@@ -391,12 +391,12 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
     or Dask client) serves the whole sweep.
 
     Before any compute: the folder is held for this run (a second live run into it is a
-    :class:`~ntkal.experiment.folder_lock.FolderInUseError`), every point's settings are checked
+    :class:`~ntkal.folder_lock.FolderInUseError`), every point's settings are checked
     against its saved run, every label store is checked readable
     (:class:`~ntkal.labelling.LabelStoreError` with the recovery command), and every input is
     read and audited for test leakage (:class:`~ntkal.data.overlap.LeakageError`).
     """
-    from ntkal.experiment.folder_lock import hold_folder
+    from ntkal.folder_lock import hold_folder
 
     points = load_sweep(path)
     problems = data_file_problems(points)

@@ -309,16 +309,33 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
 
     Returns:
       :class:`MDResult`.
+
+    Raises:
+      FolderInUseError: another live run holds ``out`` (:mod:`ntkal.folder_lock`).
+      LabelStoreError: the label store cannot be read (naming how to recover).
     """
-    from ntkal.labelling import LabelStore, label_structures, make_executor
+    from ntkal.folder_lock import hold_folder
+
+    out = Path(out or spec.out)
+    with hold_folder(out, what="ntkal md"):
+        return _run_md(spec, out, resume=resume, progress=progress, log=log, stop_after=stop_after)
+
+
+def _run_md(spec: OnTheFlySpec, out: Path, *, resume: bool, progress: bool, log, stop_after) -> MDResult:
+    """:func:`run_md` in the folder ``out``, which this process holds."""
+    from ntkal.labelling import LabelStore, LabelStoreError, label_structures, make_executor
 
     t0 = time.perf_counter()
-    out = Path(out or spec.out)
-    out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)
     run = _Run(spec, out, log)
     md, rule = spec.md, spec.labelling
     store = LabelStore(spec.oracle.store or out / "labels.db")
+    try:
+        store.check()
+    except LabelStoreError as err:
+        raise LabelStoreError(store.path, err.reason, "move it aside (with its -wal and -shm files) and rerun: "
+                                                      "the run's state keeps its labelled frames, and "
+                                                      f"{out / 'labels.extxyz'} has a copy of every label") from None
     saved = run.load() if resume and (out / "state.msgpack").exists() else None
     if saved is None:
         (out / "config.json").write_text(json.dumps(spec.record(), indent=1, sort_keys=True))
