@@ -30,7 +30,7 @@ import os
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import Iterator, NamedTuple, Sequence
 
 import ase
 import ase.io
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
 from ntkal.data import EmptyInputError, InvalidStructureError, atoms_to_structure, labels_of
-from ntkal.data.overlap import count_duplicates, frame_key, repeats_of
+from ntkal.data.overlap import KeyedFrames, check_test_leaks, count_duplicates, frame_key, repeats_of
 from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import atomic_path, remove_stale_temp_files
@@ -179,6 +179,8 @@ def select_from_files(
     progress: bool = True,
     program_cache: str | os.PathLike | None = None,
     target_path: str | os.PathLike | None = None,
+    test_paths: Sequence[str | os.PathLike] = (),
+    test_overlap: str = "error",
 ) -> SelectSummary:
     """Pick ``budget`` structures of ``pool_path`` and write them to ``out_path``.
 
@@ -199,6 +201,11 @@ def select_from_files(
       target_path: optional target structures (any ASE-readable file, labels ignored), e.g.
         unlabelled frames like those the model will be used on: ``varred`` then reduces the
         posterior variance summed over them instead of over the pool. Never picked.
+      test_paths: files of frames held out for testing: a pool, training or target frame among
+        them (same numbers, cell, pbc and positions to 1e-6 Å, :mod:`ntkal.data.overlap`) is a
+        :class:`~ntkal.data.overlap.LeakageError` naming both files and frames, before any
+        feature is computed (a picked test frame would be labelled and trained on).
+      test_overlap: ``"error"`` or ``"warn"`` (:class:`~ntkal.data.overlap.LeakageWarning`).
 
     Returns:
       A :class:`SelectSummary` (also written as JSON next to ``out_path``).
@@ -245,11 +252,18 @@ def select_from_files(
     if budget > len(candidates):
         raise ValueError(f"budget {budget} exceeds the pool's {len(candidates)} structures that are not "
                          f"in the training set ({pool_path}: {len(in_train)} of {n_pool} frames are in {train_path})")
-    target = []
+    target, target_keys = [], []
     if target_path is not None:
         if config.selector != "varred":
             raise ValueError(f"a target set ({target_path}) needs selector 'varred', got {config.selector!r}")
-        target = read_structures(target_path, cutoff, elements, progress=progress, desc="read target").structures
+        target, _, target_keys = read_structures(target_path, cutoff, elements, progress=progress, desc="read target")
+    def in_file(path, keys) -> KeyedFrames:
+        return KeyedFrames(keys, lambda k: f"{os.fspath(path)} frame {k}")
+
+    tests = {Path(p).name: in_file(p, [frame_key(a) for a in read_frames(p, tag=False)]) for p in test_paths}
+    check_test_leaks(tests, {"pool": in_file(pool_path, pool_keys), "training set": in_file(train_path, train_keys),
+                             "target set": in_file(target_path, target_keys)},
+                     test_overlap=test_overlap, downgrade="--test-overlap warn")
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -279,6 +293,7 @@ def select_from_files(
         "model": os.fspath(model_path), "pool": os.fspath(pool_path), "train": os.fspath(train_path),
         "out": os.fspath(out_path), "n_pool": n_pool, "n_train": len(train), "budget": budget,
         "target": None if target_path is None else os.fspath(target_path), "n_target": len(target),
+        "tests": [os.fspath(p) for p in test_paths],
         "kernel": config.kind, "selector": config.selector, "config": config.to_dict(),
         "feature_dim": int(acquirer.feature_map.dim), "noise_var": picks.noise_var,
         "noise_var_from": "evidence" if config.uses_evidence(energies is not None) else "fixed",

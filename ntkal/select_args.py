@@ -208,6 +208,11 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     files.add_argument("--target", help="optional target structures (any ASE-readable file, labels ignored), "
                        "e.g. unlabelled frames like those the model will be used on: varred reduces the "
                        "posterior variance over them instead of over the pool")
+    files.add_argument("--test", action="append", default=[], metavar="FILE",
+                       help="a file of frames held out for testing (repeatable): a pool, --train or --target "
+                            "frame among them is an error naming both files and frames")
+    files.add_argument("--test-overlap", choices=("error", "warn"), default="error",
+                       help="what a --test frame found among the inputs is (default: %(default)s)")
     files.add_argument("--budget", required=True, type=int, help="number of structures to pick")
     files.add_argument("--out", required=True, help="output file for the picks, in a multi-frame format "
                        "(e.g. picked.extxyz); its folder is created if needed")
@@ -385,8 +390,8 @@ def validate_select_args(args: argparse.Namespace) -> None:
     """Check the budget and the files of ``ntkal select`` without reading more than file headers.
 
     ``--budget`` ≥ 1; ``--model`` an existing checkpoint file or a shipped name; ``--pool`` and
-    ``--train`` (and ``--target`` if given) existing, non-empty, readable files in a format ASE
-    reads; ``--out`` named with a
+    ``--train`` (and ``--target`` and every ``--test`` if given) existing, non-empty, readable
+    files in a format ASE reads; ``--out`` named with a
     format ASE writes with several frames, not one of the inputs, in a folder that exists or can be
     created, and writable.
 
@@ -398,6 +403,7 @@ def validate_select_args(args: argparse.Namespace) -> None:
         problems.append(("--budget", f"must be >= 1, got {args.budget}"))
     inputs = {flag: str(path) for flag, path in (("--pool", args.pool), ("--train", args.train),
                                                   ("--target", args.target)) if path is not None}
+    inputs.update({f"--test {path}": str(path) for path in getattr(args, "test", [])})
     for flag, what in [("--model", _model_problem(str(args.model)))] + [
             (flag, input_file_problem(path)) for flag, path in inputs.items()]:
         if what:
@@ -442,7 +448,8 @@ def main_select(args: argparse.Namespace) -> int:
     summary = select_from_files(args.model, args.pool, args.train, args.budget, out_path=args.out,
                                 config=config, progress=not args.no_progress,
                                 program_cache=None if folder is None else folder / "programs",
-                                target_path=args.target)
+                                target_path=args.target, test_paths=args.test,
+                                test_overlap=args.test_overlap)
     print(f"picked {summary.budget} of {summary.n_pool} pool structures ({summary.config.kind} kernel, "
           f"{summary.config.selector}) in {summary.timings['total_s']:.1f} s -> {summary.out_path} "
           f"(summary {summary.summary_path})", file=sys.stdout)

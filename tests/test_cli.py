@@ -236,7 +236,7 @@ def test_good_arguments_pass_and_reach_the_compute_entry_point(files, monkeypatc
     calls, targets = [], []
 
     def select_from_files(model_path, pool_path, train_path, budget, *, out_path, config, progress=True,
-                          program_cache=None, target_path=None):
+                          program_cache=None, target_path=None, test_paths=(), test_overlap="error"):
         assert program_cache is None  # --no-compile-cache: no traced programs on disk either
         targets.append(target_path)
         calls.append((model_path, pool_path, train_path, budget, out_path, config, progress))

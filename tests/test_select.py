@@ -161,6 +161,38 @@ def test_pool_frames_already_in_the_training_set_are_never_picked(files, tmp_pat
     assert "note: 1 pool frame(s) repeat an earlier pool frame" in out
 
 
+def test_a_test_file_sharing_a_frame_with_the_inputs_is_refused_before_any_compute(files, tmp_path, capsys):
+    from ntkal.data.overlap import LeakageWarning
+    from ntkal.process_stats import CompileCounter
+
+    pool = ase.io.read(files / "pool.extxyz", index=":")
+    train = ase.io.read(files / "train.extxyz", index=":")
+    held = list(cu_pt_slab_frames(3, seed=9))
+    for atoms in held:
+        atoms.info.pop("adsorbate_info", None)
+    ase.io.write(tmp_path / "clean.extxyz", held)
+    ase.io.write(tmp_path / "leaky.extxyz", held + [pool[5], train[1]])
+    argv = ["--model", str(files / "model.msgpack"), "--pool", str(files / "pool.extxyz"),
+            "--train", str(files / "train.extxyz"), "--budget", "2", "--kernel", "joint",
+            "--out", str(tmp_path / "picked.extxyz"), "--sketch-dim", "32", "--num-probes", "2",
+            "--shortlist", "8", "--chunk-size", "4", "--selector", "lcmd", "--no-progress", "--no-compile-cache",
+            "--test", str(tmp_path / "clean.extxyz"), "--test", str(tmp_path / "leaky.extxyz")]
+    from ntkal.cli import main
+    with CompileCounter() as compiles:
+        assert main(["select"] + argv) == 2
+    err = capsys.readouterr().err
+    assert "2 test frame(s) are also frames" in err
+    assert f"test split 'leaky.extxyz' {tmp_path / 'leaky.extxyz'} frame 3 is also pool {files / 'pool.extxyz'} frame 5" in err
+    assert f"{tmp_path / 'leaky.extxyz'} frame 4 is also training set {files / 'train.extxyz'} frame 1" in err
+    assert "--test-overlap warn runs anyway" in err
+    assert compiles.count == 0 and not (tmp_path / "picked.extxyz").exists()
+    with pytest.warns(LeakageWarning, match="frame 3 is also pool"):
+        summary = select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz", 2,
+                                    out_path=tmp_path / "anyway.extxyz", config=SMALL, progress=False,
+                                    test_paths=[tmp_path / "leaky.extxyz"], test_overlap="warn")
+    assert len(summary.ids) == 2
+
+
 def test_varred_selector_through_select(files, tmp_path):
     """varred needs the pool's second moment: select accumulates it in its one streaming pass."""
     summary = select_from_files(files / "model.msgpack", files / "pool.extxyz", files / "train.extxyz",

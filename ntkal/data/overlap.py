@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["DECIMALS", "frame_key", "frame_keys", "locate", "LeakageError", "LeakageWarning",
-           "InputAudit", "audit_inputs", "repeats_of", "count_duplicates"]
+           "KeyedFrames", "keyed", "check_test_leaks", "InputAudit", "audit_inputs", "repeats_of",
+           "count_duplicates"]
 
 #: lengths (Å) are compared after rounding to this many decimals
 DECIMALS = 6
@@ -69,6 +70,24 @@ def count_duplicates(keys: Sequence[bytes]) -> int:
     return len(keys) - len(set(keys))
 
 
+class KeyedFrames(NamedTuple):
+    """The keys of one group of frames and how to name a frame of it.
+
+    Attributes:
+      keys: :func:`frame_key` of every frame.
+      where: ``where(k) -> "pool.extxyz frame 12"``.
+    """
+
+    keys: Sequence[bytes]
+    where: Callable[[int], str]
+
+
+def keyed(frames: Sequence) -> KeyedFrames:
+    """:class:`KeyedFrames` of ``ase.Atoms`` (named by :func:`locate`)."""
+    frames = list(frames)
+    return KeyedFrames(frame_keys(frames), lambda k: locate(frames[k], k))
+
+
 class LeakageError(ValueError):
     """A test frame is also a frame the run may pick, train on or steer its picks by."""
 
@@ -105,7 +124,7 @@ class InputAudit(NamedTuple):
 
 def audit_inputs(pool: Sequence, tests: Mapping[str, Sequence] | None = None, initial: Sequence = (),
                  target: Sequence = (), *, test_overlap: str = "error", max_listed: int = 5) -> InputAudit:
-    """Check the frames of one run for copies across its inputs (see the module docstring).
+    """Check the ``ase.Atoms`` of one run for copies across its inputs (module docstring).
 
     Args:
       pool: candidate ``ase.Atoms``.
@@ -123,30 +142,53 @@ def audit_inputs(pool: Sequence, tests: Mapping[str, Sequence] | None = None, in
       LeakageError: a test frame is also an input frame and ``test_overlap == "error"``; the
         message names both files and frames.
     """
+    pool, initial = keyed(pool), keyed(initial)
+    leaks = check_test_leaks({split: keyed(frames) for split, frames in (tests or {}).items()},
+                             {"pool": pool, "initial labelled set": initial, "target set": keyed(target)},
+                             test_overlap=test_overlap, max_listed=max_listed,
+                             downgrade='[data] test_overlap = "warn"')
+    return InputAudit(repeats_of(pool.keys, initial.keys), count_duplicates(pool.keys), tuple(leaks))
+
+
+def check_test_leaks(tests: Mapping[str, KeyedFrames], others: Mapping[str, KeyedFrames], *,
+                     test_overlap: str = "error", max_listed: int = 5,
+                     downgrade: str = 'test_overlap = "warn"') -> list[str]:
+    """Find the test frames that are also frames of ``others`` (see :func:`audit_inputs`).
+
+    Args:
+      tests: split name → its :class:`KeyedFrames`.
+      others: group name (``"pool"``, ...) → its :class:`KeyedFrames`; a frame in several groups
+        is named in the first.
+      test_overlap: ``"error"`` or ``"warn"``.
+      max_listed: copies named in the message.
+      downgrade: how the user downgrades the error (named in its message).
+
+    Returns:
+      One line per leaked test frame (empty when none).
+
+    Raises:
+      LeakageError: leaks were found and ``test_overlap == "error"``.
+    """
     if test_overlap not in ("error", "warn"):
         raise ValueError(f"test_overlap must be 'error' or 'warn', got {test_overlap!r}")
-    pool_keys = frame_keys(pool)
-    initial_keys = frame_keys(initial)
-    groups = [("pool", pool, pool_keys), ("initial labelled set", initial, initial_keys),
-              ("target set", target, frame_keys(target))]
-    where: dict[bytes, tuple[str, object, int]] = {}
-    for name, frames, keys in groups:
-        for k, key in enumerate(keys):
-            where.setdefault(key, (name, frames[k], k))
+    where: dict[bytes, tuple[str, Callable[[int], str], int]] = {}
+    for name, group in others.items():
+        for k, key in enumerate(group.keys):
+            where.setdefault(key, (name, group.where, k))
     leaks = []
-    for split, frames in (tests or {}).items():
-        for k, atoms in enumerate(frames):
-            hit = where.get(frame_key(atoms))
+    for split, group in tests.items():
+        for k, key in enumerate(group.keys):
+            hit = where.get(key)
             if hit is not None:
                 name, other, j = hit
-                leaks.append(f"test split {split!r} {locate(atoms, k)} is also {name} {locate(other, j)}")
+                leaks.append(f"test split {split!r} {group.where(k)} is also {name} {other(j)}")
     if leaks:
         shown = "\n  ".join(leaks[:max_listed]) + (f"\n  ... ({len(leaks) - max_listed} more)"
                                                     if len(leaks) > max_listed else "")
         text = (f"{len(leaks)} test frame(s) are also frames the run picks from, trains on or targets:\n"
-                f"  {shown}\nremove them from the test files (or from the pool/initial/target files); "
-                f"[data] test_overlap = \"warn\" runs anyway")
+                f"  {shown}\nremove them from the test files (or from the other files); {downgrade} "
+                f"runs anyway")
         if test_overlap == "error":
             raise LeakageError(text)
-        warnings.warn(text, LeakageWarning, stacklevel=2)
-    return InputAudit(repeats_of(pool_keys, initial_keys), count_duplicates(pool_keys), tuple(leaks))
+        warnings.warn(text, LeakageWarning, stacklevel=3)
+    return leaks
