@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
 from ntkal.data import EmptyInputError, InvalidStructureError, atoms_to_structure, labels_of
-from ntkal.data.overlap import KeyedFrames, check_test_leaks, count_duplicates, frame_key, repeats_of
+from ntkal.data.overlap import KeyedFrames, check_test_leaks, count_duplicates, frame_of, repeats_of
 from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import atomic_path, remove_stale_temp_files
@@ -131,12 +131,12 @@ class FileStructures(NamedTuple):
     Attributes:
       structures: the :class:`~ntkal.data.Structure` s in file order.
       energies: (n,) energy labels in eV (``None`` unless every frame has one).
-      keys: the :func:`~ntkal.data.overlap.frame_key` of every frame (copies across files).
+      frames: the :class:`~ntkal.data.overlap.Frame` of every frame (copies across files).
     """
 
     structures: list
     energies: np.ndarray | None
-    keys: list
+    frames: list
 
 
 def read_structures(path, cutoff: float, elements, *, progress: bool = False,
@@ -150,18 +150,18 @@ def read_structures(path, cutoff: float, elements, *, progress: bool = False,
       EmptyInputError: the file holds no frame.
       InvalidStructureError: a frame cannot be read or graphed (message names file and frame).
     """
-    structures, energies, keys = [], [], []
+    structures, energies, frames_seen = [], [], []
     frames = read_frames(path)
     if progress:
         frames = tqdm(frames, desc=f"{desc} {Path(path).name}", unit="frame", leave=False)
     for n, atoms in enumerate(frames):
         structures.append(atoms_to_structure(atoms, cutoff, index=n, elements=elements))
         energies.append(labels_of(atoms)[0])
-        keys.append(frame_key(atoms))
+        frames_seen.append(frame_of(atoms))
     if not structures:
         raise EmptyInputError(f"{path}: no structures in the file")
     have = all(e is not None for e in energies)
-    return FileStructures(structures, np.asarray(energies, np.float64) if have else None, keys)
+    return FileStructures(structures, np.asarray(energies, np.float64) if have else None, frames_seen)
 
 
 def _summary_path(out_path: Path) -> Path:
@@ -236,7 +236,7 @@ def select_from_files(
     cutoff, elements = model.config.cutoff, model.config.elements
 
     t = time.perf_counter()
-    pool, _, pool_keys = read_structures(pool_path, cutoff, None, progress=progress, desc="read pool")
+    pool, _, pool_frames = read_structures(pool_path, cutoff, None, progress=progress, desc="read pool")
     # elements outside the model: error (all of them, one example frame); known but never trained on: warn
     element_warning = check_element_coverage(elements, metadata, (s.numbers for s in pool), what="pool",
                                              source=os.fspath(pool_path))
@@ -245,24 +245,25 @@ def select_from_files(
     n_pool = len(pool)
     if budget > n_pool:
         raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
-    train, energies, train_keys = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
+    train, energies, train_frames = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
     # pool frames already in the training set are labelled: never candidates
-    in_train = repeats_of(pool_keys, train_keys)
+    in_train = repeats_of(pool_frames, train_frames)
     candidates = np.setdiff1d(np.arange(n_pool), in_train)
     if budget > len(candidates):
         raise ValueError(f"budget {budget} exceeds the pool's {len(candidates)} structures that are not "
                          f"in the training set ({pool_path}: {len(in_train)} of {n_pool} frames are in {train_path})")
-    target, target_keys = [], []
+    target, target_frames = [], []
     if target_path is not None:
         if config.selector != "varred":
             raise ValueError(f"a target set ({target_path}) needs selector 'varred', got {config.selector!r}")
-        target, _, target_keys = read_structures(target_path, cutoff, elements, progress=progress, desc="read target")
-    def in_file(path, keys) -> KeyedFrames:
-        return KeyedFrames(keys, lambda k: f"{os.fspath(path)} frame {k}")
+        target, _, target_frames = read_structures(target_path, cutoff, elements, progress=progress, desc="read target")
 
-    tests = {Path(p).name: in_file(p, [frame_key(a) for a in read_frames(p, tag=False)]) for p in test_paths}
-    check_test_leaks(tests, {"pool": in_file(pool_path, pool_keys), "training set": in_file(train_path, train_keys),
-                             "target set": in_file(target_path, target_keys)},
+    def in_file(path, frames) -> KeyedFrames:
+        return KeyedFrames(frames, lambda k: f"{os.fspath(path)} frame {k}")
+
+    tests = {Path(p).name: in_file(p, [frame_of(a) for a in read_frames(p, tag=False)]) for p in test_paths}
+    check_test_leaks(tests, {"pool": in_file(pool_path, pool_frames), "training set": in_file(train_path, train_frames),
+                             "target set": in_file(target_path, target_frames)},
                      test_overlap=test_overlap, downgrade="--test-overlap warn")
     timings["read_s"] = time.perf_counter() - t
 
@@ -288,7 +289,7 @@ def select_from_files(
     summary = SelectSummary(out_path, _summary_path(out_path), n_pool, len(train), budget, config,
                             tuple(int(i) for i in picks.ids), tuple(float(s) for s in picks.scores),
                             tuple(float(v) for v in picks.pv), picks.noise_var, picks.w_force,
-                            padding, timings, stats, len(in_train), count_duplicates(pool_keys))
+                            padding, timings, stats, len(in_train), count_duplicates(pool_frames))
     record = {
         "model": os.fspath(model_path), "pool": os.fspath(pool_path), "train": os.fspath(train_path),
         "out": os.fspath(out_path), "n_pool": n_pool, "n_train": len(train), "budget": budget,

@@ -108,7 +108,7 @@ def rebuild_store(config_path: str | os.PathLike, *, out: str | os.PathLike | No
     """
     import ase.io
 
-    from ntkal.data.overlap import frame_key
+    from ntkal.data.overlap import FrameIndex, frame_of
     from ntkal.experiment.config import load_sweep
     from ntkal.experiment.run import (_inputs_key, _label_store, load_inputs, oracle_config,
                                       shared_round0_fingerprint)
@@ -136,7 +136,9 @@ def rebuild_store(config_path: str | os.PathLike, *, out: str | os.PathLike | No
         for fingerprint, point in members:
             key = _inputs_key(point)
             if key not in pools:
-                pools[key] = {frame_key(a): a for a in reversed(load_inputs(point, progress=progress).pool)}
+                pools[key] = FrameIndex()
+                for atoms in load_inputs(point, progress=progress).pool:
+                    pools[key].add(frame_of(atoms), atoms)
             exact = pools[key]
             points_dir = out_dir / "points"
             folders = [points_dir / f"{point.label}-seed{point.loop.seed}",
@@ -147,7 +149,7 @@ def rebuild_store(config_path: str | os.PathLike, *, out: str | os.PathLike | No
                     continue
                 files += 1
                 for frame in ase.io.iread(labelled, index=":"):
-                    atoms = exact.get(frame_key(frame))
+                    atoms = exact.find(frame_of(frame))
                     if atoms is None:
                         unmatched += 1
                         continue
