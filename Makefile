@@ -15,6 +15,9 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e ".[test]"
+	# SevenNet-0's checkpoint file for load_pretrained("sevennet-0") and its tests: ntkal reads the
+	# file, it needs neither sevenn's code nor PyTorch (no dependencies installed)
+	$(BIN)/python -m pip install -q --no-deps "sevenn==0.13.0"
 	touch $(STAMP)
 
 venv: $(STAMP)

@@ -286,8 +286,11 @@ def config_to_argv(config: AcquisitionConfig) -> list[str]:
 
 
 def shipped_model_names() -> tuple[str, ...]:
-    """Names of the shipped pretrained checkpoints (as :func:`ntkal.models.pretrained_names`)."""
-    return tuple(sorted(p.stem for p in _PRETRAINED_DIR.glob("*.msgpack")))
+    """Names of the shipped pretrained checkpoints and of the converted foundation models (as
+    :func:`ntkal.models.pretrained_names`)."""
+    from ntkal.models.converted_names import CONVERTED_NAMES
+
+    return tuple(sorted([p.stem for p in _PRETRAINED_DIR.glob("*.msgpack")] + list(CONVERTED_NAMES)))
 
 
 def _model_problem(value: str) -> str | None:

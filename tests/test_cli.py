@@ -271,7 +271,10 @@ def test_an_existing_checkpoint_file_is_a_valid_model(files):
 def test_shipped_names_match_the_model_registry():
     from ntkal.models.pretrained import pretrained_names
 
-    assert shipped_model_names() == pretrained_names() and "oc20_like" in shipped_model_names()
+    from ntkal.models.converted_names import CONVERTED_NAMES
+
+    assert shipped_model_names() == tuple(sorted(pretrained_names() + CONVERTED_NAMES))
+    assert {"oc20_like", "sevennet-0"} <= set(shipped_model_names())
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,9 @@ __all__ = ["ModelConfig", "BACKBONES", "MLIP_BACKBONES", "NTKAL_ONLY_FIELDS", "m
 #: ``"ntkal"`` is the built-in NequIP-style network (:mod:`ntkal.models.nequip`); the others are
 #: InstaDeep ``mlip`` networks (optional extra ``ntkal[mlip]``, :mod:`ntkal.models.mlip_adapter`).
 MLIP_BACKBONES = ("mace", "nequip", "visnet")
-BACKBONES = ("ntkal",) + MLIP_BACKBONES
+#: ``"sevennet"``: SevenNet's NequIP network in JAX (:mod:`ntkal.models.sevennet`), for converted
+#: SevenNet checkpoints (``load_pretrained("sevennet-0")``)
+BACKBONES = ("ntkal",) + MLIP_BACKBONES + ("sevennet",)
 #: ModelConfig fields that only the built-in ``"ntkal"`` network uses.
 NTKAL_ONLY_FIELDS = ("hidden_irreps", "radial_hidden", "readout_hidden", "envelope_power")
 #: ``mlip`` network ``Config`` fields set from ModelConfig fields (network name → ModelConfig name).
@@ -107,10 +109,12 @@ class ModelConfig:
             raise ValueError(f"backbone_options must be a table of name = value, got {options!r}") from None
         if any(not isinstance(k, str) for k, _ in pairs):
             raise ValueError(f"backbone_options names must be strings, got {options!r}")
-        if pairs and self.backbone == "ntkal":
+        if self.backbone == "sevennet":
+            pairs = [(k, v) for k, v in pairs]  # checked by ntkal.models.sevennet.spec_of
+        elif pairs and self.backbone == "ntkal":
             raise ValueError("backbone_options are for an mlip backbone (mace, nequip, visnet); the ntkal "
                              "backbone takes its hyper-parameters from the other fields")
-        shared = sorted(k for k, _ in pairs if k in SHARED_OPTIONS)
+        shared = sorted(k for k, _ in pairs if k in SHARED_OPTIONS and self.backbone != "sevennet")
         if shared:
             raise ValueError(f"backbone_options {shared[0]!r}: set the model field "
                              f"{SHARED_OPTIONS[shared[0]]!r} instead")

@@ -95,6 +95,10 @@ def build_model(config: ModelConfig) -> MLIP:
       >>> params = model.init(jax.random.key(0), graph)      # doctest: +SKIP
       >>> energies = model.energy(params, graph)               # (n_graph,) eV
     """
+    if config.backbone == "sevennet":
+        from ntkal.models.sevennet import build_sevennet_model
+
+        return build_sevennet_model(config)
     if config.backbone != "ntkal":
         from ntkal.models.mlip_adapter import build_mlip_model
 
