@@ -183,8 +183,14 @@ class LoopConfig:
 
     def _acquisition(self, kind: str) -> AcquisitionConfig:
         auto = self.kernel.w_force <= 0
+        param_filter = self.kernel.param_filter
+        if self.train.trainable != "all":  # the NTK of the parameters the fine-tune updates
+            if param_filter not in ("all", self.train.trainable):
+                raise ValueError(f"kernel param_filter {param_filter!r} differs from train trainable "
+                                 f"{self.train.trainable!r}: the kernel must describe the parameters that are trained")
+            param_filter = self.train.trainable
         return AcquisitionConfig(
-            kernel=dataclasses.replace(self.kernel, kind=kind, w_energy=1.0, w_force=1.0),
+            kernel=dataclasses.replace(self.kernel, kind=kind, w_energy=1.0, w_force=1.0, param_filter=param_filter),
             joint_weights="auto" if auto else (self.kernel.w_energy, self.kernel.w_force),
             selector=self.selector, shortlist=self.shortlist, noise_var=self.noise_var,
             noise_rule=self.noise_rule, feature_norm=self.feature_norm, reduction=self.reduction,

@@ -225,3 +225,14 @@ def test_evidence_noise_rule_records_a_data_chosen_noise(setup):
     assert all(np.isnan(p["noise_var"]) for p in state.picks if p["round"] == 0)
     with pytest.raises(ValueError, match="energy row"):
         LoopConfig(method="embedding", noise_rule="evidence")
+
+
+def test_the_loops_kernel_takes_the_trained_parameter_subset():
+    from ntkal.train import TrainConfig
+
+    partial = LoopConfig(train=TrainConfig(trainable=("interaction_1", "readout")))
+    assert partial.acquisition.kernel.param_filter == ("interaction_1", "readout")
+    assert LoopConfig().acquisition.kernel.param_filter == "all"
+    with pytest.raises(ValueError, match="differs from train trainable"):
+        LoopConfig(train=TrainConfig(trainable="readout"),
+                   kernel=dataclasses.replace(LoopConfig().kernel, param_filter="last_interaction"))

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import ase
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy.spatial.transform import Rotation
@@ -72,8 +73,8 @@ def test_the_model_card_and_the_cache(sevennet):
     assert card["source_version"] == "0.13.0" and card["licence"].startswith("MIT")
     assert card["source_sha256"].startswith("7052cb42b7b3be42")  # the file sevenn 0.13.0 ships
     assert model.config.backbone == "sevennet" and model.config.energy_scale == pytest.approx(1.73)
-    np.testing.assert_array_equal(params2["net"]["block_2"]["radial_mlp"]["layer2"],
-                                  params["net"]["block_2"]["radial_mlp"]["layer2"])
+    np.testing.assert_array_equal(params2["net"]["interaction_2"]["radial_mlp"]["layer2"],
+                                  params["net"]["interaction_2"]["radial_mlp"]["layer2"])
 
 
 @needs_sevenn
@@ -132,7 +133,7 @@ def test_the_converters_weight_patch_equals_sevenns():
                      2: "1cf165ed0c848b06e41a86acac132eb41ac3fbf377bd5eaeeca4c98c87355187",
                      3: "d6f66d491afdf352cd1d90d8e988efa7379b4aab83996221325048e106025d3e"}
     for t, digest in sevenn_sha256.items():
-        layer2 = np.ascontiguousarray(params["net"][f"block_{t}"]["radial_mlp"]["layer2"], np.float32)
+        layer2 = np.ascontiguousarray(params["net"][f"interaction_{t}"]["radial_mlp"]["layer2"], np.float32)
         assert hashlib.sha256(layer2.tobytes()).hexdigest() == digest, t
 
 
@@ -178,3 +179,54 @@ def test_the_checkpoint_reader_rebuilds_strided_tensors(tmp_path):
     np.testing.assert_array_equal(got, want)
     assert _rebuild_tensor(storage, 7, (), ()) == 7.0
     assert _Storage(np.float64).dtype is np.float64
+
+
+SUBSET = ("interaction_4", "readout")  # the last interaction block and the readout: 93,760 parameters
+
+
+@needs_sevenn
+@pytest.mark.usefixtures("x64")
+def test_ntk_rows_on_a_parameter_subset_equal_explicit_grad_and_jvp_references(sevennet):
+    """Unsketched energy, exact force and probe rows of SevenNet-0 over a parameter subset, against
+    ``jax.grad`` of the energy and ``jax.jvp`` of that gradient along each coordinate (float64)."""
+    from ntkal.kernels import KernelConfig, make_feature_map, select_params
+
+    model, params, *_ = sevennet
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x, np.float64), params)  # float64 throughout
+    atoms = _structure("ethanol")
+    graph = _batch(model, [atoms])
+    selection = select_params(params, SUBSET)
+    assert selection.num_params == 93_760 and all(p.startswith(SUBSET) for p in selection.paths)
+
+    def energy_of(leaves, positions):
+        p = selection.put(params, leaves)
+        return model.energy(p, graph._replace(nodes={**graph.nodes, "positions": positions}))[0]
+
+    leaves, positions = selection.take(params), graph.nodes["positions"]
+    flat = lambda tree: np.concatenate([np.ravel(x) for x in tree])  # noqa: E731
+    grad = jax.jit(jax.grad(energy_of))
+    energy_ref = flat(grad(leaves, positions))
+    energy_rows = make_feature_map(model, KernelConfig(kind="energy", sketch_dim=None, param_filter=SUBSET),
+                                   params).apply(params, graph).rows
+    np.testing.assert_allclose(np.asarray(energy_rows[0, 0]), energy_ref, rtol=1e-10, atol=1e-12)
+
+    n = len(atoms)
+    directional = jax.jit(lambda t: jax.jvp(lambda r: grad(leaves, r), (positions,), (t,))[1])
+    force_ref = []
+    for k in range(3 * n):
+        t = np.zeros(positions.shape)
+        t[k // 3, k % 3] = 1.0
+        force_ref.append(-flat(directional(t)))  # −∂(∇θ E)/∂r along one coordinate
+    force_ref = np.stack(force_ref)
+    exact = make_feature_map(model, KernelConfig(kind="force_exact", sketch_dim=None, param_filter=SUBSET),
+                             params).apply(params, graph)
+    np.testing.assert_allclose(np.asarray(exact.rows[0, :3 * n]), force_ref, rtol=1e-9, atol=1e-11)
+    # probe row j = Σ_(a,x) t_j,a,x·(force row of a, x) / √k, t = ±1 drawn per atom from the kernel's
+    # seed (structure salt 0, as ntkal.kernels.features draws them)
+    config = KernelConfig(kind="force_probe", sketch_dim=None, num_probes=2, param_filter=SUBSET)
+    probe = make_feature_map(model, config, params).apply(params, graph)
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(config.seed), 0x9E3779B9 & 0x7FFFFFFF), 0)
+    t = np.stack([np.asarray(jax.random.rademacher(jax.random.fold_in(key, a), (2, 3), jnp.float64))
+                  for a in range(n)], axis=1)  # (k, n, 3)
+    np.testing.assert_allclose(np.asarray(probe.rows[0]), t.reshape(2, 3 * n) @ force_ref / np.sqrt(2),
+                               rtol=1e-9, atol=1e-11)

@@ -310,3 +310,46 @@ def test_interrupted_fit_resumes_to_the_uninterrupted_result(data, tmp_path, mon
             replay=train[16:24], progress=False, state_path=path)
     with pytest.raises(ValueError, match="other inputs"):
         fit(*args, replay=train[16:23], progress=False, state_path=path)
+
+
+def test_refit_recovers_a_known_per_element_offset(data):
+    """Labels = the model's own energies + 1.3 eV per Cu and −0.7 eV per Pt: the refit shifts e0 by
+    exactly those offsets (before any step; max_epochs = 0 leaves the network as it is)."""
+    from ntkal.train.fitting import refit_reference_energies
+
+    model, params, train, _ = data
+    train = _dense(train)[:24]
+    offset = {29: 1.3, 78: -0.7}
+    energy = jax.jit(model.energy)
+    predicted = []
+    for k, graph in enumerate(make_batches(train, 8)):
+        predicted.extend(np.asarray(energy(params, graph), np.float64)[:min(8, len(train) - 8 * k)])
+    shifted = [s._replace(energy=float(e + sum(offset[int(z)] for z in s.numbers))) for s, e in zip(train, predicted)]
+    refit = refit_reference_energies(model, params, shifted)
+    want = np.asarray(params["e0"], np.float64) + [offset[z] for z in model.config.elements]
+    np.testing.assert_allclose(np.asarray(refit["e0"], np.float64), want, atol=2e-4)  # float32 energies of ~100 eV
+    result = fit(model, params, shifted, None, TrainConfig(max_epochs=0, refit_e0=True), progress=False)
+    np.testing.assert_array_equal(np.asarray(result.params["e0"]), np.asarray(refit["e0"]))
+    unchanged = fit(model, params, shifted, None, TrainConfig(max_epochs=0), progress=False)
+    np.testing.assert_array_equal(np.asarray(unchanged.params["e0"]), np.asarray(params["e0"]))
+
+
+def test_parameters_outside_the_trained_subset_are_bit_identical_after_a_fine_tune(data):
+    from ntkal.kernels import select_params
+
+    model, params, train, _ = data
+    train = _dense(train)[:16]
+    config = TrainConfig(max_epochs=2, batch_size=8, trainable="readout")
+    result = fit(model, params, train, None, config, progress=False)
+    chosen = set(select_params(params, "readout").indices)
+    before = jax.tree_util.tree_leaves(params["net"])
+    after = jax.tree_util.tree_leaves(result.params["net"])
+    assert 0 < len(chosen) < len(before)
+    for i, (b, a) in enumerate(zip(before, after)):
+        if i in chosen:
+            assert not np.array_equal(np.asarray(a), np.asarray(b)), i  # trained
+        else:
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))  # frozen, bit for bit
+    np.testing.assert_array_equal(np.asarray(result.params["e0"]), np.asarray(params["e0"]))
+    with pytest.raises(ValueError, match="trainable must be"):
+        TrainConfig(trainable="last_layer")

@@ -22,7 +22,7 @@ divides by √fan_in. Readout: e_i = (h·R₁/√128)·R₂/√64; the atomic en
 ``energy_scale``·e_i + e0[Z_i] (:mod:`ntkal.models.mlip`).
 
 Parameters (``params["net"]``): ``radial_frequencies`` (8,), ``embedding`` (n_types, 128),
-``block_<t>`` with ``self_connection``, ``linear_1``, ``linear_2`` (a (mul_in, mul_out) matrix per
+``interaction_<t>`` with ``self_connection``, ``linear_1``, ``linear_2`` (a (mul_in, mul_out) matrix per
 degree, keys ``"0"``, ``"1"``, ``"2"``) and ``radial_mlp`` (``layer0..2``), and ``readout``
 (``hidden`` (128, 64), ``energy`` (64, 1)). ``ModelConfig``: ``hidden_irreps`` (the block width,
 ``"128x0e+64x1e+32x2e"``), ``num_layers``, ``lmax``, ``num_radial``, ``radial_hidden``,
@@ -150,7 +150,7 @@ def param_shapes(spec: SevenNetSpec) -> dict:
     width = spec.channels[0]
     net = {"radial_frequencies": (spec.num_radial,), "embedding": (spec.n_types, width)}
     for t, block in enumerate(spec.blocks):
-        net[f"block_{t}"] = {
+        net[f"interaction_{t}"] = {
             "self_connection": {str(l): (block.mul_in[l], m) for l, m in block.mul_gate_in.items() if l in block.mul_in},
             "linear_1": {str(l): (m, m) for l, m in block.mul_in.items()},
             "radial_mlp": {"layer0": (spec.num_radial, spec.radial_hidden),
@@ -180,7 +180,7 @@ def _linear(x: dict, weights: dict, mul_out: dict, n: int, dtype) -> dict:
         if w is None or l not in x:
             out[l] = jnp.zeros((n, m, 2 * l + 1), dtype)
         else:
-            out[l] = jnp.einsum("num,uw->nwm", x[l], w.astype(dtype)) / math.sqrt(w.shape[0])
+            out[l] = jnp.einsum("num,uw->nwm", x[l], jnp.asarray(w, dtype)) / math.sqrt(w.shape[0])
     return out
 
 
@@ -254,19 +254,19 @@ def sevennet_forward(net: dict, spec: SevenNetSpec, species, vectors, senders, r
     dtype = vectors.dtype
     n = species.shape[0]
     r = jnp.sqrt(jnp.sum(jnp.where(edge_ok[:, None], vectors, 1.0) ** 2, axis=-1))
-    emb = _radial(r, edge_ok, net["radial_frequencies"].astype(dtype), spec)
+    emb = _radial(r, edge_ok, jnp.asarray(net["radial_frequencies"], dtype), spec)
     lmax = max(max(p.l2 for p in b.paths) for b in spec.blocks)
     sh = _spherical_harmonics(vectors, edge_ok, lmax)
-    embedding = net["embedding"].astype(dtype)
+    embedding = jnp.asarray(net["embedding"], dtype)
     h = {0: (embedding[species] / math.sqrt(spec.n_types))[:, :, None]}
     for t, block in enumerate(spec.blocks):
-        p = net[f"block_{t}"]
+        p = net[f"interaction_{t}"]
         s = _linear(h, p["self_connection"], block.mul_gate_in, n, dtype)
         u = _linear(h, p["linear_1"], block.mul_in, n, dtype)
         mlp = p["radial_mlp"]
-        a = _phi(emb @ mlp["layer0"].astype(dtype) / math.sqrt(spec.num_radial))
-        b = _phi(a @ mlp["layer1"].astype(dtype) / math.sqrt(spec.radial_hidden))
-        w = b @ mlp["layer2"].astype(dtype) / math.sqrt(spec.radial_hidden)  # (n_edge, n_weights)
+        a = _phi(emb @ jnp.asarray(mlp["layer0"], dtype) / math.sqrt(spec.num_radial))
+        b = _phi(a @ jnp.asarray(mlp["layer1"], dtype) / math.sqrt(spec.radial_hidden))
+        w = b @ jnp.asarray(mlp["layer2"], dtype) / math.sqrt(spec.radial_hidden)  # (n_edge, n_weights)
         u_j = {l: x[senders] for l, x in u.items()}
         messages: dict[int, list] = {}
         for path in block.paths:
@@ -280,8 +280,8 @@ def sevennet_forward(net: dict, spec: SevenNetSpec, species, vectors, senders, r
         h = _gate(z, block.mul_out)
     scalars = h[0][:, :, 0]
     readout = net["readout"]
-    hidden = scalars @ readout["hidden"].astype(dtype) / math.sqrt(scalars.shape[1])
-    out = hidden @ readout["energy"].astype(dtype) / math.sqrt(hidden.shape[1])
+    hidden = scalars @ jnp.asarray(readout["hidden"], dtype) / math.sqrt(scalars.shape[1])
+    out = hidden @ jnp.asarray(readout["energy"], dtype) / math.sqrt(hidden.shape[1])
     return Forward(out[:, 0], scalars, hidden)
 
 
@@ -301,7 +301,7 @@ def build_sevennet_model(config: ModelConfig):
         out = sevennet_forward(params["net"], spec, species, _edge_vectors(config, graph), graph.senders,
                                graph.receivers, ok)
         mask = node_mask(graph)
-        e0 = params["e0"].astype(out.node_out.dtype)
+        e0 = jnp.asarray(params["e0"], out.node_out.dtype)
         node_energy = jnp.where(mask, config.energy_scale * out.node_out + e0[species], 0.0)
         energy = jax.ops.segment_sum(node_energy, node_graph_index(graph), graph.n_node.shape[0])
         energy = jnp.where(graph_mask(graph), energy, 0.0)

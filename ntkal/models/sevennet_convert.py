@@ -160,7 +160,7 @@ def convert_sevennet(path: str | os.PathLike, *, name: str = "sevennet") -> tupl
            "embedding": _blocks(state["onehot_to_feature_x.linear.weight"], [shapes["embedding"]],
                                 "onehot_to_feature_x")[0]}
     for t, block in enumerate(spec.blocks):
-        mine = shapes[f"block_{t}"]
+        mine = shapes[f"interaction_{t}"]
         entry = {}
         for ours, theirs in (("self_connection", "self_connection_intro"), ("linear_1", "self_interaction_1"),
                              ("linear_2", "self_interaction_2")):
@@ -173,7 +173,7 @@ def convert_sevennet(path: str | os.PathLike, *, name: str = "sevennet") -> tupl
         if old and 0 < t < layers - 1:
             mlp["layer2"] = patch_old_convolution(mlp["layer2"], block.mul_in, config.lmax, lmax_out)
         entry["radial_mlp"] = mlp
-        net[f"block_{t}"] = entry
+        net[f"interaction_{t}"] = entry
     net["readout"] = {
         "hidden": _blocks(state["reduce_input_to_hidden.linear.weight"], [shapes["readout"]["hidden"]],
                           "reduce_input_to_hidden")[0],

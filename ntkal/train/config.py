@@ -39,6 +39,15 @@ class TrainConfig:
         count as ``2δ|e| − δ²`` instead of ``e²`` (the same value and slope at δ), so a few frames
         with very large force errors cannot dominate a fine-tune's gradient; ``0`` = plain squared
         error. Only the optimised loss changes; reported errors stay MAE/RMSE.
+      trainable: which network parameters the fine-tune updates, in the grammar of the kernels'
+        ``param_filter`` (:func:`ntkal.kernels.select_params`): ``"all"``, ``"readout"``,
+        ``"last_interaction"``, or a tuple of path substrings (e.g. ``("interaction_3",
+        "interaction_4", "readout")``); the others keep their values bit for bit. The AL loop
+        takes the NTK over the same subset, so the kernel describes the model that is updated.
+      refit_e0: before the first epoch, shift the per-element reference energies ``e0`` by the
+        least-squares fit of (label − model) energies over the training structures (not the
+        hold-out, not the replay): a fine-tune toward another level of theory then starts at the
+        oracle's energy zero instead of spending its steps on the offset. ``e0`` is never trained.
     """
 
     learning_rate: float = 2e-3
@@ -55,6 +64,8 @@ class TrainConfig:
     warmup_epochs: int = 1
     replay_weight: float = 1.0
     force_huber_delta: float = added_field(0.0, added_in="0.1 (issue 9)")
+    trainable: str | tuple[str, ...] = added_field("all", added_in="0.1 (issue 28)")
+    refit_e0: bool = added_field(False, added_in="0.1 (issue 28)")
 
     def __post_init__(self):
         if self.batch_size < 1:
@@ -71,5 +82,10 @@ class TrainConfig:
             raise ValueError(f"TrainConfig: warmup_epochs must be ≥ 0, got {self.warmup_epochs}")
         if not (math.isfinite(self.replay_weight) and self.replay_weight >= 0.0):
             raise ValueError(f"TrainConfig: replay_weight must be finite and ≥ 0, got {self.replay_weight}")
+        if isinstance(self.trainable, list):
+            object.__setattr__(self, "trainable", tuple(self.trainable))
+        if isinstance(self.trainable, str) and self.trainable not in ("all", "readout", "last_interaction"):
+            raise ValueError(f"TrainConfig: trainable must be 'all', 'readout', 'last_interaction' or a list of "
+                             f"parameter path substrings, got {self.trainable!r}")
         if not (math.isfinite(self.force_huber_delta) and self.force_huber_delta >= 0.0):
             raise ValueError(f"TrainConfig: force_huber_delta must be finite and ≥ 0, got {self.force_huber_delta}")

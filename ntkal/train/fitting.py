@@ -17,6 +17,7 @@ import os
 from typing import Any, NamedTuple, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 from tqdm.auto import tqdm
@@ -75,7 +76,8 @@ def make_batches(structures: Sequence[Structure], batch_size: int, order: np.nda
 
 
 def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
-    """Adam (optionally clipped) on ``params["net"]``; reference energies ``e0`` stay frozen.
+    """Adam (optionally clipped) on the ``config.trainable`` leaves of ``params["net"]``; the other
+    leaves and the reference energies ``e0`` are frozen (zero updates: bit-identical).
 
     The learning rate is an injected hyper-parameter: it starts at ``config.learning_rate``
     and lives in ``opt_state.hyperparams["learning_rate"]``, which :func:`fit` overwrites
@@ -86,16 +88,52 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         adam = optax.adam(learning_rate)
         if config.grad_clip > 0:
             adam = optax.chain(optax.clip_by_global_norm(config.grad_clip), adam)
-        return optax.multi_transform(
-            {"train": adam, "freeze": optax.set_to_zero()},
-            lambda params: {"net": jax.tree_util.tree_map(lambda _: "train", params["net"]), "e0": "freeze"})
+        return optax.multi_transform({"train": adam, "freeze": optax.set_to_zero()},
+                                     functools.partial(_labels, trainable=config.trainable))
 
     return optax.inject_hyperparams(build)(learning_rate=config.learning_rate)
 
 
+def _labels(params, trainable) -> dict:
+    """``"train"`` for the selected leaves of ``params["net"]``, ``"freeze"`` for the rest and ``e0``
+    (frozen gradients are never used, so XLA does not compute them)."""
+    from ntkal.kernels.filters import select_params
+
+    chosen = set(select_params(params, trainable).indices)
+    leaves, treedef = jax.tree_util.tree_flatten(params["net"])
+    return {"net": jax.tree_util.tree_unflatten(treedef, ["train" if i in chosen else "freeze"
+                                                          for i in range(len(leaves))]),
+            "e0": jax.tree_util.tree_map(lambda _: "freeze", params["e0"])}
+
+
+def refit_reference_energies(model: MLIP, params, structures: Sequence[Structure], energy_fn=None,
+                             batch_size: int = 8):
+    """``params`` with ``e0`` shifted by the least-squares per-element fit of the energy residuals
+    (label − ``model``; eV) over ``structures`` (those with an energy label). Elements absent from
+    ``structures`` keep their ``e0``.
+
+    Args:
+      energy_fn: a jitted ``model.energy`` to reuse (default: jit one).
+    """
+    from ntkal.models.reference import fit_reference_energies
+
+    labelled = [s for s in structures if not np.isnan(s.energy)]
+    if not labelled:
+        return params
+    energy_fn = energy_fn or jax.jit(model.energy)
+    predicted = []
+    for k, graph in enumerate(make_batches(labelled, batch_size)):
+        n_real = min(batch_size, len(labelled) - k * batch_size)
+        predicted.extend(np.asarray(energy_fn(params, graph), np.float64)[:n_real])
+    residual = [s._replace(energy=float(s.energy - e)) for s, e in zip(labelled, predicted)]
+    shift = fit_reference_energies(model.config, residual)
+    e0 = np.asarray(params["e0"], np.float64) + shift
+    return {**params, "e0": jnp.asarray(e0, jnp.asarray(params["e0"]).dtype)}
+
+
 #: Fields that only the host loop reads; :func:`_static_part` resets them so the compile is shared.
 _DYNAMIC_FIELDS = ("learning_rate", "max_epochs", "patience", "seed", "val_fraction", "schedule",
-                   "min_lr_ratio", "warmup_epochs", "replay_weight")
+                   "min_lr_ratio", "warmup_epochs", "replay_weight", "refit_e0")
 
 
 def _static_part(config: TrainConfig) -> TrainConfig:
@@ -123,7 +161,7 @@ def _compiled(model: MLIP, config: TrainConfig):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return optimizer, step, jax.jit(make_error_sums_fn(model.energy))
+    return optimizer, step, jax.jit(make_error_sums_fn(model.energy)), jax.jit(model.energy)
 
 
 def replay_indices(n_replay: int, weight: float, seed: int, epoch: int) -> np.ndarray:
@@ -175,7 +213,9 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
         n_holdout = len(val)
     val = list(val or [])
 
-    optimizer, step, sums_fn = _compiled(model, _static_part(config))
+    optimizer, step, sums_fn, energy_fn = _compiled(model, _static_part(config))
+    if config.refit_e0:
+        params = refit_reference_energies(model, params, train, energy_fn, config.batch_size)
     pool = train + replay  # train indices first, then replay
     budget = batch_budget(pool + val, config.batch_size)
     val_batches = make_batches(val, config.batch_size, budget=budget) if val else None
