@@ -111,7 +111,7 @@ from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.kernels import KernelConfig, featurize, make_feature_map, ntk_functions
 from ntkal.models import ModelConfig, build_model, count_parameters, energy_and_forces_fn
 
-SIZES = {27: (3, 3, 3), 72: (3, 4, 6), 12: (2, 2, 3)}
+SIZES = {27: (3, 3, 3), 72: (3, 4, 6), 12: (2, 2, 3), 48: (4, 4, 3)}
 #: ``ModelConfig`` overrides per backbone, chosen so that P ≈ 78k parameters for Cu/Pt.
 BACKBONES = {
     "ntkal": {},
@@ -163,8 +163,11 @@ def cost_table(model, params, args):
     cfg = model.config
     ef = jax.jit(energy_and_forces_fn(model.energy))
     energy = jax.jit(model.energy)
+    param_filter = "all" if not args.param_filter else (
+        args.param_filter[0] if len(args.param_filter) == 1 and args.param_filter[0] in
+        ("all", "readout", "last_interaction") else tuple(args.param_filter))
     base = KernelConfig(sketch_dim=args.sketch_dim, direction_batch_size=args.direction_batch,
-                        graph_batch_size=args.graph_batch)
+                        graph_batch_size=args.graph_batch, param_filter=param_filter)
     specs = [("energy-NTK", dataclasses.replace(base, kind="energy"))]
     if not args.skip_exact:
         exact_graph_batch = args.exact_graph_batch or args.graph_batch
@@ -190,10 +193,11 @@ def cost_table(model, params, args):
         def add(name, fn, skip=False):
             if skip:
                 return
+            _reset_peak_rss()
             first, best = timeit(fn, args.repeats)
-            rows.append((name, best / c, first))
+            rows.append((name, best / c, first, _peak_rss_gib()))
             print(f"  N={n_atoms} {name}: {1e3 * best / c:.2f} ms/structure "
-                  f"(first call {first:.1f} s)", file=sys.stderr, flush=True)
+                  f"(first call {first:.1f} s, peak RSS {rows[-1][3]:.2f} GiB)", file=sys.stderr, flush=True)
 
         add("energy", lambda: energy(params, graph))
         add("forces", lambda: ef(params, graph))
@@ -207,6 +211,35 @@ def cost_table(model, params, args):
                 add("energy-NTK (chunk jacrev)", lambda: alt(params, graph))
         results.append((n_atoms, n_free, rows))
     return results
+
+
+def _selected(params, args) -> int:
+    from ntkal.kernels import select_params
+
+    f = args.param_filter
+    return select_params(params, f[0] if len(f) == 1 and f[0] in ("all", "readout", "last_interaction")
+                         else tuple(f)).num_params
+
+
+def _reset_peak_rss() -> None:
+    """Start a new peak-RSS window (Linux: writing 5 to clear_refs resets VmHWM; else no-op)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss_gib() -> float:
+    """Peak resident memory since the last :func:`_reset_peak_rss` (VmHWM), GiB; NaN if unknown."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return float("nan")
 
 
 def spearman(a, b):
@@ -281,6 +314,10 @@ def main(argv=None):
     p.add_argument("--pv-chunk", type=int, default=8)
     p.add_argument("--backbones", nargs="+", default=None, choices=sorted(BACKBONES),
                    help="per-backbone table (energy, forces, energy-NTK, probe-8, joint) instead")
+    p.add_argument("--model", default=None,
+                   help="a pretrained name or checkpoint (e.g. sevennet-0) instead of the default network")
+    p.add_argument("--param-filter", nargs="+", default=None,
+                   help="NTK over these parameters: 'all', 'readout', 'last_interaction' or path substrings")
     args = p.parse_args(argv)
     if args.atoms is None:
         args.atoms = [27] if args.quick else [27, 72]
@@ -296,14 +333,21 @@ def main(argv=None):
         print(command)
         backbone_table(args)
     else:
-        config = ModelConfig()
-        model = build_model(config)
-        frames = list(cu_pt_slab_frames(1, seed=0, size=SIZES[args.atoms[0]]))
-        params = model.init(jax.random.key(0), chunk_of(frames, config.cutoff, config.elements).graph)
+        if args.model:
+            from ntkal.models import load_pretrained
+            model, params, _ = load_pretrained(args.model)
+            config = model.config
+        else:
+            config = ModelConfig()
+            model = build_model(config)
+            frames = list(cu_pt_slab_frames(1, seed=0, size=SIZES[args.atoms[0]]))
+            params = model.init(jax.random.key(0), chunk_of(frames, config.cutoff, config.elements).graph)
         params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, args.dtype), params)
         print(f"# device {device.platform}:{device.device_kind}, jax {jax.__version__}, {args.dtype}, "
               f"P = {count_parameters(params):,}, d = {args.sketch_dim}, chunk = {args.chunk_size}, "
-              f"direction batch = {args.direction_batch}")
+              f"direction batch = {args.direction_batch}"
+              + (f", model {args.model}" if args.model else "")
+              + (f", NTK over {args.param_filter} ({_selected(params, args):,} parameters)" if args.param_filter else ""))
         print(command)
         if not args.skip_table:
             table(model, params, args)
@@ -331,7 +375,7 @@ def backbone_table(args):
         params = jax.tree_util.tree_map(lambda x: jnp.asarray(x, args.dtype), params)
         for n_atoms, _, rows in cost_table(model, params, args):
             t = {r[0]: r[1] for r in rows}
-            first = {r[0]: r[2] for r in rows}
+            first = {r[0]: r[2] for r in rows}  # r[3]: peak RSS
             force = t["forces"]
             lines.append(f"| {name} | {count_parameters(params):,} | {n_atoms} | {1e3 * t['energy']:.1f} | "
                          f"{1e3 * force:.1f} | {t['energy-NTK'] / force:.1f} | "
@@ -347,20 +391,20 @@ def backbone_table(args):
 def table(model, params, args):
     results = cost_table(model, params, args)
     print()
-    print("| feature | " + " | ".join(f"N={n} ({f} free) ms/str | ratio | str/s" for n, f, _ in results)
+    print("| feature | " + " | ".join(f"N={n} ({f} free) ms/str | ratio | str/s | peak RSS GiB" for n, f, _ in results)
           + " |")
-    print("|---|" + "---|---|---|" * len(results))
-    names = [name for name, _, _ in results[0][2]]
+    print("|---|" + "---|---|---|---|" * len(results))
+    names = [row[0] for row in results[0][2]]
     for name in names:
         cells = []
         for _, _, rows in results:
             table = {r[0]: r for r in rows}
             if name not in table:
-                cells.append("— | — | —")
+                cells.append("— | — | — | —")
                 continue
             force = table["forces"][1]
             t = table[name][1]
-            cells.append(f"{1e3 * t:.1f} | {t / force:.1f} | {1 / t:.1f}")
+            cells.append(f"{1e3 * t:.1f} | {t / force:.1f} | {1 / t:.1f} | {table[name][3]:.2f}")
         print(f"| {name} | " + " | ".join(cells) + " |")
     for n, f, rows in results:
         table = {r[0]: r for r in rows}
@@ -370,7 +414,7 @@ def table(model, params, args):
                       f"× 3N force calls (target ≤ 1); {table[name][1] / table['forces'][1] / (3 * f):.2f}"
                       f" × 3·N_free")
     print("# first-call (compile + run) seconds: " + "; ".join(
-        f"N={n} " + ", ".join(f"{name} {first:.0f}" for name, _, first in rows)
+        f"N={n} " + ", ".join(f"{name} {first:.0f}" for name, _, first, _ in rows)
         for n, _, rows in results))
 
 

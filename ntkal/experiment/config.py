@@ -180,7 +180,7 @@ class ExperimentConfig:
 
 
 _SECTIONS = {"data": DataConfig, "kernel": KernelConfig, "train": TrainConfig, "loop": LoopConfig}
-_LIST_FIELDS = {("data", "pool"), ("data", "tests"), ("kernel", "param_filter"), ("data", "pool_files"),
+_LIST_FIELDS = {("data", "pool"), ("data", "tests"), ("kernel", "param_filter"), ("train", "trainable"), ("data", "pool_files"),
                 ("data", "initial_files"), ("data", "replay_files"), ("data", "target_set"),
                 ("data", "target_set_files")}
 #: data keys with file paths (resolved against the config file's folder)
