@@ -230,3 +230,30 @@ def test_ntk_rows_on_a_parameter_subset_equal_explicit_grad_and_jvp_references(s
                   for a in range(n)], axis=1)  # (k, n, 3)
     np.testing.assert_allclose(np.asarray(probe.rows[0]), t.reshape(2, 3 * n) @ force_ref / np.sqrt(2),
                                rtol=1e-9, atol=1e-11)
+
+
+@needs_sevenn
+def test_ntkal_select_runs_on_sevennet_0_by_name(sevennet, tmp_path, monkeypatch, capsys):
+    """``ntkal select --model sevennet-0`` with the NTK over the last block and the readout."""
+    import lzma
+
+    import ase.io
+
+    from ntkal.cli import main
+
+    model, *_ = sevennet
+    monkeypatch.setenv("NTKAL_CACHE_DIR", str(tmp_path / "cache" / "jax"))
+    root = Path(__file__).resolve().parent.parent
+    with lzma.open(root / "ntkal" / "pretrained" / "t1x_like.val.extxyz.xz", "rt") as f:
+        frames = list(ase.io.iread(f, format="extxyz"))
+    ase.io.write(tmp_path / "pool.extxyz", frames[:12])
+    ase.io.write(tmp_path / "train.extxyz", frames[12:18])
+    code = main(["select", "--model", "sevennet-0", "--pool", str(tmp_path / "pool.extxyz"), "--train",
+                 str(tmp_path / "train.extxyz"), "--budget", "3", "--out", str(tmp_path / "picked.extxyz"),
+                 "--param-filter", "interaction_4,readout", "--sketch-dim", "64", "--num-probes", "2",
+                 "--no-progress", "--no-compile-cache"])
+    assert code == 0, capsys.readouterr().err
+    picked = ase.io.read(tmp_path / "picked.extxyz", index=":")
+    assert len(picked) == 3 and len({a.info["pool_id"] for a in picked}) == 3
+    summary = json.loads((tmp_path / "picked.summary.json").read_text())
+    assert summary["config"]["kernel"]["param_filter"] == ["interaction_4", "readout"]

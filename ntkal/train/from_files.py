@@ -230,10 +230,18 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
 
 
 def _checkpoint_path(name_or_path: str) -> Path:
+    """The file behind a checkpoint name: a path, a shipped name, or a converted foundation model
+    (its cached conversion, written by :func:`~ntkal.models.load_pretrained`)."""
     from ntkal.models import PRETRAINED_DIR
+    from ntkal.models.converted_names import SEVENNET_CHECKPOINTS
 
     path = Path(name_or_path)
-    return path if path.is_file() else PRETRAINED_DIR / f"{name_or_path}.msgpack"
+    if path.is_file():
+        return path
+    if name_or_path in SEVENNET_CHECKPOINTS:
+        from ntkal.models.sevennet_convert import sevennet_cache_path
+        return sevennet_cache_path(name_or_path)
+    return PRETRAINED_DIR / f"{name_or_path}.msgpack"
 
 
 def _fmt(value, scale: float = 1.0, digits: int = 4) -> str:
@@ -241,7 +249,8 @@ def _fmt(value, scale: float = 1.0, digits: int = 4) -> str:
 
 
 _BACKBONE_NAMES = {"ntkal": "Built-in NequIP-style model", "mace": "MACE (InstaDeep mlip) model",
-                   "nequip": "NequIP (InstaDeep mlip) model", "visnet": "ViSNet (InstaDeep mlip) model"}
+                   "nequip": "NequIP (InstaDeep mlip) model", "visnet": "ViSNet (InstaDeep mlip) model",
+                   "sevennet": "SevenNet (NequIP, converted from sevenn) model"}
 
 
 def model_card(metadata: dict, config: ModelConfig, n_params: int) -> str:
