@@ -206,14 +206,26 @@ def savings_of(labels, labels_reference) -> np.ndarray | float:
     return float(out) if out.ndim == 0 else out
 
 
+def reference_round(n_labels: np.ndarray, at: float) -> int:
+    """Index of the round whose labels are nearest ``at`` × the final labels (the last on a tie)."""
+    goal = at * n_labels[-1]
+    gaps = np.abs(np.asarray(n_labels, float) - goal)
+    return int(np.flatnonzero(gaps == gaps.min())[-1])
+
+
 def bootstrap_savings(curves_: dict[tuple[str, str], Curve], idx: np.ndarray, *,
-                      reference: str = REFERENCE, level: float = LEVEL) -> list[dict]:
-    """Labels to reach the reference's final seed-mean metric, and label savings, with CIs.
+                      reference: str = REFERENCE, level: float = LEVEL, at: float = 1.0) -> list[dict]:
+    """Labels to reach the reference's seed-mean metric at its final round (``at = 1``) or at the
+    round nearest ``at`` × its final labels, and label savings relative to the reference's labels
+    at that round, with CIs. Where the reference's curve is flat near the end, its final error is
+    reached early by chance and "labels to reach random's final" overstates the saving; a
+    reference round inside the budget (``at = 2/3``) shows the saving on the steep part.
 
     Args:
       curves_: output of :func:`curves` (force MAE, one entry per (label, split)).
       idx: (n_boot, n_seeds) shared resamples from :func:`bootstrap_indices`.
       reference: label of the baseline (random).
+      at: fraction of the reference's final labels that picks the reference round.
 
     Returns:
       One dict per (label, split) with a reference curve: ``target`` (reference's final seed
@@ -228,10 +240,11 @@ def bootstrap_savings(curves_: dict[tuple[str, str], Curve], idx: np.ndarray, *,
         ref = curves_.get((reference, split))
         if ref is None:
             continue
-        labels_ref = ref.n_labels[-1]
-        target = ref.values.mean(axis=0)[-1]
+        r = reference_round(ref.n_labels, at)
+        labels_ref = ref.n_labels[r]
+        target = ref.values.mean(axis=0)[r]
         labels = labels_to_reach(curve.n_labels, curve.values.mean(axis=0), target)
-        boot_target = ref.values[idx].mean(axis=1)[:, -1]                  # (n_boot,)
+        boot_target = ref.values[idx].mean(axis=1)[:, r]                   # (n_boot,)
         boot_labels = labels_to_reach(curve.n_labels, curve.values[idx].mean(axis=1), boot_target)
         boot_savings = savings_of(boot_labels, labels_ref)
         lo, hi = ci(boot_savings, level) if idx.shape[1] > 1 else (float("nan"), float("nan"))
@@ -337,7 +350,8 @@ def wall_times(rows: Sequence[dict]) -> dict[str, dict[str, float]] | None:
 
 def summarize(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0,
               pairs: Sequence[tuple[str, str]] | None = None, all_rounds: bool = False,
-              metric: str = "force_mae", reference: str | None = None, level: float = LEVEL) -> dict:
+              metric: str = "force_mae", reference: str | None = None, level: float = LEVEL,
+              reach_at: Sequence[float] = ()) -> dict:
     """All statistics of the module docstring as one dict (plain Python; may hold NaN/±∞).
 
     Args:
@@ -349,6 +363,8 @@ def summarize(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0,
       metric: metric of labels-to-reach and the monotonicity check.
       reference: label of the baseline; default: the one label whose rows have
         ``method == "random"`` (e.g. ``random-rp32``), else ``"random"``.
+      reach_at: further reference rounds for labels-to-reach, as fractions of the reference's
+        final labels (e.g. ``(2/3,)``): ``labels_to_reach_at`` maps each fraction to its table.
     """
     rows = list(rows)
     if reference is None:
@@ -388,6 +404,8 @@ def summarize(rows: Sequence[dict], *, n_boot: int = 2000, seed: int = 0,
         "n_boot": int(n_boot), "bootstrap_seed": int(seed), "level": level,
         "final": final,
         "labels_to_reach": bootstrap_savings(tables[metric], idx, reference=reference, level=level),
+        "labels_to_reach_at": {float(at): bootstrap_savings(tables[metric], idx, reference=reference, level=level,
+                                                            at=float(at)) for at in reach_at},
         "paired": paired_differences(paired_tables, list(dict.fromkeys(vs_ref + extra)), idx,
                                      all_rounds=all_rounds, level=level),
         "monotonicity": {split: monotonicity(tables[metric][(reference, split)], idx, level)
@@ -448,30 +466,10 @@ def to_markdown(summary: dict) -> str:
             "monotonicity check are skipped)")
     else:
         metric = summary["metric"]
-        say(f"\n### Labels to reach {ref}'s final seed-mean {metric}: label savings [{level}% CI]\n")
-        say(f"Savings = 1 − labels / {ref}'s final labels; labels interpolated linearly between "
-            "rounds; \"censored\" = never reached within the method's labels; "
-            "\"cens.\" = fraction of resamples that never reach the target.\n")
-        say("| method | " + " | ".join(splits) + " |")
-        say("|---|" + "---|" * len(splits))
-        reach = {(r["label"], r["split"]): r for r in summary["labels_to_reach"]}
-        for lab in labels:
-            cells = []
-            for s in splits:
-                r = reach.get((lab, s))
-                if r is None:
-                    cells.append("—")
-                    continue
-                if math.isinf(r["labels"]):
-                    head = f"censored (> {r['max_labels']:.0f} labels)"
-                else:
-                    head = f"{_pct(r['savings'])} ({r['labels']:.1f} labels)"
-                interval = ("" if math.isnan(r["lo"]) else " [censored]" if r["hi"] == -math.inf
-                            else f" [{_pct(r['lo'])}, {_pct(r['hi'])}]")
-                cells.append(head + interval
-                             + (f" cens. {100 * r['frac_censored']:.0f}%"
-                                if r["frac_censored"] and interval else ""))
-            say(f"| {lab} | " + " | ".join(cells) + " |")
+        tables = [("final", summary["labels_to_reach"])] + [
+            (at, table) for at, table in summary.get("labels_to_reach_at", {}).items()]
+        for at, table in tables:
+            _reach_table(say, table, labels, splits, ref, metric, level, at)
 
     if summary["paired"]:
         say(f"\n### Paired differences A − B (mean over seeds [{level}% CI], seeds with A < B; "
@@ -508,6 +506,37 @@ def to_markdown(summary: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _reach_table(say, table, labels, splits, ref, metric, level, at) -> None:
+    """One labels-to-reach table: at ``ref``'s final round (``at == "final"``) or at a fraction of
+    its final labels."""
+    where = "final" if at == "final" else f"{at:.3g}-of-the-budget"
+    first = next(iter(table), None)
+    labels_ref = "" if first is None else f" ({first['labels_reference']:.0f} labels)"
+    say(f"\n### Labels to reach {ref}'s {where} seed-mean {metric}{labels_ref}: label savings [{level}% CI]\n")
+    say(f"Savings = 1 − labels / {ref}'s labels at that round; labels interpolated linearly between "
+        "rounds; \"censored\" = never reached within the method's labels; "
+        "\"cens.\" = fraction of resamples that never reach the target.\n")
+    say("| method | " + " | ".join(splits) + " |")
+    say("|---|" + "---|" * len(splits))
+    reach = {(r["label"], r["split"]): r for r in table}
+    for lab in labels:
+        cells = []
+        for s in splits:
+            r = reach.get((lab, s))
+            if r is None:
+                cells.append("—")
+                continue
+            if math.isinf(r["labels"]):
+                head = f"censored (> {r['max_labels']:.0f} labels)"
+            else:
+                head = f"{_pct(r['savings'])} ({r['labels']:.1f} labels)"
+            interval = ("" if math.isnan(r["lo"]) else " [censored]" if r["hi"] == -math.inf
+                        else f" [{_pct(r['lo'])}, {_pct(r['hi'])}]")
+            cells.append(head + interval
+                         + (f" cens. {100 * r['frac_censored']:.0f}%" if r["frac_censored"] and interval else ""))
+        say(f"| {lab} | " + " | ".join(cells) + " |")
+
+
 def parse_pair(text: str) -> tuple[str, str]:
     """``"A:B"`` → ``("A", "B")``."""
     a, sep, b = text.partition(":")
@@ -534,6 +563,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--methods", nargs="+", metavar="LABEL",
                         help="only these methods (labels), e.g. the arms run on extra seeds")
     parser.add_argument("--json", metavar="OUT", help="also write the statistics as JSON")
+    parser.add_argument("--reach-at", type=float, nargs="+", default=[], metavar="FRACTION",
+                        help="also labels-to-reach random's error at the round nearest FRACTION of its "
+                             "final labels (e.g. 0.667: where random's curve is flat near the end, its final "
+                             "error overstates the saving)")
     args = parser.parse_args(argv)
     rows, seen = [], set()
     for path in args.results:
@@ -550,7 +583,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if missing:
         sys.exit(f"--methods: no rows for {sorted(missing)}")
     summary = summarize(rows, n_boot=args.n_boot, seed=args.seed, pairs=args.pair,
-                        all_rounds=args.all_rounds, metric=args.metric)
+                        all_rounds=args.all_rounds, metric=args.metric, reach_at=args.reach_at)
     print(to_markdown(summary), end="")
     if args.json:
         with open(args.json, "w") as f:

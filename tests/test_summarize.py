@@ -182,3 +182,22 @@ def test_methods_keeps_the_arms_run_on_extra_seeds(tmp_path, capsys):
     assert {row["label"] for row in json.loads(out_json.read_text())["final"]} == {"random", "joint-x"}
     with pytest.raises(SystemExit, match="no rows for"):
         summarize.main([str(paths[0]), "--methods", "random", "committee"])
+
+
+def test_savings_against_random_at_two_thirds_of_the_budget():
+    """Random stops improving at 60 labels; a method as good as random with 2·n labels reaches
+    random's error at the round nearest 2/3 of 100 labels (70) with 30 labels: 1 − 30/70 saved, and
+    the table names that round. Against random's final error the saving is 1 − 30/100."""
+    flat = lambda n: f(np.minimum(n, 60.0))  # noqa: E731  (random stops improving at 60 labels)
+    rows = make_rows({
+        "random": lambda s, rng: flat(X) * (1 + 0.002 * rng.normal(size=X.size)),
+        "fast": lambda s, rng: flat(2 * X) * (1 + 0.002 * rng.normal(size=X.size)),
+    })
+    out = summarize.summarize(rows, n_boot=300, seed=1, reach_at=(2 / 3,))
+    at = by(out["labels_to_reach_at"][2 / 3], label="fast", split="test")
+    assert at["labels_reference"] == 70.0 and at["target"] == pytest.approx(f(60.0), rel=0.01)
+    assert at["savings"] == pytest.approx(1 - 30 / 70, abs=0.03)
+    final = by(out["labels_to_reach"], label="fast", split="test")
+    assert final["savings"] == pytest.approx(1 - 30 / 100, abs=0.03)
+    text = summarize.to_markdown(out)
+    assert "Labels to reach random's 0.667-of-the-budget seed-mean force_mae (70 labels)" in text
