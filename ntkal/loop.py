@@ -197,7 +197,7 @@ class LoopConfig:
             max_force_quantile=self.max_force_quantile, cascade=self.cascade,
             cascade_keep=self.cascade_keep, chunk_size=self.chunk_size, size_classes=self.size_classes,
             seed=self.seed, target_weighting=self.target_weighting,
-            force_noise_scale=self.force_noise_scale)
+            force_noise_scale=self.force_noise_scale, evidence_offsets=self.train.refit_e0)
 
 
 class LoopState(NamedTuple):

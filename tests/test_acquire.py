@@ -420,3 +420,31 @@ print(json.dumps({"e3nn": "e3nn_jax" in sys.modules, "programs": [programs.expor
                   "arrays": [programs.arrays_saved, programs.arrays_loaded],
                   "ids": np.asarray(picks.ids).tolist(), "scores": np.asarray(picks.scores).tolist()}))
 """
+
+
+def test_evidence_offsets_remove_exactly_the_per_element_part_of_the_residuals():
+    """Residuals = per-element offsets (hundreds of eV, as between two levels of theory) + a part
+    the features can explain: the offsets go, the rest stays (up to its own per-element fit);
+    the loop turns this on with ``[train] refit_e0``."""
+    from ntkal.acquire.pipeline import without_element_offsets
+    from ntkal.data import Structure
+    from ntkal.loop import LoopConfig
+    from ntkal.train import TrainConfig
+
+    rng = np.random.default_rng(0)
+    structures = []
+    for _ in range(15):
+        numbers = rng.choice([1, 6, 8], size=rng.integers(4, 12))
+        n = len(numbers)
+        structures.append(Structure(numbers, rng.normal(size=(n, 3)), np.zeros((3, 3)), np.zeros(0, np.int32),
+                                    np.zeros(0, np.int32), np.zeros((0, 3)), float("nan"), np.zeros((n, 3)),
+                                    False, np.ones(n, bool)))
+    offset = {1: -310.2, 6: -1030.7, 8: -2040.1}
+    counts = np.array([[np.sum(s.numbers == z) for z in (1, 6, 8)] for s in structures])
+    signal = rng.normal(scale=0.3, size=len(structures))
+    signal -= counts @ np.linalg.lstsq(counts, signal, rcond=None)[0]  # no per-element part of its own
+    residuals = counts @ np.array([offset[1], offset[6], offset[8]]) + signal
+    got = without_element_offsets(residuals, structures, (1, 6, 7, 8))
+    np.testing.assert_allclose(got, signal, atol=1e-5)  # offsets of ~10³ eV: 1e-8 relative (the fit's ridge)
+    assert LoopConfig(train=TrainConfig(refit_e0=True)).acquisition.evidence_offsets
+    assert not LoopConfig().acquisition.evidence_offsets

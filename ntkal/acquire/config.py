@@ -72,6 +72,12 @@ class AcquisitionConfig:
         half a typical one and one far beyond it little. It acts on the candidate side only
         (the shortlist and the selector see rows scaled by ``(1 + (f / (c·f_med))²)^(-1/2)``);
         ``varred``'s target still counts every candidate unweighted.
+      evidence_offsets: the evidence rule first removes the per-element least-squares offsets
+        from the training residuals (label − model energy). For a model whose reference energies
+        are refit to the labels' zero (the AL loop's ``[train] refit_e0``, a foundation model
+        fine-tuned toward another level of theory): the offsets are not in the span of the
+        features, and left in, hundreds of eV of offset drove the evidence to the smallest σ²
+        of its grid (1e-9), where the float32 selectors broke down.
     """
 
     kernel: KernelConfig = KernelConfig(kind="joint", sketch_dim=512, num_probes=4)
@@ -94,6 +100,7 @@ class AcquisitionConfig:
     seed: int = 0
     target_weighting: str = added_field("none", added_in="0.1 (issue 9)")
     force_noise_scale: float = added_field(0.0, added_in="0.1 (issue 9)")
+    evidence_offsets: bool = added_field(False, added_in="0.1 (issue 28)")
 
     def __post_init__(self):
         if not isinstance(self.kernel, KernelConfig):

@@ -148,6 +148,20 @@ def fit_scale(config: AcquisitionConfig, train_raw: FeatureChunk) -> tuple[Featu
     return scale, w_force
 
 
+def without_element_offsets(residuals: np.ndarray, structures: Sequence[Structure], elements) -> np.ndarray:
+    """``residuals`` (eV) minus their per-element least-squares fit Σ_i c[Z_i] over ``structures``
+    (:func:`ntkal.models.fit_reference_energies`): what a refit of the reference energies leaves."""
+    from ntkal.models.config import ModelConfig
+    from ntkal.models.reference import fit_reference_energies
+
+    config = ModelConfig(elements=tuple(elements))
+    shifted = [s._replace(energy=float(r)) for s, r in zip(structures, residuals)]
+    offsets = fit_reference_energies(config, shifted)
+    column = {z: k for k, z in enumerate(config.elements)}
+    fitted = np.array([sum(offsets[column[int(z)]] for z in s.numbers) for s in structures])
+    return np.asarray(residuals, np.float64) - fitted
+
+
 def evidence_from_residuals(train_raw: FeatureChunk, train_scaled: FeatureChunk,
                             residuals: np.ndarray) -> float:
     """σ² maximising the evidence of the energy residuals (eV) under the scaled energy rows.
@@ -558,6 +572,9 @@ class Acquirer:
         residuals = None  # energy residuals (eV) of the training set, for the evidence σ²
         if cfg.uses_evidence(train_energies is not None) and train_energies is not None:
             residuals = train_energies - self.predicted_energies(params, data, train_ids)
+            if cfg.evidence_offsets:
+                residuals = without_element_offsets(residuals, [data.structures[i] for i in train_ids],
+                                                    self.model.config.elements)
 
         t = time.perf_counter()
         kept = candidates
