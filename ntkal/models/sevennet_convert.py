@@ -109,8 +109,10 @@ def convert_sevennet(path: str | os.PathLike, *, name: str = "sevennet") -> tupl
     Raises:
       ValueError: the checkpoint's architecture is not the one ntkal ports (naming the setting).
     """
+    import jax
+
     from ntkal.models.config import ModelConfig
-    from ntkal.models.sevennet import param_shapes, spec_of
+    from ntkal.models.sevennet import _mul_of, param_shapes, spec_of
     from ntkal.models.torch_pickle import load_torch_zip
 
     path = Path(path)
@@ -147,8 +149,7 @@ def convert_sevennet(path: str | os.PathLike, *, name: str = "sevennet") -> tupl
         elements=elements, cutoff=float(cfg["cutoff"]), hidden_irreps=hidden, num_layers=layers,
         lmax=int(cfg["lmax"]), num_radial=int(cfg["radial_basis"]["bessel_basis_num"]),
         radial_hidden=int(cfg["weight_nn_hidden_neurons"][0]),
-        readout_hidden=int(np.asarray(state["reduce_input_to_hidden.linear.weight"]).size
-                           // _mul(hidden)[0]),
+        readout_hidden=int(np.asarray(state["reduce_input_to_hidden.linear.weight"]).size // _mul_of(hidden)[0]),
         avg_num_neighbors=float(np.asarray(cfg["avg_num_neigh"]).reshape(-1)[0]),
         energy_scale=float(np.float32(scale[0])), backbone="sevennet",
         backbone_options={"cutoff_on": float(cfg["cutoff_function"]["cutoff_on"]),
@@ -182,7 +183,7 @@ def convert_sevennet(path: str | os.PathLike, *, name: str = "sevennet") -> tupl
     for where, got, want in _shape_mismatches(net, shapes):
         raise ValueError(f"{path}: {where} has shape {got}, the port expects {want}")
     params = {"net": net, "e0": np.asarray(shift, np.float32)}
-    n_params = int(sum(np.size(x) for x in _leaves(net)))
+    n_params = int(sum(np.size(x) for x in jax.tree_util.tree_leaves(net)))
     metadata = {
         "name": name, "source": "sevenn", "source_file": str(path),
         "source_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -193,20 +194,6 @@ def convert_sevennet(path: str | os.PathLike, *, name: str = "sevennet") -> tupl
         "converted_by": "ntkal.models.sevennet_convert (no PyTorch)",
     }
     return config, params, metadata
-
-
-def _mul(irreps: str) -> dict:
-    from ntkal.models.sevennet import _mul_of
-
-    return _mul_of(irreps)
-
-
-def _leaves(tree):
-    if isinstance(tree, dict):
-        for v in tree.values():
-            yield from _leaves(v)
-    else:
-        yield tree
 
 
 def _shape_mismatches(net, shapes, where=""):
