@@ -108,6 +108,16 @@ def _param_filter(text: str) -> str | tuple[str, ...]:
     return parts
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected 'on' or 'off', got {text!r}")
+    return text == "on"
+
+
+def _show_on_off(value: bool) -> str:
+    return "on" if value else "off"
+
+
 def _show_param_filter(value: str | tuple[str, ...]) -> str:
     if isinstance(value, str):
         return value
@@ -195,6 +205,9 @@ ACQUISITION_FLAGS: tuple[AcquisitionFlag, ...] = (
     AcquisitionFlag("--force-noise-scale", ("force_noise_scale",), "soft outlier weight c (0 = off): a "
                     "candidate with predicted max |F| f counts with noise sigma^2 (1 + (f / (c f_med))^2), "
                     "f_med the candidates' median", float, repr),
+    AcquisitionFlag("--evidence-offsets", ("evidence_offsets",), "'on': the evidence rule first removes "
+                    "per-element energy offsets from the training residuals (for a model whose reference "
+                    "energies were refit to the labels' zero), 'off': it does not", _on_off, _show_on_off),
 )
 
 

@@ -304,7 +304,7 @@ def test_every_config_field_has_a_flag():
         joint_weights=(1.0, 0.25), selector="lcmd", shortlist=50, noise_var=3e-3, noise_rule="fixed",
         feature_norm="per_structure", reduction="max", max_force_quantile=0.9, cascade="embedding",
         cascade_keep=0.3, chunk_size=8, size_classes=2, prefetch=0, seed=3, target_weighting="per_structure",
-        force_noise_scale=2.5),
+        force_noise_scale=2.5, evidence_offsets=True),
     AcquisitionConfig(
         kernel=KernelConfig(kind="joint", sketch_dim=64, num_probes=4, joint_force="exact",
                             param_filter=("readout",), seed=7),
