@@ -1,10 +1,11 @@
-"""The ``ntkal`` command: ``run``, ``select``, ``train``, ``labels``, ``md``, ``plot``, ``bench``.
+"""The ``ntkal`` command: ``run``, ``select``, ``train``, ``labels``, ``md``, ``summarize``, ``plot``, ``bench``.
 
     ntkal run CONFIG.toml [--no-resume] [--out DIR] [--no-compile-cache] [--diagnose]
     ntkal train CONFIG.toml [--out CKPT.msgpack] [--quiet]
     ntkal select --model CKPT --pool FILE --train FILE --budget N --out picked.extxyz [--kernel joint ...]
     ntkal md CONFIG.toml [--out DIR] [--no-resume] [--quiet] [--no-compile-cache]
     ntkal labels check STORE | export STORE OUT.extxyz | rebuild CONFIG.toml [--out DIR]
+    ntkal summarize RESULTS.json [...] [--pair A:B] [--reach-at 0.667] [--json OUT]
     ntkal plot RESULTS.json [--out DIR]
     ntkal bench [NAME ...] [--full]
 
@@ -27,6 +28,7 @@ from pathlib import Path
 
 from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
 from ntkal.select_args import add_select_arguments, main_select, writable_folder_problem
+from ntkal.summarize_args import add_summarize_arguments
 from ntkal.train_cli import add_train_arguments, main_train
 
 __all__ = ["main", "build_parser", "add_plot_arguments"]
@@ -74,6 +76,7 @@ def _run(args) -> int:
     print(results_table(rows))
     out = Path(args.out or results[0].config.out)
     print(f"\nresults: {out / 'results.csv'}, {out / 'results.json'}  ({time.perf_counter() - t0:.0f} s)")
+    _print_seed_statistics(out / "results.json")
     try:
         from ntkal.plots import plot_results
     except ImportError:
@@ -158,6 +161,29 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     return parser
 
 
+def _print_seed_statistics(results_json: Path) -> None:
+    """After a sweep of several seeds: ``ntkal summarize``'s tables (paired differences, labels
+    saved, CIs over seeds) for the whole results file; nothing for a single seed."""
+    from ntkal.summarize import read_rows, summarize, to_markdown
+
+    rows = read_rows([str(results_json)])
+    if len({row.get("seed") for row in rows}) < 2:
+        return
+    try:
+        summary = summarize(rows)
+    except ValueError as err:  # e.g. no seed common to every arm yet
+        print(f"\n(no statistics over seeds: {err})")
+        return
+    print(f"\n# statistics over seeds (ntkal summarize {results_json})\n")
+    print(to_markdown(summary), end="")
+
+
+def _summarize(args) -> int:
+    from ntkal.summarize import main_summarize
+
+    return main_summarize(args)
+
+
 def _plot(args) -> int:
     if not Path(args.results).exists():
         raise ValueError(f"argument results: no such file or folder: {args.results}")
@@ -230,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or event lines")
     add_compile_cache_argument(p)
     p.set_defaults(func=_md)
+
+    p = sub.add_parser("summarize", help="statistics over seeds of results.json: final errors, paired "
+                                          "differences, labels saved against random, 95 %% bootstrap CIs")
+    add_summarize_arguments(p)
+    p.set_defaults(func=_summarize)
 
     p = sub.add_parser("plot", help="learning curves and PV calibration from results.json")
     add_plot_arguments(p)

@@ -65,7 +65,7 @@ _HELP_SCRIPT = """
 import contextlib, io, json, sys
 from ntkal.cli import main
 out = {}
-for argv in (["--help"], ["select", "--help"], ["run", "--help"], ["plot", "--help"]):
+for argv in (["--help"], ["select", "--help"], ["run", "--help"], ["plot", "--help"], ["summarize", "--help"]):
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
         try:

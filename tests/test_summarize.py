@@ -1,17 +1,20 @@
-"""experiments/summarize.py: labels-to-reach, paired bootstrap, monotonicity, JSON output."""
+"""ntkal.summarize (``ntkal summarize``, ``experiments/summarize.py``): labels-to-reach, paired
+bootstrap, monotonicity, JSON output."""
 
-import importlib.util
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import ntkal.summarize as summarize
+from ntkal.cli import _print_seed_statistics
+from ntkal.cli import main as ntkal_main
+
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "summarize.py"
-spec = importlib.util.spec_from_file_location("summarize_script", SCRIPT)
-summarize = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(summarize)
 
 X = np.arange(10.0, 101.0, 10.0)     # labels after rounds 0..9
 
@@ -180,8 +183,41 @@ def test_methods_keeps_the_arms_run_on_extra_seeds(tmp_path, capsys):
                                               "--json", str(out_json)])
     assert capsys.readouterr().out.startswith("Seeds: 6 (0, 1, 2, 3, 4, 5)")
     assert {row["label"] for row in json.loads(out_json.read_text())["final"]} == {"random", "joint-x"}
-    with pytest.raises(SystemExit, match="no rows for"):
-        summarize.main([str(paths[0]), "--methods", "random", "committee"])
+    assert summarize.main([str(paths[0]), "--methods", "random", "committee"]) == 2
+    assert "no rows for ['committee']" in capsys.readouterr().err
+
+
+def test_the_command_the_script_and_the_end_of_a_sweep_print_the_same_tables(tmp_path, capsys):
+    """``ntkal summarize``, ``experiments/summarize.py`` and the table ``ntkal run`` prints after a
+    sweep of several seeds are one function's output; a single seed gets no statistics."""
+    rows = make_rows({"random": lambda s, rng: f(X) + 0.01 * rng.normal(),
+                      "joint-x": lambda s, rng: f(2 * X) + 0.01 * rng.normal()}, n_seeds=4)
+    results = tmp_path / "results.json"
+    results.write_text(json.dumps({"rows": rows}))
+    expected = summarize.to_markdown(summarize.summarize(rows))
+    assert ntkal_main(["summarize", str(results)]) == 0
+    assert capsys.readouterr().out == expected
+    script = subprocess.run([sys.executable, str(SCRIPT), str(results)], capture_output=True, text=True,
+                            timeout=120)
+    assert script.returncode == 0, script.stderr
+    assert script.stdout == expected
+    _print_seed_statistics(results)
+    assert capsys.readouterr().out.endswith(expected)
+    results.write_text(json.dumps({"rows": [r for r in rows if r["seed"] == 0]}))
+    _print_seed_statistics(results)
+    assert capsys.readouterr().out == ""
+
+
+def test_unreadable_results_are_one_line_errors_naming_the_file(tmp_path, capsys):
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not json\n")
+    assert ntkal_main(["summarize", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(bad) in err and "not JSON (line 1" in err
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    assert ntkal_main(["summarize", str(other)]) == 2
+    assert "no 'rows' list" in capsys.readouterr().err
 
 
 def test_savings_against_random_at_two_thirds_of_the_budget():
