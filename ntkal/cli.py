@@ -27,7 +27,8 @@ import tomllib
 from pathlib import Path
 
 from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
-from ntkal.select_args import add_select_arguments, main_select, writable_folder_problem
+from ntkal.file_checks import writable_folder_problem
+from ntkal.select_args import add_select_arguments, main_select
 from ntkal.summarize_args import add_summarize_arguments
 from ntkal.train_cli import add_train_arguments, main_train
 

@@ -37,10 +37,8 @@ import numpy as np  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 # The arguments live with the light CLI so that building the parser does not import matplotlib.
-from ntkal.cli import add_plot_arguments  # noqa: E402,F401
-
 __all__ = ["Curve", "CalibrationPlot", "aggregate_curves", "calibration_stats",
-           "plot_learning_curves", "plot_calibration", "plot_results", "add_plot_arguments",
+           "plot_learning_curves", "plot_calibration", "plot_results",
            "main_plot", "plot_md_log"]
 
 #: Axis labels (with units) of the metrics the loop reports.

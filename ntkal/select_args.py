@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import lzma
 import os
 import re
 import sys
@@ -23,17 +22,17 @@ from typing import Any, Callable, Sequence
 from ntkal.acquire.config import CASCADE_KINDS, AcquisitionConfig
 from ntkal.acquisition.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
 from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.file_checks import (format_problem, input_file_problem, model_file_problem, shipped_model_names,
+                               writable_folder_problem)
 from ntkal.kernels.config import KINDS
 
 __all__ = ["ACQUISITION_FLAGS", "AcquisitionFlag", "SelectArgumentError", "PARAM_FILTER_NAMES",
            "add_select_arguments", "config_from_args", "config_to_argv", "validate_select_args",
-           "main_select", "shipped_model_names", "writable_folder_problem", "input_file_problem"]
+           "main_select"]
 
 #: The named parameter filters of :func:`ntkal.kernels.select_params`; any other
 #: ``--param-filter`` value is a comma-separated list of path substrings.
 PARAM_FILTER_NAMES = ("all", "readout", "last_interaction")
-#: Where the shipped checkpoints live (as :data:`ntkal.models.pretrained.PRETRAINED_DIR`).
-_PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 _NONE = "none"
 
 
@@ -294,83 +293,6 @@ def config_to_argv(config: AcquisitionConfig) -> list[str]:
     return argv
 
 
-# --------------------------------------------------------------------------------------------
-# file checks (no JAX; ASE's format table only)
-
-
-def shipped_model_names() -> tuple[str, ...]:
-    """Names of the shipped pretrained checkpoints and of the converted foundation models (as
-    :func:`ntkal.models.pretrained_names`)."""
-    from ntkal.models.converted_names import CONVERTED_NAMES
-
-    return tuple(sorted([p.stem for p in _PRETRAINED_DIR.glob("*.msgpack")] + list(CONVERTED_NAMES)))
-
-
-def _model_problem(value: str) -> str | None:
-    if value in shipped_model_names():
-        return None
-    path = Path(value)
-    if path.is_file():
-        if path.stat().st_size == 0:
-            return f"checkpoint {value} is empty"
-        if not os.access(path, os.R_OK):
-            return f"checkpoint {value} is not readable"
-        return None
-    if path.exists():
-        return f"{value} is not a checkpoint file"
-    return f"{value!r} is neither a checkpoint file nor a shipped model ({', '.join(shipped_model_names())})"
-
-
-def input_file_problem(value: str) -> str | None:
-    """Why ASE cannot read the structure file ``value`` (``None`` if it can); imports no JAX."""
-    from ase.io.formats import UnknownFileTypeError, filetype
-
-    path = Path(value)
-    if not path.exists():
-        return f"no such file: {value}"
-    if not path.is_file():
-        return f"{value} is not a file"
-    if path.stat().st_size == 0:
-        return f"{value} is empty"
-    if not os.access(path, os.R_OK):
-        return f"{value} is not readable"
-    try:
-        fmt = filetype(str(path))  # the name, else the first bytes (decompressed), as ase.io.read does
-    except (UnknownFileTypeError, OSError, EOFError, ValueError, lzma.LZMAError) as err:
-        return f"cannot tell the structure format of {value} ({err})"
-    return _format_problem(value, fmt, "read", ".extxyz, .xyz, .traj")
-
-
-def _format_problem(value: str, fmt: str, mode: str, example: str) -> str | None:
-    """Why ASE cannot ``mode`` ("read"/"write") the format ``fmt`` of ``value`` (None if it can)."""
-    from ase.io.formats import ioformats
-
-    if fmt not in ioformats:
-        return f"{value}: {fmt!r} is not a structure format ASE can {mode} (use e.g. {example})"
-    try:
-        able = getattr(ioformats[fmt], f"can_{mode}")
-    except ImportError as err:
-        doing = {"read": "reading", "write": "writing"}[mode]
-        return f"{value}: {doing} the {fmt} format needs a package that is not installed ({err})"
-    if not able:
-        return f"{value}: ASE cannot {mode} the {fmt} format"
-    return None
-
-
-def writable_folder_problem(folder: str | os.PathLike) -> str | None:
-    """Why ``folder`` cannot be used, or created, for writing files (``None`` = it can)."""
-    folder = Path(os.path.abspath(folder))
-    existing = folder
-    while not existing.exists():
-        existing = existing.parent
-    if not existing.is_dir():
-        return f"cannot create folder {folder}: {existing} is not a folder"
-    if not os.access(existing, os.W_OK | os.X_OK):
-        return f"folder {folder} is not writable" if existing == folder else \
-            f"cannot create folder {folder}: {existing} is not writable"
-    return None
-
-
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
@@ -386,7 +308,7 @@ def _out_problem(value: str, inputs: dict[str, str]) -> str | None:
         fmt = filetype(str(path), read=False)  # from the name, as ase.io.write does
     except UnknownFileTypeError:
         return f"cannot tell the output format of {value!r} from its name (use e.g. picked.extxyz)"
-    problem = _format_problem(value, fmt, "write", ".extxyz")
+    problem = format_problem(value, fmt, "write", ".extxyz")
     if problem:
         return problem
     if ioformats[fmt].single:
@@ -420,7 +342,7 @@ def validate_select_args(args: argparse.Namespace) -> None:
     inputs = {flag: str(path) for flag, path in (("--pool", args.pool), ("--train", args.train),
                                                   ("--target", args.target)) if path is not None}
     inputs.update({f"--test {path}": str(path) for path in getattr(args, "test", [])})
-    for flag, what in [("--model", _model_problem(str(args.model)))] + [
+    for flag, what in [("--model", model_file_problem(str(args.model)))] + [
             (flag, input_file_problem(path)) for flag, path in inputs.items()]:
         if what:
             problems.append((flag, what))

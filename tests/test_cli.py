@@ -23,7 +23,8 @@ from ntkal.cli import main
 from ntkal.compile_cache import default_cache_dir, enable_compile_cache_or_warn
 from ntkal.kernels import KernelConfig
 from ntkal.select_args import (ACQUISITION_FLAGS, SelectArgumentError, add_select_arguments, config_from_args,
-                               config_to_argv, main_select, shipped_model_names, validate_select_args)
+                               config_to_argv, main_select, validate_select_args)
+from ntkal.file_checks import shipped_model_names
 
 HEAVY = ("jax", "matplotlib", "ntkal.select", "ntkal.plots", "ntkal.loop", "ntkal.experiment")
 

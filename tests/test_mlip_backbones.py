@@ -29,7 +29,7 @@ from ntkal.models import (ModelConfig, build_model, energy_and_forces_fn, load_c
                           load_pretrained, save_checkpoint)
 from ntkal.models.mlip_adapter import load_mlip_zip, mlip_network  # noqa: E402
 from ntkal.train import TrainConfig  # noqa: E402
-from ntkal.train_cli import TrainConfigError, load_train_spec  # noqa: E402
+from ntkal.train.spec import TrainConfigError, load_train_spec  # noqa: E402
 
 ELEMENTS = (1, 6, 8, 29, 78)
 CUTOFF = 4.0

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from ntkal.plots import (add_plot_arguments, aggregate_curves, calibration_stats, main_plot,
+from ntkal.cli import add_plot_arguments
+from ntkal.plots import (aggregate_curves, calibration_stats, main_plot,
                          plot_calibration, plot_learning_curves, plot_results)
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

@@ -25,7 +25,7 @@ from ntkal.data.toy import cu_pt_slab_frames
 from ntkal.models import load_pretrained, pretrained_names
 from ntkal.models.coverage import UnseenElementWarning, check_element_coverage, element_coverage
 from ntkal.train import TrainConfig
-from ntkal.train_cli import TrainConfigError, load_train_spec
+from ntkal.train.spec import TrainConfigError, load_train_spec
 
 CU, NI, PT, AU = 29, 28, 78, 79
 MODEL_ELEMENTS = ("Cu", "Pt", "Au")  # Au: known by the model, absent from the training data
@@ -278,7 +278,7 @@ def test_spec_resolves_paths_and_seeds(tmp_path):
 def test_config_classes_load_without_jax():
     """``ntkal train`` checks [model] and [train] before JAX loads: the config classes must come
     from JAX-free modules (run in a fresh interpreter)."""
-    code = ("import sys; from ntkal.train_cli import model_config_class, train_config_class; "
+    code = ("import sys; from ntkal.train.spec import model_config_class, train_config_class; "
             "model_config_class(); train_config_class()(batch_size=2); print('jax' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -30,6 +30,7 @@ import ase
 import ase.io
 
 from ntkal.datasets._errors import DatasetFormatError
+from ntkal.file_checks import input_file_problem
 
 __all__ = ["read_structure_file", "read_ase_frames", "split_spec", "file_spec_problem", "file_sha256",
            "HDF5_SUFFIXES"]
@@ -161,6 +162,4 @@ def file_spec_problem(spec: str) -> str | None:
         return None
     if os.path.getsize(path) == 0:
         return f"{path} is empty"
-    from ntkal.select_args import input_file_problem
-
     return input_file_problem(path)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ntkal._lazy import lazy_attributes
 
-_MLIP = ("MLIP", "ModelOutput", "build_model", "count_parameters", "energy_and_forces_fn", "forces_fn",
+_MLIP = ("MLIP", "ModelOutput", "count_parameters", "energy_and_forces_fn", "forces_fn",
          "species_index", "with_positions")
 _WHERE = {
     "ModelConfig": "ntkal.models.config", "BACKBONES": "ntkal.models.config",
@@ -15,6 +15,7 @@ _WHERE = {
     "params_from_mlip": "ntkal.models.mlip_adapter", "load_mlip_zip": "ntkal.models.mlip_adapter",
     "mlip_available": "ntkal.models.config",
     **{name: "ntkal.models.mlip" for name in _MLIP},
+    "build_model": "ntkal.models.build",
     "atomic_write_bytes": "ntkal.models.checkpoint", "load_checkpoint": "ntkal.models.checkpoint",
     "save_checkpoint": "ntkal.models.checkpoint",
     "fit_reference_energies": "ntkal.models.reference", "force_rms": "ntkal.models.reference",

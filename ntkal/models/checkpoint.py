@@ -19,7 +19,8 @@ import numpy as np
 from flax import serialization
 
 from ntkal.models.config import ModelConfig
-from ntkal.models.mlip import MLIP, build_model
+from ntkal.models.build import build_model
+from ntkal.models.mlip import MLIP
 
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_path", "new_file_mode",
            "remove_stale_temp_files", "TEMP_SUFFIX"]

@@ -10,7 +10,6 @@ Padded nodes, edges and graph slots contribute exactly zero.
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -18,9 +17,8 @@ import jax.numpy as jnp
 import jraph
 import numpy as np
 
-from ntkal.data.padding import edge_mask, graph_mask, node_graph_index, node_mask
+from ntkal.data.padding import edge_mask
 from ntkal.models.config import ModelConfig
-from ntkal.models.nequip import NequIPNet
 
 __all__ = ["MLIP", "ModelOutput", "build_model", "forces_fn", "energy_and_forces_fn",
            "species_index", "with_positions", "count_parameters"]
@@ -71,68 +69,13 @@ def with_positions(graph: jraph.GraphsTuple, positions) -> jraph.GraphsTuple:
     return graph._replace(nodes={**graph.nodes, "positions": positions})
 
 
-def _edge_vectors(config: ModelConfig, graph: jraph.GraphsTuple):
+def edge_vectors(config: ModelConfig, graph: jraph.GraphsTuple):
+    """``(n_edge, 3)`` Å: r_sender − r_receiver + shift; padding edges get a vector of length
+    2·cutoff, beyond every radial basis."""
     pos = jnp.asarray(graph.nodes["positions"])
     vectors = pos[graph.senders] - pos[graph.receivers] + graph.edges["shifts"].astype(pos.dtype)
     far = jnp.asarray([2.0 * config.cutoff, 0.0, 0.0], dtype=pos.dtype)
     return jnp.where(edge_mask(graph)[:, None], vectors, far)
-
-
-@functools.lru_cache(maxsize=8)
-def build_model(config: ModelConfig) -> MLIP:
-    """Build the model for ``config``: the built-in NequIP-style network, or for
-    ``config.backbone`` ``"mace"``/``"nequip"``/``"visnet"`` an InstaDeep ``mlip`` network through
-    :func:`ntkal.models.mlip_adapter.build_mlip_model` (optional extra ``ntkal[mlip]``).
-
-    Equal configs give the *same* :class:`MLIP` object (the last 8 configs are kept): every
-    compiled program keyed on the model (the fine-tuning step, jitted energy and forces, feature
-    maps) is then found again when a checkpoint is loaded anew, e.g. by every point of a sweep,
-    instead of being compiled again beside the old copy (each copy holds hundreds of mapped
-    memory regions until the process dies: :mod:`ntkal.process_stats`).
-
-    Example:
-      >>> model = build_model(ModelConfig(elements=(29, 78)))
-      >>> params = model.init(jax.random.key(0), graph)      # doctest: +SKIP
-      >>> energies = model.energy(params, graph)               # (n_graph,) eV
-    """
-    if config.backbone == "sevennet":
-        from ntkal.models.sevennet import build_sevennet_model
-
-        return build_sevennet_model(config)
-    if config.backbone != "ntkal":
-        from ntkal.models.mlip_adapter import build_mlip_model
-
-        return build_mlip_model(config)
-    net = NequIPNet(config)
-
-    def init(key, graph: jraph.GraphsTuple):
-        species = species_index(config, graph.nodes["numbers"])
-        variables = net.init(key, species, _edge_vectors(config, graph), graph.senders, graph.receivers)
-        return {"net": variables, "e0": jnp.zeros((len(config.elements),), jnp.float32)}
-
-    init = jax.jit(init)
-
-    def apply(params, graph: jraph.GraphsTuple) -> ModelOutput:
-        species = species_index(config, graph.nodes["numbers"])
-        out = net.apply(params["net"], species, _edge_vectors(config, graph), graph.senders,
-                        graph.receivers)
-        mask = node_mask(graph)
-        e0 = params["e0"].astype(out.node_out.dtype)
-        node_energy = jnp.where(mask, config.energy_scale * out.node_out + e0[species], 0.0)
-        n_graph = graph.n_node.shape[0]
-        energy = jax.ops.segment_sum(node_energy, node_graph_index(graph), n_graph)
-        energy = jnp.where(graph_mask(graph), energy, 0.0)
-        return ModelOutput(
-            energy=energy,
-            node_energy=node_energy,
-            node_scalars=jnp.where(mask[:, None], out.node_scalars, 0.0),
-            readout_inputs=jnp.where(mask[:, None], out.readout_inputs, 0.0),
-        )
-
-    def energy(params, graph):
-        return apply(params, graph).energy
-
-    return MLIP(config=config, init=init, apply=apply, energy=energy)
 
 
 def forces_fn(energy: Callable) -> Callable:

@@ -288,7 +288,7 @@ def sevennet_forward(net: dict, spec: SevenNetSpec, species, vectors, senders, r
 def build_sevennet_model(config: ModelConfig):
     """An ntkal :class:`~ntkal.models.MLIP` running the SevenNet network of ``config``
     (``params = {"net": <see module docstring>, "e0": (n_elements,) eV}``)."""
-    from ntkal.models.mlip import MLIP, ModelOutput, _edge_vectors, species_index
+    from ntkal.models.mlip import MLIP, ModelOutput, edge_vectors, species_index
 
     spec = spec_of(config)
 
@@ -298,7 +298,7 @@ def build_sevennet_model(config: ModelConfig):
     def apply(params, graph: jraph.GraphsTuple):
         species = species_index(config, graph.nodes["numbers"])
         ok = edge_mask(graph)
-        out = sevennet_forward(params["net"], spec, species, _edge_vectors(config, graph), graph.senders,
+        out = sevennet_forward(params["net"], spec, species, edge_vectors(config, graph), graph.senders,
                                graph.receivers, ok)
         mask = node_mask(graph)
         e0 = jnp.asarray(params["e0"], out.node_out.dtype)

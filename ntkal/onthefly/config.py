@@ -31,13 +31,12 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ntkal.train_cli import (TrainConfigError, _check_fields, _files, _init_from_problem, _Problems,
-                             read_toml)
+from ntkal.toml_checks import ConfigFileError, Problems, check_fields, file_list, init_from_problem, read_toml
 
 __all__ = ["MDConfig", "UncertaintyConfig", "LabelRule", "OnTheFlySpec", "load_md_spec",
            "MDConfigError"]
 
-MDConfigError = TrainConfigError  # a ValueError listing every ``path, line N: problem``
+MDConfigError = ConfigFileError  # a ValueError listing every ``path, line N: problem``
 
 
 @dataclasses.dataclass(frozen=True)
@@ -239,7 +238,7 @@ def load_md_spec(path, *, out=None) -> OnTheFlySpec:
 
     path = Path(path)
     text, raw = read_toml(path)
-    problems = _Problems(path, text)
+    problems = Problems(path, text)
     base = path.resolve().parent
     for key in raw:
         if key not in _TOP:
@@ -261,7 +260,7 @@ def load_md_spec(path, *, out=None) -> OnTheFlySpec:
     if "start" not in system:
         problems.add("system", None, "[system] start (the file of the start structure) is required")
     else:
-        start = _files(problems, base, "start", system["start"], table="system")
+        start = file_list(problems, base, "start", system["start"], table="system")
         if len(start) > 1:
             problems.add("system", "start", "[system] start must be one file")
     index = system.get("index", 0)
@@ -270,7 +269,7 @@ def load_md_spec(path, *, out=None) -> OnTheFlySpec:
         index = 0
     initial = ()
     if "initial" in system:
-        initial = _files(problems, base, "initial", system["initial"], table="system")
+        initial = file_list(problems, base, "initial", system["initial"], table="system")
 
     model = tables["model"]
     checkpoint = None
@@ -280,14 +279,14 @@ def load_md_spec(path, *, out=None) -> OnTheFlySpec:
     if "checkpoint" not in model or not isinstance(model["checkpoint"], str):
         problems.add("model", "checkpoint", "[model] checkpoint (a shipped name or a checkpoint file) is required")
     else:
-        checkpoint, problem = _init_from_problem(base, model["checkpoint"])
+        checkpoint, problem = init_from_problem(base, model["checkpoint"])
         if problem:
             problems.add("model", "checkpoint", f"[model] checkpoint: {problem}")
 
     parsed = {}
     for name, cls in (("md", MDConfig), ("uncertainty", UncertaintyConfig), ("labelling", LabelRule),
                       ("train", TrainConfig)):
-        values = _check_fields(problems, name, tables[name], cls)
+        values = check_fields(problems, name, tables[name], cls)
         parsed[name] = cls(**values) if values is not None else None
 
     oracle = None

@@ -20,6 +20,7 @@ _WHERE = {
     "SCHEDULES": "ntkal.train.schedule", "holdout_split": "ntkal.train.schedule",
     "learning_rate_at": "ntkal.train.schedule",
     "train_from_files": "ntkal.train.from_files",
+    "TrainSpec": "ntkal.train.spec", "TrainConfigError": "ntkal.train.spec", "load_train_spec": "ntkal.train.spec",
     "FitState": "ntkal.train.resume", "fit_fingerprint": "ntkal.train.resume",
     "load_fit_state": "ntkal.train.resume", "save_fit_state": "ntkal.train.resume",
 }

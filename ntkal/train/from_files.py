@@ -1,6 +1,6 @@
 """Pretrain or fine-tune a model from structure files and ship it as a checkpoint with a model card.
 
-The compute side of ``ntkal train`` (:mod:`ntkal.train_cli` parses and checks the config without
+The compute side of ``ntkal train`` (:mod:`ntkal.train.spec` reads and checks the config without
 JAX). :func:`train_from_files` reads and graphs every frame once (errors name file and frame),
 builds a new model (seeded initialisation, per-element reference energies fitted by least
 squares, ``energy_scale`` and ``avg_num_neighbors`` measured on the training data unless given)
@@ -41,7 +41,7 @@ from ntkal.train.config import TrainConfig
 from ntkal.train.fitting import _compiled, _static_part, batch_budget, fit, make_batches
 from ntkal.train.metrics import evaluate
 from ntkal.train.schedule import holdout_split
-from ntkal.train_cli import TrainSpec, load_train_spec
+from ntkal.train.spec import TrainSpec, load_train_spec
 
 __all__ = ["TrainFromFilesResult", "train_from_files", "read_labelled", "model_card"]
 
@@ -111,7 +111,7 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
     """Train the model a ``ntkal train`` config describes and write its checkpoint and model card.
 
     Args:
-      spec: a checked config (:func:`ntkal.train_cli.load_train_spec`) or the TOML path.
+      spec: a checked config (:func:`ntkal.train.spec.load_train_spec`) or the TOML path.
       progress: show :func:`~ntkal.train.fit`'s progress bar over epochs.
       command: the command line to record (default: ``ntkal train <config>``).
       log: receives one line per step (reading, model, result); ``None`` for silence.
