@@ -241,6 +241,53 @@ loop = { method = "random" }
         load_sweep(path)
 
 
+_NAMED = """name = "v"
+seeds = [0, 1]
+[model]
+checkpoint = "oc20_like"
+[loop]
+method = "random"
+[[variants]]
+name = "full-ft"
+train = { trainable = "all" }
+[[variants]]
+name = "readout-ft"
+train = { trainable = ["readout"] }
+[[variants]]
+loop = { method = "joint" }
+"""
+
+
+def test_named_variants_label_their_points_and_settings_the_label_hides_need_names(tmp_path):
+    """A variant's ``name`` is its points' label (folders, rows, plots, statistics); two variants
+    that differ only in settings the automatic label does not show (``[train]``) share a label
+    and would share a folder: refused, asking for names. Bad names are refused at their line."""
+    from ntkal.experiment import load_sweep
+    from ntkal.experiment.config import ConfigError
+    from ntkal.experiment.record import config_record
+
+    path = tmp_path / "v.toml"
+    path.write_text(_NAMED)
+    points = load_sweep(path)
+    assert [(p.label, p.loop.seed, p.loop.train.trainable) for p in points] == [
+        ("full-ft", 0, "all"), ("full-ft", 1, "all"), ("readout-ft", 0, ("readout",)),
+        ("readout-ft", 1, ("readout",)), ("joint-varred-d512-k4-med-ev-pre", 0, "all"),
+        ("joint-varred-d512-k4-med-ev-pre", 1, "all")]
+    assert config_record(points[0])["variant"] == "full-ft"
+    assert "variant" not in config_record(points[-1])  # unnamed: records made before names stay valid
+    for edit, line, message in [
+            (lambda t: t.replace('name = "full-ft"', "").replace('name = "readout-ft"', ""), None,
+             "both labelled 'random' .seed 0.*name"),
+            (lambda t: t.replace('"readout-ft"', '"full-ft"'), 11, "two variants are named 'full-ft'"),
+            (lambda t: t.replace('"full-ft"', '"full ft"'), 8, "letters, digits"),
+            (lambda t: t.replace('trainable = "all"', "learning_rate = [0.001, 0.002]"), 8,
+             "'full-ft' sweeps 2 settings")]:
+        path.write_text(edit(_NAMED))
+        with pytest.raises(ConfigError, match=message) as info:
+            load_sweep(path)
+        assert line is None or f"line {line}:" in str(info.value)
+
+
 SHIPPED = sorted(p for p in (Path(__file__).resolve().parent.parent / "experiments" / "configs").glob("*.toml")
                  if not p.name.startswith("train_"))  # train_*.toml are `ntkal train` configs
 

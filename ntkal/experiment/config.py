@@ -164,6 +164,9 @@ class ExperimentConfig:
       oracle: the ``[oracle]`` table (:class:`ntkal.labelling.OracleConfig`: any ASE calculator
         or function, executor, retries, failure policy, label store), or ``None``: the labels
         come from ``data.oracle``.
+      variant: the ``name`` of the ``[[variants]]`` entry this point came from, or ``None``:
+        its label (results rows, point folders, plots, tables, statistics) instead of the one
+        made from the method settings.
     """
 
     name: str
@@ -173,10 +176,13 @@ class ExperimentConfig:
     out: str = "runs"
     source: str = ""
     oracle: OracleConfig | None = None
+    variant: str | None = added_field(None, added_in="0.1 (issue 29)")
 
     @property
     def label(self) -> str:
-        return sweep_label(self)
+        """The method's name in results and folders: the variant's ``name``, else
+        :func:`sweep_label` of the settings."""
+        return self.variant if self.variant is not None else sweep_label(self)
 
 
 _SECTIONS = {"data": DataConfig, "kernel": KernelConfig, "train": TrainConfig, "loop": LoopConfig}
@@ -198,6 +204,34 @@ def _line_of(text: str, key: str) -> int | None:
         if match:
             return text[: match.start()].count("\n") + 1
     return None
+
+
+#: A ``[[variants]]`` name: it becomes a folder name and the label of results.
+_VARIANT_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
+
+
+def _fail_at_name(path, text, name, message, *, nth: int = 0):
+    """:func:`_fail` at the ``nth`` line that sets a variant's ``name = <name>``."""
+    pattern = re.compile(rf"^\s*name\s*=\s*([\"']){re.escape(str(name))}\1", re.M)
+    starts = [m.start() for m in pattern.finditer(text)]
+    if len(starts) > nth:
+        raise ConfigError(f"{path}, line {text[: starts[nth]].count(chr(10)) + 1}: {message}")
+    _fail(path, text, None, message)
+
+
+def _check_labels(points: list[ExperimentConfig], source, text) -> None:
+    """Two different points with one label and seed would share a point folder and a results
+    label: refused, naming both (settings that :func:`sweep_label` does not show, such as
+    ``[train]`` ones, need a variant ``name``)."""
+    by_key: dict[tuple[str, int], ExperimentConfig] = {}
+    for point in points:
+        key = (point.label, point.loop.seed)
+        other = by_key.setdefault(key, point)
+        if other is not point and other != point:
+            _fail(source, text, "variants", f"two different points are both labelled {point.label!r} (seed "
+                                            f"{point.loop.seed}), so they would share one results folder; "
+                                            f"their settings differ in what the label does not show (e.g. "
+                                            f"[train]): give each [[variants]] entry a name = \"...\"")
 
 
 def _fail(path, text, key, message):
@@ -236,31 +270,55 @@ def load_sweep(path: str | Path) -> list[ExperimentConfig]:
     return expand_sweep(raw, source=str(path), text=text)
 
 
-def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "") -> list[ExperimentConfig]:
+def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "",
+                 check_labels: bool = True) -> list[ExperimentConfig]:
     """Expand a parsed config dict (see module docstring) into sweep points.
 
+    Two different points may not share a label and seed (they would share a results folder):
+    a :class:`ConfigError` asks for variant names (``check_labels=False``: the caller checks).
+
     ``[[variants]]`` (optional, an array of tables with ``loop``/``kernel``/``train``
-    sub-tables) lists method families that are not a cartesian product: each variant's
-    settings override the base tables and the variant is expanded like a config of its own;
-    the sweep is the union, in variant order, without duplicates.
+    sub-tables and an optional ``name``) lists method families that are not a cartesian product:
+    each variant's settings override the base tables and the variant is expanded like a config
+    of its own; the sweep is the union, in variant order, without duplicates. A named variant is
+    one setting (over the seeds); its name labels its points everywhere.
     """
     variants = raw.get("variants")
     if variants is not None:
         if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
             _fail(source, text, "variants", "variants must be an array of tables ([[variants]])")
-        points, seen = [], set()
+        points, seen, names = [], set(), set()
         for variant in variants:
-            bad = set(variant) - {"loop", "kernel", "train"}
+            bad = set(variant) - {"name", "loop", "kernel", "train"}
             if bad:
-                _fail(source, text, sorted(bad)[0], f"a variant may only set [loop], [kernel] and [train], "
+                _fail(source, text, sorted(bad)[0], f"a variant may only set name, [loop], [kernel] and [train], "
                                                     f"got {sorted(bad)}")
+            name = variant.get("name")
+            if name is not None:
+                if not (isinstance(name, str) and _VARIANT_NAME.fullmatch(name)):
+                    _fail_at_name(source, text, name, f"a variant name must be letters, digits and _ . + - "
+                                                      f"(it names folders), got {name!r}")
+                if name in names:
+                    _fail_at_name(source, text, name, f"two variants are named {name!r}", nth=1)
+                names.add(name)
             merged = {k: v for k, v in raw.items() if k != "variants"}
             for section, table in variant.items():
-                merged[section] = {**raw.get(section, {}), **table}
-            for point in expand_sweep(merged, source=source, text=text):
+                if section != "name":
+                    merged[section] = {**raw.get(section, {}), **table}
+            expanded = expand_sweep(merged, source=source, text=text, check_labels=False)
+            if name is not None:
+                settings = {dataclasses.replace(p, loop=dataclasses.replace(p.loop, seed=0)) for p in expanded}
+                if len(settings) > 1:
+                    _fail_at_name(source, text, name, f"variant {name!r} sweeps {len(settings)} settings (a "
+                                                      f"list value); a named variant is one setting: give each "
+                                                      f"its own [[variants]] entry and name")
+                expanded = [dataclasses.replace(p, variant=name) for p in expanded]
+            for point in expanded:
                 if point not in seen:
                     seen.add(point)
                     points.append(point)
+        if check_labels:
+            _check_labels(points, source, text)
         return points
     unknown = set(raw) - _TOP
     if unknown:
@@ -338,6 +396,8 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
         if point not in seen:
             seen.add(point)
             points.append(point)
+    if check_labels:
+        _check_labels(points, source, text)
     return points
 
 
