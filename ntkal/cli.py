@@ -59,7 +59,8 @@ def _run(args) -> int:
     _check_run_args(args)
     from ntkal.experiment import load_sweep, results_table, run_sweep
 
-    load_sweep(args.config)  # every config error (file, line, key) before any side effect
+    points = load_sweep(args.config)  # every config error (file, line, key) before any side effect
+    _print_strategies(points)
     if "" not in sys.path and os.getcwd() not in sys.path:
         # a user's oracle module in the current folder imports, as with `python -m`
         # (spawned labelling workers inherit sys.path)
@@ -160,6 +161,20 @@ def add_plot_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     parser.add_argument("--metric", action="append", default=None,
                         help="learning-curve metric (repeatable; default force_mae and energy_mae_per_atom)")
     return parser
+
+
+def _print_strategies(points) -> None:
+    """One line per kernel arm of a sweep: which named strategy its settings are, and why
+    (:mod:`ntkal.strategies`); random and committee arms have none."""
+    from ntkal.strategies import describe_strategy
+
+    seen = set()
+    for point in points:
+        if point.label in seen or point.loop.method in ("random", "committee"):
+            continue
+        seen.add(point.label)
+        print(f"{point.label}: " + describe_strategy(point.loop, has_target_set=point.data.has_target_set,
+                                                     uses_evidence=point.loop.uses_evidence))
 
 
 def _print_seed_statistics(results_json: Path) -> None:

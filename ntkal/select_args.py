@@ -25,6 +25,7 @@ from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache
 from ntkal.file_checks import (format_problem, input_file_problem, model_file_problem, shipped_model_names,
                                writable_folder_problem)
 from ntkal.kernels.config import KINDS
+from ntkal.strategies import KNOBS, STRATEGIES, apply_strategy, describe_strategy
 
 __all__ = ["ACQUISITION_FLAGS", "AcquisitionFlag", "SelectArgumentError", "PARAM_FILTER_NAMES",
            "add_select_arguments", "config_from_args", "config_to_argv", "validate_select_args",
@@ -225,6 +226,11 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
                             "frame among them is an error naming both files and frames")
     files.add_argument("--test-overlap", choices=("error", "warn"), default="error",
                        help="what a --test frame found among the inputs is (default: %(default)s)")
+    files.add_argument("--strategy", choices=STRATEGIES, default=None,
+                       help="the acquisition strategy by name: 'representative' if the pool (or --target) looks "
+                            "like what you will simulate, 'extrapolation' if that may lie outside the pool's bulk "
+                            f"(the default settings); sets --feature-norm, --target-weighting, --noise-rule and "
+                            f"--noise-var (ntkal.strategies)")
     files.add_argument("--budget", required=True, type=int, help="number of structures to pick")
     files.add_argument("--out", required=True, help="output file for the picks, in a multi-frame format "
                        "(e.g. picked.extxyz); its folder is created if needed")
@@ -267,12 +273,25 @@ def _build(values: dict[str, Any]) -> AcquisitionConfig:
 
 
 def config_from_args(args: argparse.Namespace) -> AcquisitionConfig:
-    """The :class:`AcquisitionConfig` of parsed ``ntkal select`` arguments.
+    """The :class:`AcquisitionConfig` of parsed ``ntkal select`` arguments (with ``--strategy``,
+    its knobs: :func:`ntkal.strategies.apply_strategy`).
 
     Raises:
-      SelectArgumentError: (a ``ValueError``) the config rejects a value; the message names the flag.
+      SelectArgumentError: (a ``ValueError``) the config rejects a value, or a flag contradicts
+        ``--strategy``; the message names the flag.
     """
-    return _build({spec.dest: getattr(args, spec.dest) for spec in ACQUISITION_FLAGS})
+    values = {spec.dest: getattr(args, spec.dest) for spec in ACQUISITION_FLAGS}
+    strategy = getattr(args, "strategy", None)
+    if strategy is not None:
+        defaults = {spec.dest: spec.value_in(AcquisitionConfig()) for spec in ACQUISITION_FLAGS}
+        knobs = {k: values[k] for k in KNOBS if k in values}
+        try:
+            knobs = apply_strategy(strategy, knobs, defaults, has_target_set=getattr(args, "target", None) is not None)
+        except ValueError as err:
+            key = str(err).split(" ", 1)[0]
+            raise SelectArgumentError([("--" + key.replace("_", "-"), str(err))]) from err
+        values.update(knobs)
+    return _build(values)
 
 
 def config_to_argv(config: AcquisitionConfig) -> list[str]:
@@ -379,6 +398,10 @@ def main_select(args: argparse.Namespace) -> int:
     if problems:
         raise SelectArgumentError(problems)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    knobs = {k: getattr(config, k) for k in KNOBS if hasattr(config, k)}
+    knobs["variance_target"] = "target_set" if args.target is not None else "pool"
+    print(describe_strategy(knobs, has_target_set=args.target is not None, uses_evidence=config.uses_evidence(),
+                            named=getattr(args, "strategy", None) is not None), file=sys.stdout)
     folder = None if args.no_compile_cache else enable_compile_cache_or_warn()
 
     from ntkal.select import select_from_files

@@ -24,6 +24,7 @@ from ntkal.added_fields import added_field, unrecorded_field
 from ntkal.kernels import KernelConfig
 from ntkal.labelling import OracleConfig
 from ntkal.loop import LoopConfig
+from ntkal.strategies import strategy_knobs
 from ntkal.train import TrainConfig
 
 __all__ = ["DataConfig", "ExperimentConfig", "ConfigError", "load_sweep", "expand_sweep",
@@ -206,6 +207,23 @@ def _line_of(text: str, key: str) -> int | None:
     return None
 
 
+def _apply_strategy(loop: dict, data: DataConfig, source, text) -> None:
+    """Replace ``[loop] strategy`` by the knob values it stands for (in place); a knob also given
+    explicitly must agree with it."""
+    name = loop.pop("strategy", None)
+    if name is None:
+        return
+    try:
+        knobs = strategy_knobs(name, has_target_set=data.has_target_set)
+    except ValueError as err:
+        _fail(source, text, "strategy", str(err))
+    for key, value in knobs.items():
+        if key in loop and loop[key] != value:
+            _fail(source, text, key, f"[loop] {key} = {loop[key]!r} contradicts strategy = {name!r} (which sets "
+                                     f"{key} = {value!r}); remove one of them")
+    loop.update(knobs)
+
+
 #: A ``[[variants]]`` name: it becomes a folder name and the label of results.
 _VARIANT_NAME = re.compile(r"[A-Za-z0-9_.+-]+")
 
@@ -223,15 +241,28 @@ def _check_labels(points: list[ExperimentConfig], source, text) -> None:
     """Two different points with one label and seed would share a point folder and a results
     label: refused, naming both (settings that :func:`sweep_label` does not show, such as
     ``[train]`` ones, need a variant ``name``)."""
-    by_key: dict[tuple[str, int], ExperimentConfig] = {}
+    by_key: dict[tuple, ExperimentConfig] = {}
     for point in points:
-        key = (point.label, point.loop.seed)
+        # points of a [data] sweep axis differ in their data; the per-point record check of
+        # ntkal.experiment.run refuses to resume one in the other's folder
+        key = (point.label, point.loop.seed, point.data)
         other = by_key.setdefault(key, point)
         if other is not point and other != point:
+            differ = ", ".join(_differences(other, point)) or "settings"
             _fail(source, text, "variants", f"two different points are both labelled {point.label!r} (seed "
-                                            f"{point.loop.seed}), so they would share one results folder; "
-                                            f"their settings differ in what the label does not show (e.g. "
-                                            f"[train]): give each [[variants]] entry a name = \"...\"")
+                                            f"{point.loop.seed}), so they would share one results folder; they "
+                                            f"differ in {differ}, which the label does not show: give each "
+                                            f"[[variants]] entry a name = \"...\" (or drop one)")
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """``"loop.noise_rule: 'auto' vs 'evidence'"`` for every (nested dataclass) field that differs."""
+    if dataclasses.is_dataclass(a) and type(a) is type(b):
+        out = []
+        for f in dataclasses.fields(a):
+            out += _differences(getattr(a, f.name), getattr(b, f.name), f"{prefix}{f.name}.")
+        return out
+    return [] if a == b else [f"{prefix[:-1]}: {a!r} vs {b!r}"]
 
 
 def _fail(path, text, key, message):
@@ -358,6 +389,8 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
         if section == "data":
             table = _resolve_data_paths(table, source, text)
         fields = {f.name for f in dataclasses.fields(cls)} - {"kernel", "train", "seed"}
+        if section == "loop":
+            fields |= {"strategy"}  # a named strategy: sets the knobs of ntkal.strategies
         for key in table:
             if key not in fields:
                 _fail(source, text, key, f"unknown key {key!r} in [{section}] (expected one of {sorted(fields)})")
@@ -371,6 +404,7 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
             tables[section][key] = tuple(value) if isinstance(value, list) else value
         try:
             data = DataConfig(**tables["data"])
+            _apply_strategy(tables["loop"], data, source, text)
             # Unset kernel fields take the loop's defaults (d = 512, 4 probes); w_force = 0 means
             # "trace-equalising weight, recomputed each round" (see LoopConfig).
             kernel = dataclasses.replace(LoopConfig().kernel, **tables["kernel"])
