@@ -200,7 +200,7 @@ def run_startup(args, log):
     from ntkal.acquire import Acquirer, structure_set
     from ntkal.models import load_pretrained
     from ntkal.select import read_structures
-    from ntkal.select_args import add_select_arguments, config_from_args
+    from ntkal.cli.select import add_select_arguments, config_from_args
     exe = [sys.executable, "-m", "ntkal.cli"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     t = time.perf_counter()
@@ -227,7 +227,7 @@ def run_startup(args, log):
         # program cache): select_from_files without program_cache, in a subprocess
         traced = ("import sys, argparse; from ntkal.compile_cache import enable_compile_cache; "
                   "enable_compile_cache(); from ntkal.select import select_from_files; "
-                  "from ntkal.select_args import add_select_arguments, config_from_args; "
+                  "from ntkal.cli.select import add_select_arguments, config_from_args; "
                   "a = add_select_arguments(argparse.ArgumentParser()).parse_args(sys.argv[1:]); "
                   "select_from_files(a.model, a.pool, a.train, a.budget, out_path=a.out, "
                   "config=config_from_args(a), progress=False)")

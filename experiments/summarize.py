@@ -5,7 +5,7 @@
 
 import sys
 
-from ntkal.summarize import main
+from ntkal.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["summarize", *sys.argv[1:]]))

@@ -4,7 +4,8 @@
     ntkal summarize results.json --n-boot 5000 --seed 1 --all-rounds \\
         --pair joint-lcmd-d128-k8:energy-lcmd-d128 --json summary.json
 
-(``python experiments/summarize.py ...`` is the same command.) NumPy only: no JAX is imported.
+(``python experiments/summarize.py ...`` is the same command; the arguments are
+:mod:`ntkal.cli.summarize`.) NumPy only: no JAX is imported.
 
 The design is paired: every method runs the same seeds from the same initial labelled set per
 seed. All confidence intervals are 95 % percentile-bootstrap intervals over seeds: seed indices
@@ -33,16 +34,13 @@ Sections (force metrics in eV/Å, ``energy_mae_per_atom`` in eV/atom):
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
-import sys
 from collections import defaultdict
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from ntkal.summarize_args import add_summarize_arguments
 from ntkal.jsonio import dumps as strict_dumps, to_jsonable  # noqa: F401  (to_jsonable: public here since the first slice)
 
 #: Metrics of sections 1 and 3, reported when every row has them.
@@ -565,30 +563,3 @@ def read_rows(paths: Sequence[str], methods: Sequence[str] | None = None) -> lis
     if missing:
         raise ValueError(f"--methods: no rows for {sorted(missing)}")
     return rows
-
-
-def main_summarize(args: argparse.Namespace) -> int:
-    """``ntkal summarize``: print the Markdown summary (and write ``--json``); 0 on success."""
-    rows = read_rows(args.results, args.methods)
-    summary = summarize(rows, n_boot=args.n_boot, seed=args.seed, pairs=args.pair,
-                        all_rounds=args.all_rounds, metric=args.metric, reach_at=args.reach_at)
-    print(to_markdown(summary), end="")
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(dumps(summary) + "\n")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m ntkal.summarize`` / ``experiments/summarize.py``: as ``ntkal summarize``."""
-    parser = add_summarize_arguments(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
-    args = parser.parse_args(argv)
-    try:
-        return main_summarize(args)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"summarize: error: {err}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,7 +22,7 @@ from ntkal.acquire import AcquisitionConfig
 from ntkal.cli import main
 from ntkal.compile_cache import default_cache_dir, enable_compile_cache_or_warn
 from ntkal.kernels import KernelConfig
-from ntkal.select_args import (ACQUISITION_FLAGS, SelectArgumentError, add_select_arguments, config_from_args,
+from ntkal.cli.select import (ACQUISITION_FLAGS, SelectArgumentError, add_select_arguments, config_from_args,
                                config_to_argv, main_select, validate_select_args)
 from ntkal.file_checks import shipped_model_names
 

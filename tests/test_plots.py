@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from ntkal.cli import add_plot_arguments
+from ntkal.cli.plot import add_plot_arguments
 from ntkal.plots import (aggregate_curves, calibration_stats, main_plot,
                          plot_calibration, plot_learning_curves, plot_results)
 

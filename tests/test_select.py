@@ -17,7 +17,7 @@ from ntkal.models import build_model, save_checkpoint
 from ntkal.acquire import AcquisitionConfig
 from ntkal.kernels import KernelConfig
 from ntkal.select import select_from_files
-from ntkal.select_args import add_select_arguments, main_select
+from ntkal.cli.select import add_select_arguments, main_select
 
 N_POOL, N_TRAIN, BUDGET = 14, 4, 5
 SMALL = AcquisitionConfig(kernel=KernelConfig(kind="joint", sketch_dim=32, num_probes=2), shortlist=8,

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 
 from ntkal.acquire import AcquisitionConfig
-from ntkal.cli import _print_strategies
+from ntkal.cli.run import print_strategies
 from ntkal.experiment import load_sweep
 from ntkal.experiment.config import ConfigError
 from ntkal.loop import LoopConfig
-from ntkal.select_args import SelectArgumentError, add_select_arguments, config_from_args
+from ntkal.cli.select import SelectArgumentError, add_select_arguments, config_from_args
 from ntkal.strategies import KNOBS, STRATEGIES, strategy_knobs, strategy_of
 
 CONFIGS = Path(__file__).resolve().parents[1] / "experiments" / "configs"
@@ -95,7 +95,7 @@ def test_select_strategy_sets_the_flags_knobs_and_refuses_contradicting_flags():
 
 
 def test_run_names_the_strategy_of_every_kernel_arm(capsys):
-    _print_strategies(load_sweep(CONFIGS / "sevennet_pool_shift.toml"))
+    print_strategies(load_sweep(CONFIGS / "sevennet_pool_shift.toml"))
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
         "joint-varred-d512-k4-med-ev-pre: strategy: extrapolation (the default; what you simulate may lie outside "

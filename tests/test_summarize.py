@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import ntkal.summarize as summarize
-from ntkal.cli import _print_seed_statistics
+from ntkal.cli.run import print_seed_statistics
 from ntkal.cli import main as ntkal_main
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "summarize.py"
@@ -144,7 +144,7 @@ def test_cli_markdown_and_strict_json(tmp_path, capsys):
         row["force_mae_max"] = float("nan") if row["label"] == "committee-n5" else 0.5
     results, out_json = tmp_path / "results.json", tmp_path / "summary.json"
     results.write_text(json.dumps({"rows": rows}))
-    summarize.main([str(results), "--n-boot", "100", "--seed", "2", "--all-rounds",
+    ntkal_main(["summarize", str(results), "--n-boot", "100", "--seed", "2", "--all-rounds",
                     "--pair", "joint-x:committee-n5", "--json", str(out_json)])
     text = capsys.readouterr().out
     for heading in ("### Final force_mae", "### Labels to reach", "### Paired differences",
@@ -163,7 +163,7 @@ def test_cli_markdown_and_strict_json(tmp_path, capsys):
     assert nan_pair["mean"] is None
     assert data["wall_times"]["random"] == {"select_s": 1.0, "finetune_s": 2.0, "evaluate_s": 0.5}
     with pytest.raises(SystemExit):
-        summarize.main([str(results), "--pair", "nocolon"])
+        ntkal_main(["summarize", str(results), "--pair", "nocolon"])
 
 
 def test_methods_keeps_the_arms_run_on_extra_seeds(tmp_path, capsys):
@@ -176,14 +176,14 @@ def test_methods_keeps_the_arms_run_on_extra_seeds(tmp_path, capsys):
     paths = [tmp_path / "a.json", tmp_path / "b.json"]
     for path, rows in zip(paths, (first, extra)):
         path.write_text(json.dumps({"rows": rows}))
-    summarize.main([str(p) for p in paths] + ["--n-boot", "50"])
+    ntkal_main(["summarize"] + [str(p) for p in paths] + ["--n-boot", "50"])
     assert capsys.readouterr().out.startswith("Seeds: 3 (0, 1, 2)")
     out_json = tmp_path / "s.json"
-    summarize.main([str(p) for p in paths] + ["--n-boot", "50", "--methods", "random", "joint-x",
+    ntkal_main(["summarize"] + [str(p) for p in paths] + ["--n-boot", "50", "--methods", "random", "joint-x",
                                               "--json", str(out_json)])
     assert capsys.readouterr().out.startswith("Seeds: 6 (0, 1, 2, 3, 4, 5)")
     assert {row["label"] for row in json.loads(out_json.read_text())["final"]} == {"random", "joint-x"}
-    assert summarize.main([str(paths[0]), "--methods", "random", "committee"]) == 2
+    assert ntkal_main(["summarize", str(paths[0]), "--methods", "random", "committee"]) == 2
     assert "no rows for ['committee']" in capsys.readouterr().err
 
 
@@ -201,10 +201,10 @@ def test_the_command_the_script_and_the_end_of_a_sweep_print_the_same_tables(tmp
                             timeout=120)
     assert script.returncode == 0, script.stderr
     assert script.stdout == expected
-    _print_seed_statistics(results)
+    print_seed_statistics(results)
     assert capsys.readouterr().out.endswith(expected)
     results.write_text(json.dumps({"rows": [r for r in rows if r["seed"] == 0]}))
-    _print_seed_statistics(results)
+    print_seed_statistics(results)
     assert capsys.readouterr().out == ""
 
 

@@ -1,11 +1,11 @@
-"""The arguments of ``ntkal summarize`` (:mod:`ntkal.summarize`); argparse only, so that
-``ntkal --help`` imports neither NumPy nor JAX."""
+"""``ntkal summarize RESULTS.json ...``: the statistics over seeds (:mod:`ntkal.summarize`). The
+arguments are argparse only, so that ``ntkal --help`` imports neither NumPy nor JAX."""
 
 from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_summarize_arguments", "parse_pair"]
+__all__ = ["add_summarize_arguments", "parse_pair", "main_summarize"]
 
 
 def parse_pair(text: str) -> tuple[str, str]:
@@ -39,3 +39,17 @@ def add_summarize_arguments(parser: argparse.ArgumentParser) -> argparse.Argumen
                              "final labels (e.g. 0.667: where random's curve is flat near the end, its final "
                              "error overstates the saving)")
     return parser
+
+
+def main_summarize(args: argparse.Namespace) -> int:
+    """``ntkal summarize``: print the Markdown summary (and write ``--json``); 0 on success."""
+    from ntkal.summarize import dumps, read_rows, summarize, to_markdown
+
+    rows = read_rows(args.results, args.methods)
+    summary = summarize(rows, n_boot=args.n_boot, seed=args.seed, pairs=args.pair,
+                        all_rounds=args.all_rounds, metric=args.metric, reach_at=args.reach_at)
+    print(to_markdown(summary), end="")
+    if args.json:
+        with open(args.json, "w") as f:
+            f.write(dumps(summary) + "\n")
+    return 0
