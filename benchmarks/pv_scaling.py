@@ -123,7 +123,7 @@ def _gen_chunks(n, r, d, seed):
 
 def _worker_ntkal(n, d, r):
     import jax
-    from ntkal.acquisition import (
+    from ntkal.posterior import (
         FeatureChunk, chunk_from_arrays, fit_posterior, pad_chunk, select_lcmd, streaming_shortlist,
     )
 

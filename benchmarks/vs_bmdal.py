@@ -1,4 +1,4 @@
-"""ntkal.acquisition vs bmdal_reg ``select_batch`` on the same features.
+"""ntkal.posterior vs bmdal_reg ``select_batch`` on the same features.
 
 Runs only when ``bmdal_reg`` (and torch) are importable; neither is a project
 dependency (``pip install torch==2.13.0 bmdal-reg`` to try it).
@@ -102,9 +102,9 @@ def _bmdal(method, pool, train, batch, sigma, x64=False):
 
 def _ntkal(method, pool, train, batch, sigma, key):
     import jax
-    from ntkal.acquisition import chunk_from_arrays, fit_posterior, select_batch
+    from ntkal.posterior import chunk_from_arrays, fit_posterior, select_batch
 
-    from ntkal.acquisition import iterate_chunks, shortlist_pool
+    from ntkal.posterior import iterate_chunks, shortlist_pool
 
     method, _, sl = method.partition("@sl")
     t0 = time.perf_counter()

@@ -68,7 +68,7 @@ def main() -> None:
 
     import jax
     from ntkal import datasets
-    from ntkal.acquisition import (ScoreConfig, apply_feature_scale, chunk_from_arrays,
+    from ntkal.posterior import (ScoreConfig, apply_feature_scale, chunk_from_arrays,
                                    fit_feature_scale, fit_posterior, posterior_arrays, pv_scores)
     from ntkal.data import batch_structures, bucket, structures_from_atoms
     from ntkal.kernels import KernelConfig, make_feature_map

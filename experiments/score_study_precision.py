@@ -11,7 +11,7 @@ ranks (0 = lowest PV of 605) in both precisions, and the median pool PV per σ²
 import numpy as np
 from scipy.stats import spearmanr
 
-from ntkal.acquisition import (apply_feature_scale, chunk_from_arrays, fit_feature_scale, fit_posterior,
+from ntkal.posterior import (apply_feature_scale, chunk_from_arrays, fit_feature_scale, fit_posterior,
                                posterior_arrays, pv_scores)
 
 

@@ -49,7 +49,7 @@ import numpy as np
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
 from ntkal.acquire import Acquirer, AcquisitionConfig
-from ntkal.acquisition import Posterior, PrecisionState, feature_posterior
+from ntkal.posterior import Posterior, PrecisionState, feature_posterior
 from ntkal.data import atoms_to_structure, batch_structures, bucket
 from ntkal.kernels import FeatureMap, KernelConfig
 from ntkal.kernels.split import GraphSizes

@@ -18,7 +18,7 @@ Methods:
   the posterior A = ΦᵀΦ + σ²I; the pool is streamed through the posterior-variance scorer
   keeping the top ``shortlist``; ``selector`` picks the batch from the shortlist.
 
-Feature scale (``feature_norm``, see :mod:`ntkal.acquisition.normalize`): ``"mean_trace"``
+Feature scale (``feature_norm``, see :mod:`ntkal.posterior.normalize`): ``"mean_trace"``
 divides every row by sqrt(mean per-structure trace ‖Φ(x)‖²_F over the labelled set);
 ``"median_trace"`` uses the median; ``"per_structure"`` normalises each structure's energy and
 force blocks to unit norm (a cosine kernel per block), so the score measures novelty of the
@@ -57,7 +57,7 @@ from tqdm.auto import tqdm
 from ntkal.acquire import Acquirer, AcquisitionConfig, StructureSet, structure_set
 from ntkal.added_fields import added_field
 from ntkal.acquire.pipeline import jitted_model
-from ntkal.acquisition import qbc_force_disagreement
+from ntkal.posterior import qbc_force_disagreement
 from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
 from ntkal.data.overlap import InputAudit, audit_inputs
 from ntkal.kernels import KINDS, KernelConfig
@@ -77,7 +77,7 @@ class LoopConfig:
 
     Attributes:
       method: ``"random"``, ``"committee"`` or a kernel kind (:data:`ntkal.kernels.KINDS`).
-      selector: batch selector on the shortlist (:data:`ntkal.acquisition.SELECTORS`).
+      selector: batch selector on the shortlist (:data:`ntkal.posterior.SELECTORS`).
       kernel: feature-map settings (its ``kind`` is overridden by ``method``); for
         ``joint`` with ``w_force <= 0`` the trace-equalising weight is computed each round.
       shortlist: m, structures kept by the streaming posterior-variance top-m.
@@ -85,11 +85,11 @@ class LoopConfig:
       noise_rule: ``"fixed"`` (use ``noise_var``), ``"evidence"``: each round, σ² maximises
         the marginal likelihood of the labelled set's energy residuals (label − prediction of
         the featurising model) under the energy rows, in the same scaling
-        (:func:`ntkal.acquisition.evidence_noise_var`; ``energy`` and ``joint`` kernels only),
+        (:func:`ntkal.posterior.evidence_noise_var`; ``energy`` and ``joint`` kernels only),
         or ``"auto"``: ``"evidence"`` for ``energy``/``joint``, ``"fixed"`` for the others.
         Defaults (``varred``, ``median_trace``, ``auto``, pretrained features, d = 512, 4 probes)
         were chosen on the small OC20-like dataset (``experiments/configs/pilot_small.toml``).
-      feature_norm: one of :data:`ntkal.acquisition.NORMALIZATIONS`.
+      feature_norm: one of :data:`ntkal.posterior.NORMALIZATIONS`.
       max_force_quantile: outlier guard; candidates with predicted max |F| above this quantile
         of the unlabelled pool's are never picked (1.0 = off).
       cascade: ``None`` or a cheap kernel kind (``energy``, ``embedding``, ``last_layer``,

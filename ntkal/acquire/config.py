@@ -11,7 +11,7 @@ import dataclasses
 import math
 from typing import Any
 
-from ntkal.acquisition.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
+from ntkal.posterior.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
 from ntkal.added_fields import added_field
 from ntkal.kernels.config import KINDS, KernelConfig
 
@@ -32,13 +32,13 @@ class AcquisitionConfig:
         ``w_force`` are ignored (``joint_weights`` sets the joint block weights).
       joint_weights: ``"auto"`` (w_E = 1 and the trace-equalising w_F of the training set:
         both blocks have the same summed squared norm) or a pair ``(w_E, w_F)``.
-      selector: batch selector on the shortlist (:data:`ntkal.acquisition.SELECTORS`).
+      selector: batch selector on the shortlist (:data:`ntkal.posterior.SELECTORS`).
       shortlist: m, structures kept by the streaming posterior-variance top-m.
       noise_var: σ², relative to the feature unit set by ``feature_norm`` (rule ``"fixed"``).
       noise_rule: ``"fixed"``; ``"evidence"`` (σ² maximises the marginal likelihood of the
         training set's energy residuals under the energy rows; needs energy labels and an
         ``energy`` or ``joint`` kernel); ``"auto"`` (evidence where that is possible, else fixed).
-      feature_norm: one of :data:`ntkal.acquisition.NORMALIZATIONS`.
+      feature_norm: one of :data:`ntkal.posterior.NORMALIZATIONS`.
       reduction: per-structure reduction of row variances (``total``, ``mean``, ``max``).
       max_force_quantile: outlier guard: candidates whose predicted max |F| lies above this
         quantile of the pool's are never picked (1.0 = off).
@@ -63,9 +63,9 @@ class AcquisitionConfig:
         The features, and so the picks, do not depend on it.
       seed: seeds the sketch, the probes and the random/k-means++ selectors.
       target_weighting: how ``varred``'s target (every scored pool structure) counts each
-        structure (:data:`ntkal.acquisition.TARGET_WEIGHTINGS`): ``"none"`` by its squared
+        structure (:data:`ntkal.posterior.TARGET_WEIGHTINGS`): ``"none"`` by its squared
         feature norm, so high-force structures dominate the variance it reduces;
-        ``"per_structure"`` once each (:func:`ntkal.acquisition.target_second_moment`).
+        ``"per_structure"`` once each (:func:`ntkal.posterior.target_second_moment`).
       force_noise_scale: c, a soft outlier weight (0 = off): a candidate whose predicted max
         |F| is f counts as observed with label noise ``σ²·(1 + (f / (c·f_med))²)``, f_med the
         median predicted max |F| of the candidates, so a frame with c·f_med of force is worth

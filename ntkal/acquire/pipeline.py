@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from ntkal.acquire.config import DISTANCE_SELECTORS, AcquisitionConfig
 from ntkal.acquire.devices import MultiDeviceFeatures, feature_devices
 from ntkal.acquire.prefetching import prefetch
-from ntkal.acquisition import (FeatureChunk, FeatureScale, ScoreConfig, accumulate_second_moment,
+from ntkal.posterior import (FeatureChunk, FeatureScale, ScoreConfig, accumulate_second_moment,
                                apply_feature_scale, evidence_noise_var, fit_feature_scale,
                                fit_posterior, pad_chunk, select_batch, shortlist_pool,
                                target_second_moment)
@@ -99,7 +99,7 @@ class Picks(NamedTuple):
       pv: (budget,) posterior variance of each pick (the shortlist score, in the scaled unit).
       noise_var: σ² used (fixed or the evidence maximiser).
       w_force: the joint force-block weight used (``None`` for other kernels).
-      scale: the fitted :class:`~ntkal.acquisition.FeatureScale`.
+      scale: the fitted :class:`~ntkal.posterior.FeatureScale`.
       stats: counts and seconds: ``n_candidates``, ``feature_devices``, ``n_kept`` (after the cascade),
         ``n_features`` (force-aware feature evaluations in this call, cache hits excluded),
         ``n_cheap_features``, ``cascade_s``, ``train_features_s``, ``score_s``, ``select_s``.
@@ -127,7 +127,7 @@ def fit_scale(config: AcquisitionConfig, train_raw: FeatureChunk) -> tuple[Featu
     """Joint block weights and feature normalisation from unit-weight training features.
 
     Returns:
-      ``(scale, w_force)``: apply ``scale`` with :func:`~ntkal.acquisition.apply_feature_scale`
+      ``(scale, w_force)``: apply ``scale`` with :func:`~ntkal.posterior.apply_feature_scale`
       to training and pool features alike; ``w_force`` is the joint force weight (``None``
       for other kernels; with ``per_structure`` normalisation and ``"auto"`` weights both
       blocks already have unit norm and w_F = 1).
@@ -168,7 +168,7 @@ def evidence_from_residuals(train_raw: FeatureChunk, train_scaled: FeatureChunk,
 
     Row 0 of every structure is its energy feature. A per-structure normalisation rescales a
     structure's row by c = ‖φ̂_E‖/‖φ_E‖; the residual is rescaled by the same c so that the GP
-    model y = φ̂ w + ε keeps its meaning (see :func:`ntkal.acquisition.evidence_noise_var`).
+    model y = φ̂ w + ε keeps its meaning (see :func:`ntkal.posterior.evidence_noise_var`).
     """
     raw = np.asarray(train_raw.rows, np.float64)[:, 0]
     scaled = np.asarray(train_scaled.rows, np.float64)[:, 0]
@@ -214,7 +214,7 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
         noise ``σ² · noise_factor[i]`` (its rows, as the shortlist and the selector see them, are
         divided by ``sqrt(noise_factor[i])``; ``varred``'s target moment is taken before that).
       target_moment: ``varred`` only: ``(d, d)`` second moment of the scaled features of a
-        target set (:func:`~ntkal.acquisition.target_second_moment`); ``None`` = the scored
+        target set (:func:`~ntkal.posterior.target_second_moment`); ``None`` = the scored
         candidates themselves.
 
     Returns:

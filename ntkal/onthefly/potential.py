@@ -36,8 +36,8 @@ import numpy as np
 
 from ntkal.acquire.config import AcquisitionConfig
 from ntkal.acquire.pipeline import fit_scale
-from ntkal.acquisition import FeatureChunk
-from ntkal.acquisition.normalize import FeatureScale, apply_feature_scale
+from ntkal.posterior import FeatureChunk
+from ntkal.posterior.normalize import FeatureScale, apply_feature_scale
 from ntkal.data import atoms_to_structure, batch_structures, bucket
 from ntkal.kernels import make_feature_map
 from ntkal.kernels.split import GraphSizes

@@ -1,6 +1,6 @@
 """Sharding the pool over devices: a 1-D mesh and the collectives selectors use.
 
-Every scorer and selector in :mod:`ntkal.acquisition` runs inside
+Every scorer and selector in :mod:`ntkal.posterior` runs inside
 ``jax.shard_map`` over a 1-D :class:`jax.sharding.Mesh` whose single axis
 (``"pool"``) splits the candidate / graph axis.  The small posterior
 (``d x d``) and the selection state that must agree everywhere (picked
@@ -20,7 +20,7 @@ Multi-host set-up
 On a multi-host cluster call, in *every* process and before any other JAX
 call::
 
-    from ntkal.acquisition import initialize_distributed, make_pool_mesh
+    from ntkal.posterior import initialize_distributed, make_pool_mesh
     initialize_distributed(coordinator_address="host0:1234",
                            num_processes=4, process_id=RANK)
     mesh = make_pool_mesh()          # spans jax.devices(): all hosts' devices

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntkal.acquisition import (
+from ntkal.posterior import (
     FeatureChunk, ScoreConfig, ShortlistState, chunk_from_arrays, cholesky_with_jitter,
     feature_posterior, fit_posterior, iterate_chunks, merge_topk, posterior_arrays, pv_rows,
     pv_scores, shortlist_pool,
@@ -202,7 +202,7 @@ def test_evidence_noise_var_matches_bruteforce_marginal_likelihood():
     eigendecomposition-based evidence; and it recovers the generating noise ratio."""
     from scipy.optimize import minimize_scalar
     from scipy.stats import multivariate_normal
-    from ntkal.acquisition import evidence_noise_var
+    from ntkal.posterior import evidence_noise_var
 
     rng = np.random.default_rng(0)
     n, d, s_true, lam_true = 60, 8, 2.0, 1e-2

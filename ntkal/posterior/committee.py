@@ -12,7 +12,7 @@ is
 (population variance over models, summed over Cartesian components, averaged
 over the valid atoms ``A_s``; ``reduction="max"`` takes the max over atoms
 instead).  Units: (eV/Å)^2.  Padded atoms and structures without valid atoms
-score 0.  The scores plug into :func:`ntkal.acquisition.merge_topk` or a plain
+score 0.  The scores plug into :func:`ntkal.posterior.merge_topk` or a plain
 top-k like any other score.
 """
 

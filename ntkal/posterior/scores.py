@@ -40,8 +40,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkal.acquisition._chunk import FeatureChunk, masked_rows
-from ntkal.acquisition.posterior import Posterior
+from ntkal.posterior._chunk import FeatureChunk, masked_rows
+from ntkal.posterior.posterior import Posterior
 
 __all__ = [
     "ScoreConfig",
@@ -53,7 +53,7 @@ __all__ = [
     "posterior_arrays",
 ]
 
-from ntkal.acquisition.names import REDUCTIONS as _REDUCTIONS  # noqa: E402
+from ntkal.posterior.names import REDUCTIONS as _REDUCTIONS  # noqa: E402
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,8 +202,8 @@ def pv_scores(
 
     Examples:
       >>> import numpy as np
-      >>> from ntkal.acquisition import fit_posterior, chunk_from_arrays
-      >>> from ntkal.acquisition import posterior_arrays, pv_scores
+      >>> from ntkal.posterior import fit_posterior, chunk_from_arrays
+      >>> from ntkal.posterior import posterior_arrays, pv_scores
       >>> post = fit_posterior([], 2, noise_var=1.0)   # prior: pv = |phi|^2
       >>> c = chunk_from_arrays(np.array([[[3.0, 4.0]]]))
       >>> float(pv_scores(c, *posterior_arrays(post))[0])

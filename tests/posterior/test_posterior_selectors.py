@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from ntkal.acquisition import (
+from ntkal.posterior import (
     SELECTORS, ScoreConfig, chunk_from_arrays, fit_posterior, posterior_arrays, pv_scores,
     qbc_force_disagreement, select_batch, select_kmeanspp, select_lcmd, select_maxdet,
     select_maxdist,
@@ -242,7 +242,7 @@ def test_qbc_force_disagreement_definition():
 def test_second_call_does_not_recompile(caplog):
     import logging
 
-    from ntkal.acquisition.selectors import _compiled
+    from ntkal.posterior.selectors import _compiled
 
     rows, mask = _rows(14, 16, 2, 3)
     select_maxdist(chunk_from_arrays(rows, mask), budget=6)

@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkal.acquisition._chunk import FeatureChunk
-from ntkal.acquisition.posterior import Posterior
-from ntkal.acquisition.scores import ScoreConfig, compute_dtype, posterior_arrays, pv_scores
-from ntkal.acquisition.sharding import POOL_AXIS, make_pool_mesh, replicated, sharded
+from ntkal.posterior._chunk import FeatureChunk
+from ntkal.posterior.posterior import Posterior
+from ntkal.posterior.scores import ScoreConfig, compute_dtype, posterior_arrays, pv_scores
+from ntkal.posterior.sharding import POOL_AXIS, make_pool_mesh, replicated, sharded
 
 __all__ = [
     "ShortlistState",

@@ -58,7 +58,7 @@ Deep Batch Active Learning for Regression"):
   distance to the nearest centre (Gumbel-max with ``key``; the first pick
   without centres is uniform).
 
-Distances use :mod:`ntkal.acquisition.structure_kernel` (``kernel="trace"``
+Distances use :mod:`ntkal.posterior.structure_kernel` (``kernel="trace"``
 by default) on whitened rows if a ``posterior`` is given (the posterior
 kernel, bmdal's ``train`` transform), raw rows otherwise.  Train+pool mode
 (``train`` chunk given; distance methods only): training structures are the
@@ -80,14 +80,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ntkal.acquisition._chunk import FeatureChunk, Selection, masked_rows
-from ntkal.acquisition.posterior import Posterior
-from ntkal.acquisition.scores import ScoreConfig, compute_dtype, posterior_arrays, reduce_rows, whiten
-from ntkal.acquisition.sharding import (
+from ntkal.posterior._chunk import FeatureChunk, Selection, masked_rows
+from ntkal.posterior.posterior import Posterior
+from ntkal.posterior.scores import ScoreConfig, compute_dtype, posterior_arrays, reduce_rows, whiten
+from ntkal.posterior.sharding import (
     POOL_AXIS, gather_picked, global_argmax, local_offset, make_pool_mesh,
     replicated, sharded,
 )
-from ntkal.acquisition.structure_kernel import StructureKernel, kernel_cross, kernel_diag, sq_dist_to
+from ntkal.posterior.structure_kernel import StructureKernel, kernel_cross, kernel_diag, sq_dist_to
 
 __all__ = [
     "SELECTORS",
@@ -105,7 +105,7 @@ __all__ = [
     "varred_gains",
 ]
 
-from ntkal.acquisition.names import SELECTORS, TARGET_WEIGHTINGS  # noqa: E402  (re-exported)
+from ntkal.posterior.names import SELECTORS, TARGET_WEIGHTINGS  # noqa: E402  (re-exported)
 _NEEDS_KEY = ("random", "kmeanspp")
 _NEEDS_POSTERIOR = ("maxdiag", "maxdet", "varred")
 _DISTANCE = ("maxdist", "lcmd", "kmeanspp")

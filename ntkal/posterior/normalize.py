@@ -26,12 +26,12 @@ from typing import NamedTuple, Optional, Sequence
 import jax.numpy as jnp
 import numpy as np
 
-from ntkal.acquisition._chunk import FeatureChunk
+from ntkal.posterior._chunk import FeatureChunk
 
 __all__ = ["NORMALIZATIONS", "FeatureScale", "fit_feature_scale", "apply_feature_scale",
            "structure_traces"]
 
-from ntkal.acquisition.names import NORMALIZATIONS  # noqa: E402  (re-exported)
+from ntkal.posterior.names import NORMALIZATIONS  # noqa: E402  (re-exported)
 
 
 class FeatureScale(NamedTuple):

@@ -13,19 +13,19 @@ import textwrap
 
 import jax
 
-from ntkal.acquisition import initialize_distributed, make_pool_mesh
+from ntkal.posterior import initialize_distributed, make_pool_mesh
 
 _SCRIPT = textwrap.dedent(
     """
     import sys
     import jax
-    from ntkal.acquisition import initialize_distributed, make_pool_mesh
+    from ntkal.posterior import initialize_distributed, make_pool_mesh
     # multi-host set-up path, as far as one machine allows: 1 process, local coordinator
     assert initialize_distributed(f"localhost:{sys.argv[1]}", num_processes=1, process_id=0)
     assert jax.process_count() == 1 and len(jax.devices()) == 4, jax.devices()
     jax.config.update("jax_enable_x64", True)
     import numpy as np
-    from ntkal.acquisition import (SELECTORS, chunk_from_arrays, fit_posterior, iterate_chunks,
+    from ntkal.posterior import (SELECTORS, chunk_from_arrays, fit_posterior, iterate_chunks,
                                    select_batch, shortlist_pool, ScoreConfig)
 
     rng = np.random.default_rng(0)

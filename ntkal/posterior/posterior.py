@@ -34,7 +34,7 @@ from typing import Callable, Iterable, NamedTuple
 import numpy as np
 from scipy.linalg import solve_triangular  # scipy is a dependency of jax
 
-from ntkal.acquisition._chunk import FeatureChunk
+from ntkal.posterior._chunk import FeatureChunk
 
 __all__ = [
     "PosteriorConfig",
@@ -160,7 +160,7 @@ def feature_posterior(noise_var: float = 1e-2, **config_kwargs) -> PosteriorFns:
 
     Examples:
       >>> import numpy as np
-      >>> from ntkal.acquisition import feature_posterior, chunk_from_arrays
+      >>> from ntkal.posterior import feature_posterior, chunk_from_arrays
       >>> fns = feature_posterior(noise_var=0.1)
       >>> s = fns.update(chunk_from_arrays(np.ones((2, 1, 3))), fns.init(3))
       >>> fns.finalize(s).dim

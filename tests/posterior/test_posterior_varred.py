@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ntkal.acquisition import (
+from ntkal.posterior import (
     apply_feature_scale, chunk_from_arrays, fit_feature_scale, fit_posterior, posterior_arrays,
     accumulate_second_moment, pv_scores, select_batch, target_second_moment,
 )
