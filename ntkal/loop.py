@@ -63,7 +63,7 @@ from ntkal.data.overlap import InputAudit, audit_inputs
 from ntkal.kernels import KINDS, KernelConfig
 from ntkal.kernels.split import GraphSizes
 from ntkal.models import MLIP, atomic_write_bytes
-from ntkal.train import TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
+from ntkal.train import FINETUNE_DEFAULTS, TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
 
 __all__ = ["LoopConfig", "LoopState", "LoopContext", "make_context", "init_state", "run_round",
            "run_loop", "save_state", "load_state", "replay_sample", "round0_fingerprint", "METHODS"]
@@ -107,7 +107,8 @@ class LoopConfig:
       finetune_from: ``"pretrained"`` (retrain each round) or ``"current"`` (warm start).
       committee_size: models in the committee baseline.
       chunk_size: structures per featurisation chunk.
-      train: fine-tuning hyper-parameters (``seed`` is combined with the run seed and round).
+      train: fine-tuning hyper-parameters (``seed`` is combined with the run seed and round);
+        default :data:`ntkal.train.FINETUNE_DEFAULTS`, the fine-tune of every pay-off study.
       seed: run seed (initial set, selectors, fine-tuning order).
       target_weighting: ``varred``'s target weighting (:class:`~ntkal.acquire.AcquisitionConfig`).
       force_noise_scale: soft outlier weight, c (0 = off): a candidate with predicted max |F| f
@@ -139,7 +140,7 @@ class LoopConfig:
     finetune_from: str = "pretrained"
     committee_size: int = 5
     chunk_size: int = 16
-    train: TrainConfig = TrainConfig(max_epochs=30, batch_size=8, patience=1000)
+    train: TrainConfig = FINETUNE_DEFAULTS
     seed: int = 0
     target_weighting: str = added_field("none", added_in="0.1 (issue 9)")
     force_noise_scale: float = added_field(0.0, added_in="0.1 (issue 9)")

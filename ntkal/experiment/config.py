@@ -408,7 +408,9 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
             # Unset kernel fields take the loop's defaults (d = 512, 4 probes); w_force = 0 means
             # "trace-equalising weight, recomputed each round" (see LoopConfig).
             kernel = dataclasses.replace(LoopConfig().kernel, **tables["kernel"])
-            train = TrainConfig(**tables["train"])
+            # Unset [train] keys take the loop's fine-tune (FINETUNE_DEFAULTS, the studies' one),
+            # not TrainConfig's from-scratch defaults.
+            train = dataclasses.replace(LoopConfig().train, **tables["train"])
             loop = LoopConfig(**tables["loop"], kernel=kernel, train=train)
         except (TypeError, ValueError) as err:
             key = next((k for k in _keys_in(str(err)) if _line_of(text, k)), None)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ntkal._lazy import lazy_attributes
 
 _WHERE = {
-    "TrainConfig": "ntkal.train.config",
+    "TrainConfig": "ntkal.train.config", "FINETUNE_DEFAULTS": "ntkal.train.config",
     "TrainResult": "ntkal.train.fitting", "batch_budget": "ntkal.train.fitting", "fit": "ntkal.train.fitting",
     "make_batches": "ntkal.train.fitting", "make_optimizer": "ntkal.train.fitting",
     "replay_indices": "ntkal.train.fitting",

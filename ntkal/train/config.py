@@ -9,7 +9,7 @@ import math
 from ntkal.added_fields import added_field
 from ntkal.train.schedule import SCHEDULES
 
-__all__ = ["TrainConfig"]
+__all__ = ["TrainConfig", "FINETUNE_DEFAULTS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,3 +89,16 @@ class TrainConfig:
                              f"parameter path substrings, got {self.trainable!r}")
         if not (math.isfinite(self.force_huber_delta) and self.force_huber_delta >= 0.0):
             raise ValueError(f"TrainConfig: force_huber_delta must be finite and ≥ 0, got {self.force_huber_delta}")
+
+
+#: The fine-tune every pay-off study ran (``experiments/configs/*payoff*.toml``, ``sevennet_*.toml``,
+#: ``pool_shift_target*.toml``, ``demo.toml``): at most 15 epochs of batches of 8, Adam at 2e-3
+#: with a cosine decay, early stopping after 5 epochs without improvement on a 10 % hold-out of the
+#: labelled set. Chosen on the small OC20-like pilot's dev frames
+#: (``experiments/configs/pilot_small.toml``), never on test errors. It is the active-learning
+#: loop's default (:class:`ntkal.loop.LoopConfig` ``train``, and every ``[train]`` key a run config
+#: leaves out); :class:`TrainConfig`'s own defaults stay those of a from-scratch :func:`fit`.
+#: Studies that differ say so in their config: gradient clip 0.3 + Huber 0.2 on OC20-like data,
+#: ``refit_e0`` and a ``trainable`` subset on SevenNet-0.
+FINETUNE_DEFAULTS = TrainConfig(max_epochs=15, batch_size=8, learning_rate=2e-3, patience=5,
+                                val_fraction=0.1, schedule="cosine")
