@@ -94,8 +94,9 @@ class TrainConfig:
 #: The fine-tune every pay-off study ran (``experiments/configs/*payoff*.toml``, ``sevennet_*.toml``,
 #: ``pool_shift_target*.toml``, ``demo.toml``): at most 15 epochs of batches of 8, Adam at 2e-3
 #: with a cosine decay, early stopping after 5 epochs without improvement on a 10 % hold-out of the
-#: labelled set. Chosen on the small OC20-like pilot's dev frames
-#: (``experiments/configs/pilot_small.toml``), never on test errors. It is the active-learning
+#: labelled set. Set in the tuning pilot on the small OC20-like dataset
+#: (``experiments/configs/pilot_small.toml``, other systems than any study's tests) and kept by
+#: every later study; no test error chose it. It is the active-learning
 #: loop's default (:class:`ntkal.loop.LoopConfig` ``train``, and every ``[train]`` key a run config
 #: leaves out); :class:`TrainConfig`'s own defaults stay those of a from-scratch :func:`fit`.
 #: Studies that differ say so in their config: gradient clip 0.3 + Huber 0.2 on OC20-like data,
