@@ -216,6 +216,21 @@ def test_feature_cache_equals_streaming_and_counts_once(setup):
         np.testing.assert_allclose(first.scores, other.scores, rtol=1e-9)
 
 
+def test_evidence_pairs_each_training_structure_with_its_own_residual(setup):
+    """The evidence σ² and the picks do not depend on the order of the training ids, cached or
+    not. Uncached features stream class by class; they were once paired with residuals in
+    ``train_ids`` order, so a training set listed out of size order got another σ²."""
+    config = dataclasses.replace(BASE, noise_rule="evidence")
+    sorted_train = np.array([0, 1, 3, 5])  # 8, 12, 18 and 27 atoms: three size classes
+    reference = pick(setup, config, train=sorted_train)
+    for train in (np.array([5, 0, 3, 1]), np.array([3, 5, 1, 0])):
+        for cache in (None, {}):
+            got = pick(setup, config, train=train, cache=cache)
+            assert got.noise_var == pytest.approx(reference.noise_var, rel=1e-12)
+            np.testing.assert_array_equal(got.ids, reference.ids)
+            np.testing.assert_allclose(got.scores, reference.scores, rtol=1e-9)
+
+
 def test_select_and_loop_pick_the_same(setup, tmp_path):
     """The CLI's file path and the loop's in-memory path give the same picks for one config."""
     from ntkal.loop import LoopConfig, _kernel_picks, init_state, make_context

@@ -38,10 +38,12 @@ from tqdm.auto import tqdm
 from ntkal.acquire.config import DISTANCE_SELECTORS, AcquisitionConfig
 from ntkal.acquire.devices import MultiDeviceFeatures, feature_devices
 from ntkal.acquire.prefetching import prefetch
+from ntkal.cluster.collectives import Collectives, LocalCollectives
 from ntkal.posterior import (FeatureChunk, FeatureScale, ScoreConfig, accumulate_second_moment,
                                apply_feature_scale, evidence_noise_var, fit_feature_scale,
                                fit_posterior, pad_chunk, select_batch, shortlist_pool,
                                target_second_moment)
+from ntkal.posterior.shortlist import ShortlistState, merge_topk, streaming_shortlist
 from ntkal.data import Structure
 from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
 from ntkal.kernels import GraphSizes, make_feature_map
@@ -176,18 +178,22 @@ def evidence_from_residuals(train_raw: FeatureChunk, train_scaled: FeatureChunk,
     return evidence_noise_var(scaled, np.asarray(residuals, np.float64) * factor)
 
 
-def force_noise_factor(fmax: np.ndarray, candidates: np.ndarray, scale: float) -> np.ndarray:
+def force_noise_factor(fmax: np.ndarray, candidates: np.ndarray, scale: float, *,
+                       median_of: np.ndarray | None = None) -> np.ndarray:
     """Per-structure noise factors ``1 + (f / (scale · f_med))²`` of the soft outlier weight.
 
     Args:
       fmax: predicted max |F| (eV/Å), indexed by structure id.
       candidates: the ids whose median sets ``f_med``.
       scale: c > 0 (:attr:`AcquisitionConfig.force_noise_scale`).
+      median_of: the values whose median is ``f_med`` instead (e.g. every process's
+        candidates' max |F|); ``None``: ``fmax[candidates]``.
 
     Returns:
       ``fmax``-shaped float64 factors (all 1 when ``f_med`` is 0: nothing to compare with).
     """
-    reference = scale * float(np.median(np.asarray(fmax)[np.asarray(candidates, np.int64)]))
+    values = np.asarray(fmax)[np.asarray(candidates, np.int64)] if median_of is None else median_of
+    reference = scale * float(np.median(values))
     if not reference > 0.0:
         return np.ones(np.shape(fmax))
     return 1.0 + (np.asarray(fmax, np.float64) / reference) ** 2
@@ -196,7 +202,9 @@ def force_noise_factor(fmax: np.ndarray, candidates: np.ndarray, scale: float) -
 def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureScale,
                          train_scaled: FeatureChunk, pool_raw: Iterable[FeatureChunk], budget: int,
                          key, *, n_candidates: int, allowed: np.ndarray | None = None,
-                         noise_factor: np.ndarray | None = None, target_moment: np.ndarray | None = None):
+                         noise_factor: np.ndarray | None = None, target_moment: np.ndarray | None = None,
+                         collectives: Collectives | None = None, global_ids: np.ndarray | None = None,
+                         num_rows: int | None = None):
     """Stream raw pool features through scale → guard → top-m PV shortlist, then select.
 
     Args:
@@ -216,9 +224,19 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
       target_moment: ``varred`` only: ``(d, d)`` second moment of the scaled features of a
         target set (:func:`~ntkal.posterior.target_second_moment`); ``None`` = the scored
         candidates themselves.
+      collectives: with several processes (:mod:`ntkal.cluster`), each streams its own part of
+        the pool: ``n_candidates`` is then the total over the processes, the varred moment of
+        the scored candidates is summed over them, the local top-m shortlists are gathered and
+        merged (the shortlist's order is total, so the merge is the single-process shortlist),
+        and process 0 runs the selector and broadcasts its picks. ``None``: one process.
+      global_ids: ``(n,)`` int64 map from the ids of ``pool_raw`` (indices into ``allowed`` and
+        ``noise_factor``) to the ids the picks are reported in and ties are broken by (e.g. the
+        frame index in the whole pool file); ``None``: the ids themselves.
+      num_rows: the row count r of the shortlist (≥ every chunk's; chunks with fewer rows are
+        padded with masked rows): all processes must agree on it. ``None``: the first chunk's.
 
     Returns:
-      ``(ids, scores, pv)`` numpy arrays of length ``budget``.
+      ``(ids, scores, pv)`` numpy arrays of length ``budget`` (ids through ``global_ids``).
     """
     dim = posterior.dim
     if target_moment is not None and config.selector != "varred":
@@ -239,12 +257,33 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
                 factor = np.where(host >= 0, noise_factor[np.maximum(host, 0)], 1.0)
                 rows = jnp.asarray(rows)
                 rows = rows * jnp.asarray(1.0 / np.sqrt(factor), rows.dtype)[:, None, None]
-            yield FeatureChunk(jnp.asarray(rows), jnp.asarray(chunk.row_mask),
-                               jnp.asarray(ids, jnp.int32))
+            row_mask = chunk.row_mask
+            if global_ids is not None:
+                host = np.asarray(ids)
+                ids = np.where(host >= 0, global_ids[np.maximum(host, 0)], -1)
+            if num_rows is not None:
+                rows, row_mask = _pad_rows(jnp.asarray(rows), jnp.asarray(row_mask), num_rows)
+            yield FeatureChunk(jnp.asarray(rows), jnp.asarray(row_mask), jnp.asarray(ids, jnp.int32))
 
     m = max(min(config.shortlist, n_candidates), budget)
     score_config = ScoreConfig(reduction=config.reduction)
-    short = shortlist_pool(chunks(), posterior, m, score_config=score_config)
+    if collectives is None or collectives.count == 1:
+        short = shortlist_pool(chunks(), posterior, m, score_config=score_config)
+        return _select(config, short, budget, key, posterior, train_scaled, score_config, target)
+    if num_rows is None:
+        raise ValueError("several processes must agree on the shortlist's row count: pass num_rows")
+    short = _gathered_shortlist(collectives, chunks(), posterior, m, num_rows, score_config)
+    if own_target:
+        target = collectives.sum(target)
+    picked = [np.zeros(budget, np.int64), np.zeros(budget, np.float64), np.zeros(budget, np.float64)]
+    if collectives.is_writer:  # the selector runs once; every process gets its picks
+        picked = list(_select(config, short, budget, key, posterior, train_scaled, score_config, target))
+    return tuple(collectives.broadcast(x) for x in picked)
+
+
+def _select(config: AcquisitionConfig, short, budget: int, key, posterior, train_scaled: FeatureChunk,
+            score_config: ScoreConfig, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The batch selector on the shortlist: ``(ids, scores, pv)`` (checked: distinct, valid)."""
     selection = select_batch(config.selector, short.as_chunk(), budget=budget, key=key,
                              posterior=posterior,
                              train=train_scaled if config.selector in DISTANCE_SELECTORS else None,
@@ -254,6 +293,23 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
         raise RuntimeError(f"selector {config.selector!r} returned invalid or duplicate ids {ids.tolist()}")
     pv = np.asarray(short.values, np.float64)[np.asarray(selection.indices)]
     return ids, np.asarray(selection.scores, np.float64), pv
+
+
+def _gathered_shortlist(collectives: Collectives, chunks: Iterable[FeatureChunk], posterior, m: int,
+                        num_rows: int, score_config: ScoreConfig) -> ShortlistState:
+    """This process's top-``m`` of ``chunks`` merged with every other process's: the top-``m``
+    of the whole pool (a process may hold no candidate at all)."""
+    fns = streaming_shortlist(posterior, m, score_config=score_config)
+    state = fns.init(num_rows, posterior.dim)
+    for chunk in chunks:
+        state = fns.update(chunk, state)
+    n_seen = int(collectives.sum(np.asarray(int(state.n_seen), np.int64)))
+    if n_seen == 0:
+        raise ValueError("empty pool: no process streamed a valid candidate")
+    everyone = FeatureChunk(*(collectives.concat(np.asarray(x)) for x in (state.rows, state.row_mask, state.ids)))
+    values = collectives.concat(np.asarray(state.values))
+    merged = merge_topk(fns.init(num_rows, posterior.dim), everyone, jnp.asarray(values), m)
+    return merged._replace(n_seen=jnp.asarray(n_seen, jnp.int32))
 
 
 def _pad_rows(rows, mask, r: int, pad=jnp.pad):
@@ -499,14 +555,15 @@ class Acquirer:
     # --- the pipeline ---------------------------------------------------------------------
 
     def _cascade(self, params, data, train_ids, candidates, budget, residuals, cache, counter,
-                 progress) -> np.ndarray:
-        """First stage: ids of the top ``max(ceil(q · n), budget)`` candidates by cheap-kernel PV."""
+                 progress, col: Collectives, global_ids: np.ndarray | None, n_total: int) -> np.ndarray:
+        """First stage: ids of the top ``max(ceil(q · n), budget)`` candidates by cheap-kernel PV
+        (``n`` = ``n_total``, over every process; each process returns its own kept ids)."""
         cfg, fmap = self.config, self.cascade_map
-        keep = max(math.ceil(cfg.cascade_keep * len(candidates)), budget)
-        if keep >= len(candidates):
+        keep = max(math.ceil(cfg.cascade_keep * n_total), budget)
+        if keep >= n_total:
             return candidates
-        train_raw = self._concat(self._features(fmap, params, data, train_ids, cache, "cheap", counter,
-                                                progress=False, desc="cheap train"))
+        train_raw = self._train_features(col, fmap, params, data, train_ids, cache, "cheap", counter,
+                                         desc="cheap train")
         stage = dataclasses.replace(cfg, kernel=fmap.config, joint_weights="auto")
         scale, _ = fit_scale(stage, train_raw)
         train_scaled = apply_feature_scale(train_raw, scale)
@@ -517,13 +574,73 @@ class Acquirer:
         pool = (apply_feature_scale(c, scale) for c in self._features(
             fmap, params, data, candidates, cache, "cheap", counter, progress=progress,
             desc="cascade: cheap kernel"))
-        short = shortlist_pool(pool, posterior, keep, score_config=ScoreConfig(reduction=cfg.reduction))
-        kept = np.asarray(short.ids, np.int64)
-        return kept[kept >= 0]
+        score_config = ScoreConfig(reduction=cfg.reduction)
+        if col.count == 1:
+            short = shortlist_pool(pool, posterior, keep, score_config=score_config)
+            kept = np.asarray(short.ids, np.int64)
+            return kept[kept >= 0]
+        # every process's top-keep (values, global ids), merged with the shortlist's order
+        ids_of = np.arange(len(data)) if global_ids is None else global_ids
+        fns = streaming_shortlist(posterior, keep, score_config=score_config)
+        state = fns.init(self._rows(col, fmap, data), fmap.dim)
+        for chunk in pool:
+            host = np.asarray(chunk.ids)
+            chunk = FeatureChunk(*_pad_rows(jnp.asarray(chunk.rows), jnp.asarray(chunk.row_mask),
+                                            state.rows.shape[1]),
+                                 jnp.asarray(np.where(host >= 0, ids_of[np.maximum(host, 0)], -1), jnp.int32))
+            state = fns.update(chunk, state)
+        values = col.concat(np.asarray(state.values, np.float64))
+        ids = col.concat(np.asarray(state.ids, np.int64))
+        order = np.lexsort((ids, -values, ids < 0))[:keep]
+        chosen = ids[order][ids[order] >= 0]
+        return candidates[np.isin(ids_of[candidates], chosen)]
+
+    def _rows(self, col: Collectives, fmap, data: StructureSet) -> int:
+        """Rows per structure of ``fmap`` over every process's structures (exact force features
+        have 1 + 3 N_max rows, and N_max differs between the processes' parts of the pool)."""
+        return int(col.concat(np.asarray([fmap.num_rows(data.max_sizes)], np.int64)).max())
+
+    def _across(self, col: Collectives, ids: np.ndarray, compute) -> list[np.ndarray]:
+        """``compute(ids)`` with the work split over the processes: each computes every
+        ``count``-th id, the parts are gathered and put back in ``ids`` order (every process
+        gets the same arrays). ``compute`` returns a tuple of arrays with leading ``len(ids)``."""
+        if col.count == 1:
+            return list(compute(ids))
+        mine = ids[col.index::col.count]
+        parts = [col.gather(x) for x in compute(mine)]
+        out = []
+        for gathered in parts:
+            whole = np.zeros((len(ids),) + gathered[0].shape[1:], gathered[0].dtype)
+            for p, part in enumerate(gathered):
+                whole[p::col.count] = part
+            out.append(whole)
+        return out
+
+    def _train_features(self, col: Collectives, fmap, params, data: StructureSet, train_ids, cache,
+                        name: str, counter: dict, *, desc: str) -> FeatureChunk:
+        """Unit-weight features of the training structures on the host, in ``train_ids`` order
+        (the order of the energy residuals the evidence pairs them with), the same arrays on every
+        process: with several, each featurises its share and the shares are gathered."""
+        r = fmap.num_rows(data.max_sizes) if col.count == 1 else self._rows(col, fmap, data)
+
+        def compute(ids):
+            if len(ids) == 0:
+                dtype = np.float64 if jax.config.jax_enable_x64 else np.float32
+                return np.zeros((0, r, fmap.dim), dtype), np.zeros((0, r), bool)
+            got = self._concat(self._features(fmap, params, data, ids, cache, name, counter,
+                                              progress=False, desc=desc))
+            rows, mask = _pad_rows(got.rows, got.row_mask, r, np.pad)
+            where = {int(i): k for k, i in enumerate(got.ids)}
+            order = np.array([where[int(i)] for i in ids])
+            return np.asarray(rows)[order], np.asarray(mask)[order]
+
+        rows, mask = self._across(col, np.asarray(train_ids, np.int64), compute)
+        return FeatureChunk(rows, mask, np.asarray(train_ids, np.int32))
 
     def pick(self, params, data: StructureSet, train_ids, candidate_ids, budget: int, key, *,
              train_energies: np.ndarray | None = None, cache: dict | None = None,
-             progress: bool = False, target_ids=None) -> Picks:
+             progress: bool = False, target_ids=None, collectives: Collectives | None = None,
+             global_ids: np.ndarray | None = None) -> Picks:
         """Pick ``budget`` of ``candidate_ids`` given the training structures ``train_ids``.
 
         Args:
@@ -541,17 +658,34 @@ class Acquirer:
           target_ids: optional ids of a target set (``varred`` only; e.g. unlabelled structures
             like those the model will be used on): the selector reduces the posterior variance
             summed over them instead of over the candidates. They are featurised, never picked.
+          collectives: several processes (:func:`ntkal.cluster.initialize`), each with its own
+            part of the pool: every process calls ``pick`` with the same training and target
+            structures and its own ``candidate_ids``; ``budget`` is over all of them. The
+            training and target structures are featurised in shares and gathered (so the
+            posterior is the same everywhere), the guard's quantile and median are taken over
+            every process's candidates, the cascade and the shortlist keep the global top, and
+            process 0 runs the selector; every process returns the same :class:`Picks`.
+            ``None``: this process alone.
+          global_ids: ``(len(data),)`` int64: the id each structure is reported (and ties are
+            broken) by, e.g. its frame index in the whole pool file; ``None``: its index in
+            ``data``.
 
         Returns:
-          :class:`Picks`.
+          :class:`Picks` (``ids`` through ``global_ids``).
         """
         cfg = self.config
+        col = LocalCollectives() if collectives is None else collectives
         train_ids = np.asarray(train_ids, np.int64)
         candidates = np.asarray(candidate_ids, np.int64)
+        if global_ids is not None:
+            global_ids = np.asarray(global_ids, np.int64)
+            if global_ids.shape != (len(data),):
+                raise ValueError(f"global_ids must have shape ({len(data)},), got {global_ids.shape}")
+        n_total = len(candidates) if col.count == 1 else int(col.sum(np.asarray(len(candidates), np.int64)))
         if train_ids.size == 0:
             raise ValueError("no training structures: the posterior needs at least one")
-        if not 1 <= int(budget) <= len(candidates):
-            raise ValueError(f"budget {budget} must be between 1 and the {len(candidates)} candidates")
+        if not 1 <= int(budget) <= n_total:
+            raise ValueError(f"budget {budget} must be between 1 and the {n_total} candidates")
         if target_ids is not None:
             target_ids = np.asarray(target_ids, np.int64)
             if cfg.selector != "varred":
@@ -566,12 +700,16 @@ class Acquirer:
                 raise ValueError(f"train_energies must be {train_ids.shape} finite values (eV), got "
                                  f"shape {train_energies.shape}")
         counter: dict = {}
-        stats = {"n_candidates": int(len(candidates)), "feature_devices": len(self.devices)}
+        stats = {"n_candidates": n_total, "feature_devices": len(self.devices)}
+        if col.count > 1:
+            stats["processes"] = col.count
         fmap = self.feature_map
 
         residuals = None  # energy residuals (eV) of the training set, for the evidence σ²
         if cfg.uses_evidence(train_energies is not None) and train_energies is not None:
-            residuals = train_energies - self.predicted_energies(params, data, train_ids)
+            (predicted,) = self._across(col, train_ids,
+                                        lambda ids: (self.predicted_energies(params, data, ids),))
+            residuals = train_energies - predicted
             if cfg.evidence_offsets:
                 residuals = without_element_offsets(residuals, [data.structures[i] for i in train_ids],
                                                     self.model.config.elements)
@@ -580,13 +718,14 @@ class Acquirer:
         kept = candidates
         if self.cascade_map is not None:
             kept = self._cascade(params, data, train_ids, candidates, int(budget), residuals, cache,
-                                 counter, progress)
+                                 counter, progress, col, global_ids, n_total)
         stats["cascade_s"] = time.perf_counter() - t
-        stats["n_kept"] = int(len(kept))
+        n_kept = len(kept) if col.count == 1 else int(col.sum(np.asarray(len(kept), np.int64)))
+        stats["n_kept"] = int(n_kept)
 
         t = time.perf_counter()
-        train_raw = self._concat(self._features(fmap, params, data, train_ids, cache, "main", counter,
-                                                progress=False, desc="train features"))
+        train_raw = self._train_features(col, fmap, params, data, train_ids, cache, "main", counter,
+                                         desc="train features")
         scale, w_force = fit_scale(cfg, train_raw)
         train_scaled = apply_feature_scale(train_raw, scale)
         noise_var = float(cfg.noise_var)
@@ -597,7 +736,7 @@ class Acquirer:
 
         t = time.perf_counter()
         allowed = noise_factor = None
-        n_allowed = len(kept)
+        n_allowed = n_kept
         if cfg.max_force_quantile < 1.0 or cfg.force_noise_scale > 0.0:
             fmax = np.zeros(len(data))
             fmax_key = ("fmax", len(data))
@@ -607,30 +746,35 @@ class Acquirer:
                 fmax[candidates] = self.predicted_fmax(params, data, candidates)
                 if cache is not None:
                     cache[fmax_key] = fmax
+        if cfg.max_force_quantile < 1.0 or cfg.force_noise_scale > 0.0:
+            every_fmax = col.concat(fmax[candidates])  # every process's candidates
         if cfg.force_noise_scale > 0.0:
-            noise_factor = force_noise_factor(fmax, candidates, cfg.force_noise_scale)
+            noise_factor = force_noise_factor(fmax, candidates, cfg.force_noise_scale, median_of=every_fmax)
         if cfg.max_force_quantile < 1.0:
-            limit = np.quantile(fmax[candidates], cfg.max_force_quantile)
+            limit = np.quantile(every_fmax, cfg.max_force_quantile)
             allowed = np.zeros(len(data), bool)
             allowed[candidates] = fmax[candidates] <= limit
-            n_allowed = int(allowed[kept].sum())
+            n_allowed = int(col.sum(np.asarray(int(allowed[kept].sum()), np.int64)))
             if n_allowed < budget:
                 raise ValueError(f"max_force_quantile = {cfg.max_force_quantile} leaves {n_allowed} "
                                  f"candidates for a batch of {budget}")
-        if len(kept) < budget:
-            raise ValueError(f"the cascade kept {len(kept)} candidates for a batch of {budget}")
+        if n_kept < budget:
+            raise ValueError(f"the cascade kept {n_kept} candidates for a batch of {budget}")
         target_moment = None
-        if target_ids is not None:
-            target_moment = target_second_moment(
+        if target_ids is not None:  # with several processes: each its share, summed
+            share = target_ids if col.count == 1 else target_ids[col.index::col.count]
+            target_moment = col.sum(target_second_moment(
                 (apply_feature_scale(c, scale) for c in self._features(
-                    fmap, params, data, target_ids, cache, "main", counter, progress=progress,
-                    desc="target features")), fmap.dim, cfg.target_weighting)
+                    fmap, params, data, share, cache, "main", counter, progress=progress,
+                    desc="target features")), fmap.dim, cfg.target_weighting))
         stats["n_target"] = 0 if target_ids is None else int(len(target_ids))
         pool = self._features(fmap, params, data, kept, cache, "main", counter, progress=progress,
                               desc="score pool")
         ids, scores, pv = shortlist_and_select(cfg, posterior, scale, train_scaled, pool, int(budget),
                                                key, n_candidates=n_allowed, allowed=allowed,
-                                               noise_factor=noise_factor, target_moment=target_moment)
+                                               noise_factor=noise_factor, target_moment=target_moment,
+                                               collectives=col, global_ids=global_ids,
+                                               num_rows=None if col.count == 1 else self._rows(col, fmap, data))
         stats["score_select_s"] = time.perf_counter() - t
         stats["n_features"] = int(counter.get("main", 0))
         stats["n_cheap_features"] = int(counter.get("cheap", 0))

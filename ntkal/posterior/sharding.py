@@ -15,21 +15,15 @@ Collectives:
 * :func:`gather_picked` -- broadcast one candidate's rows from its owner with a
   ``psum`` of zeros elsewhere (bitwise exact).
 
-Multi-host set-up
+Several processes
 -----------------
-On a multi-host cluster call, in *every* process and before any other JAX
-call::
-
-    from ntkal.posterior import initialize_distributed, make_pool_mesh
-    initialize_distributed(coordinator_address="host0:1234",
-                           num_processes=4, process_id=RANK)
-    mesh = make_pool_mesh()          # spans jax.devices(): all hosts' devices
-
-(on SLURM / TPU pods / Open MPI, ``initialize_distributed()`` with no
-arguments lets JAX auto-detect the cluster).  Each process then feeds the
-chunk slice that lives on its local devices; the ``all_gather``/``psum`` in
-the selectors cross host boundaries transparently.  With a single process
-:func:`initialize_distributed` is a no-op returning ``False``.
+A mesh spans the devices of *this* process (:func:`make_pool_mesh`'s default is
+``jax.local_devices()``): with several processes (:mod:`ntkal.cluster`), each scores its own part
+of the pool on its own devices, and the processes exchange their shortlists once, at the end,
+as host arrays (:class:`ntkal.cluster.Collectives`). Per-chunk collectives across hosts would
+make every process wait for the slowest at every chunk, and the processes' parts of a pool
+differ in size. :func:`initialize_distributed` is the bare :func:`jax.distributed.initialize`;
+:func:`ntkal.cluster.initialize` adds the CPU collectives and the timeouts.
 """
 
 from __future__ import annotations
@@ -83,17 +77,17 @@ def initialize_distributed(
 def make_pool_mesh(
     devices: Optional[Sequence] = None, axis_name: str = POOL_AXIS
 ) -> Mesh:
-    """1-D mesh over ``devices`` (default: all global devices, every host).
+    """1-D mesh over ``devices`` (default: this process's devices).
 
     Args:
-      devices: devices to use; default ``jax.devices()``, which after
-        :func:`initialize_distributed` lists the devices of all processes.
+      devices: devices to use; default ``jax.local_devices()`` (the same as ``jax.devices()``
+        with one process; with several, each process's mesh holds its own devices).
       axis_name: mesh axis name used by the collectives.
 
     Returns:
       a :class:`jax.sharding.Mesh` of shape ``(n_devices,)``.
     """
-    devs = list(jax.devices() if devices is None else devices)
+    devs = list(jax.local_devices() if devices is None else devices)
     if not devs:
         raise ValueError("make_pool_mesh needs at least one device")
     return Mesh(np.asarray(devs, dtype=object), (axis_name,))

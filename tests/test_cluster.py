@@ -1,0 +1,95 @@
+"""Several processes score one pool (ntkal.cluster, ntkal.launch): the picks equal the
+single-process picks, and a process that dies fails the whole job without an output file."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ntkal.cluster import ClusterConfig, ClusterConfigError, LocalCollectives, split_of
+from ntkal.launch import launch
+
+WORKER = Path(__file__).resolve().parent / "cluster" / "worker.py"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _launch(tmp_path, processes: int, *extra) -> subprocess.CompletedProcess:
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return subprocess.run([sys.executable, "-m", "ntkal.launch", "-n", str(processes), "--",
+                           sys.executable, str(WORKER), str(tmp_path / "picks.json"), *extra],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
+
+
+def test_cluster_config_is_checked_and_read_from_the_launchers_environment():
+    config = ClusterConfig.from_env({"NTKAL_COORDINATOR": "10.0.0.1:1234", "NTKAL_NUM_PROCESSES": "4",
+                                     "NTKAL_PROCESS_ID": "3"})
+    assert (config.coordinator, config.num_processes, config.process_id, config.auto) == ("10.0.0.1:1234", 4, 3, False)
+    assert ClusterConfig.from_env({}).auto  # no variables: JAX detects the cluster (SLURM, ...)
+    with pytest.raises(ClusterConfigError, match="process_id must be in"):
+        ClusterConfig(coordinator="h:1", num_processes=2, process_id=2)
+    with pytest.raises(ClusterConfigError, match="host:port"):
+        ClusterConfig(coordinator="h", num_processes=2, process_id=0)
+    with pytest.raises(ClusterConfigError, match="missing process_id"):
+        ClusterConfig(coordinator="h:1", num_processes=2)
+    with pytest.raises(ClusterConfigError, match="leave coordinator unset"):
+        ClusterConfig(auto=True, coordinator="h:1")
+    with pytest.raises(ClusterConfigError, match="NTKAL_PROCESS_ID must be an integer"):
+        ClusterConfig.from_env({"NTKAL_COORDINATOR": "h:1", "NTKAL_NUM_PROCESSES": "2", "NTKAL_PROCESS_ID": "x"})
+
+
+def test_the_processes_parts_cover_the_pool_once():
+    for n, count in [(10, 1), (10, 3), (2, 4), (0, 2)]:
+        parts = [list(split_of(n, p, count)) for p in range(count)]
+        assert sorted(sum(parts, [])) == list(range(n))
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1
+
+
+def test_one_process_collectives_are_the_identity():
+    col = LocalCollectives()
+    x = np.arange(6.0).reshape(3, 2)
+    assert col.is_writer and col.count == 1
+    np.testing.assert_array_equal(col.concat(x), x)
+    np.testing.assert_array_equal(col.sum(x), x)
+    np.testing.assert_array_equal(col.broadcast(x), x)
+
+
+def test_the_launcher_stops_every_process_when_one_fails(capfd):
+    sleeper = [sys.executable, "-c", "import os, sys, time\n"
+               "if os.environ['NTKAL_PROCESS_ID'] == '1': sys.exit(3)\n"
+               "time.sleep(60)"]
+    assert launch(sleeper, 2, poll_s=0.05, grace_s=2.0) == 3
+    assert "ntkal.launch: process 1 of 2 failed (exit status 3); stopped the other processes" in capfd.readouterr().err
+    assert launch([sys.executable, "-c", "import os; assert os.environ['NTKAL_NUM_PROCESSES'] == '3'"], 3) == 0
+
+
+def test_two_processes_pick_what_one_process_picks(tmp_path):
+    """maxdiag, LCMD and varred, each with and without the energy cascade, plus the force guard
+    with the soft outlier weight and a target set: the same ids and scores on 2 processes, each
+    holding half the pool, as in one process holding all of it."""
+    done = _launch(tmp_path, 2)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((tmp_path / "picks.json").read_text())
+    assert got["processes"] == 2
+    assert set(got["picks"]) == set(got["single"]) and len(got["picks"]) == 8
+    for case, single in got["single"].items():
+        two = got["picks"][case]
+        assert two["ids"] == single["ids"], case
+        np.testing.assert_allclose(two["scores"], single["scores"], rtol=1e-9, err_msg=case)
+        np.testing.assert_allclose(two["pv"], single["pv"], rtol=1e-9, err_msg=case)
+        assert two["noise_var"] == pytest.approx(single["noise_var"], rel=1e-12)
+        assert (two["n_candidates"], two["n_kept"]) == (single["n_candidates"], single["n_kept"])
+    assert got["single"]["lcmd-cascade"]["n_kept"] < got["single"]["lcmd"]["n_kept"]
+
+
+def test_a_process_killed_mid_scoring_fails_the_job_without_an_output_file(tmp_path):
+    done = _launch(tmp_path, 2, "--die-after", "1")
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("ntkal.launch:")]
+    assert lines == ["ntkal.launch: process 1 of 2 failed (killed by SIGKILL); stopped the other processes"]
+    assert not (tmp_path / "picks.json").exists()
+    assert not [p for p in tmp_path.iterdir() if "picks" in p.name]  # no temporary file left either
