@@ -27,6 +27,13 @@ cold and a warm (persistent compilation cache and traced programs) ``ntkal selec
 50-structure pool in subprocesses, and their fixed cost: the wall time minus the same pick's
 time once compiled.
 
+``--processes 1 2`` (issue 30) instead runs every pool size as 1, 2, ... cooperating processes
+(``python -m ntkal.launch -n P --cores-per-process C``, C = ``--cores-per-process``, default 1),
+each generating the whole candidate stream but keeping only its round-robin part (no process
+holds the pool), and prints, per (n, P): the featurisation of each process's part, the pick's
+wall time on process 0, the local streaming, the gather (shortlists merged) and the selection,
+their share of the pick, and the speed-up against P = 1 of the same run.
+
 Usage::
 
     python benchmarks/select_scaling.py --quick                    # 150 and 600, ≤ 3 classes, CPU
@@ -34,6 +41,8 @@ Usage::
     python benchmarks/select_scaling.py --sizes --startup --probes 4   # start-up only
     python benchmarks/select_scaling.py --sizes 1000 4000 16000 200000 --chunk-size 64 \\
         --workers 16 --json out.json                                 # GPU (benchmarks/gpu/run.sh)
+    python benchmarks/select_scaling.py --sizes 4000 16000 --probes 4 --processes 1 2 \\
+        --json processes.json                                        # 1 vs 2 processes, 1 core each
 """
 
 from __future__ import annotations
@@ -272,6 +281,112 @@ def run_startup(args, log):
     return out
 
 
+def run_process_part(args) -> int:
+    """One process of a ``--processes`` run (started by :mod:`ntkal.launch`): featurise and
+    pick this process's part of the pool; process 0 writes every process's times to
+    ``--part-json``."""
+    from ntkal.cluster import ClusterConfig, initialize, split_of
+    col = initialize(ClusterConfig.from_env())
+    import jax
+    from ntkal.acquire import Acquirer, structure_set
+    from ntkal.data import atoms_to_structure
+    from ntkal.datasets.candidates import candidate_pool
+    from ntkal.models import atomic_write_bytes, load_pretrained
+
+    (n,) = args.sizes
+    model, params, _ = load_pretrained("oc20_like")
+    config = _config(args)
+    cutoff, elements = model.config.cutoff, model.config.elements
+    t = time.perf_counter()
+    mine = set(split_of(n, col.index, col.count))
+    part = [atoms_to_structure(a, cutoff, elements=elements)
+            for k, a in enumerate(candidate_pool(n, seed=1)) if k in mine]
+    train = [atoms_to_structure(a, cutoff, elements=elements) for a in candidate_pool(args.train, seed=2)]
+    graph_s = time.perf_counter() - t
+    global_ids = np.concatenate([np.asarray(sorted(mine), np.int64), np.full(len(train), -1)])
+    data = structure_set(part + train, config.max_classes(len(part) + len(train)), config.max_padding)
+    acquirer = Acquirer(model, params, config)
+    t = time.perf_counter()
+    acquirer.warm_up(params, data)
+    warm_s = time.perf_counter() - t
+    t = time.perf_counter()
+    last = None
+    for chunk in acquirer.stream_features(acquirer.feature_map, params, data, np.arange(len(part))):
+        last = chunk.rows
+    _block(last)
+    feat_s = time.perf_counter() - t
+    train_ids = len(part) + np.arange(len(train))
+    col.barrier("pick")  # every process starts the pick together
+    t = time.perf_counter()
+    picks = acquirer.pick(params, data, train_ids, np.arange(len(part)), args.budget, jax.random.key(0),
+                          collectives=col, global_ids=global_ids)
+    pick_s = time.perf_counter() - t
+    st = picks.stats
+    mine_row = np.array([len(part), graph_s, warm_s, feat_s, pick_s, st["train_features_s"],
+                         st.get("shortlist_s", 0.0), st.get("gather_s", 0.0), st.get("select_s", 0.0)])
+    rows = col.concat(mine_row[None])
+    if col.is_writer:
+        keys = ["n_part", "graph_s", "warm_s", "feat_s", "pick_s", "train_features_s", "shortlist_s",
+                "gather_s", "select_s"]
+        out = {"n": n, "processes": col.count, "ids": picks.ids.tolist(),
+               "per_process": [dict(zip(keys, map(float, r))) for r in rows]}
+        atomic_write_bytes(Path(args.part_json), json.dumps(out, indent=1).encode())
+    return 0
+
+
+def run_processes(args, log) -> list[dict]:
+    """Every (size, process count) of ``--processes``, each launched as its own job."""
+    rows = []
+    log("| n | processes | cores each | part | feat s (max over processes) | pick s | stream s | gather s | "
+        "select s | gather + select | speed-up (pick) | same picks as P=1 |")
+    log("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for n in args.sizes:
+        base = None
+        for processes in args.processes:
+            with tempfile.TemporaryDirectory() as tmp:
+                part_json = Path(tmp) / "part.json"
+                command = [sys.executable, "-m", "ntkal.launch", "-n", str(processes), "--cores-per-process",
+                           str(args.cores_per_process), "--", sys.executable, str(Path(__file__).resolve()),
+                           "--sizes", str(n), "--part-json", str(part_json)] + _forwarded(args)
+                done = subprocess.run(command, cwd=ROOT)
+                if done.returncode != 0:
+                    raise SystemExit(f"{processes} processes at n = {n} failed (exit {done.returncode})")
+                got = json.loads(part_json.read_text())
+            pp = got["per_process"]
+            p0 = pp[0]
+            row = dict(n=n, processes=processes, cores_per_process=args.cores_per_process,
+                       feat_s=max(r["feat_s"] for r in pp), pick_s=p0["pick_s"],
+                       shortlist_s=max(r["shortlist_s"] for r in pp), gather_s=p0["gather_s"],
+                       select_s=p0["select_s"], per_process=pp, ids=got["ids"])
+            row["gather_select_share"] = (row["gather_s"] + row["select_s"]) / row["pick_s"]
+            base = row if base is None else base
+            row["speedup"] = base["pick_s"] / row["pick_s"]
+            row["same_picks"] = row["ids"] == base["ids"]
+            rows.append(row)
+            log(f"| {n} | {processes} | {args.cores_per_process} | {min(r['n_part'] for r in pp):.0f}–"
+                f"{max(r['n_part'] for r in pp):.0f} | {row['feat_s']:.1f} | {row['pick_s']:.1f} | "
+                f"{row['shortlist_s']:.1f} | {row['gather_s']:.2f} | {row['select_s']:.2f} | "
+                f"{100 * row['gather_select_share']:.1f} % | {row['speedup']:.2f}× | {row['same_picks']} |")
+    return rows
+
+
+def _forwarded(args) -> list[str]:
+    """The acquisition settings of this run, for its worker processes."""
+    return ["--train", str(args.train), "--budget", str(args.budget), "--kernel", args.kernel,
+            "--probes", str(args.probes), "--sketch-dim", str(args.sketch_dim), "--selector", args.selector,
+            "--shortlist", str(args.shortlist), "--chunk-size", str(args.chunk_size),
+            "--size-classes", str(args.size_classes)]
+
+
+def _config(args):
+    from ntkal.acquire import AcquisitionConfig
+    from ntkal.kernels import KernelConfig
+    return AcquisitionConfig(
+        kernel=KernelConfig(kind=args.kernel, sketch_dim=args.sketch_dim, num_probes=args.probes),
+        selector=args.selector, shortlist=args.shortlist, noise_rule="fixed",
+        chunk_size=args.chunk_size, size_classes=args.size_classes)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="*", default=[1000, 4000],
@@ -296,14 +411,18 @@ def main(argv=None) -> int:
     p.add_argument("--feat-subset", type=int, default=0,
                    help="measure pure featurisation on this many random structures and scale (0 = all)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--processes", type=int, nargs="+", default=None,
+                   help="run every size as this many cooperating processes (e.g. 1 2), see the docstring")
+    p.add_argument("--cores-per-process", type=int, default=1)
+    p.add_argument("--part-json", type=Path, default=None, help=argparse.SUPPRESS)  # a --processes worker
     args = p.parse_args(argv)
+    if args.part_json is not None:
+        return run_process_part(args)
     if args.quick:
         args.sizes, args.probes, args.sketch_dim, args.budget, args.shortlist = [150, 600], 4, 256, 20, 200
         args.size_classes = 3
 
     import jax
-    from ntkal.acquire import AcquisitionConfig
-    from ntkal.kernels import KernelConfig
     from ntkal.models import load_pretrained
 
     counter = _compile_counter()
@@ -314,10 +433,7 @@ def main(argv=None) -> int:
         lines.append(line)
 
     model, params, _ = load_pretrained("oc20_like")
-    config = AcquisitionConfig(
-        kernel=KernelConfig(kind=args.kernel, sketch_dim=args.sketch_dim, num_probes=args.probes),
-        selector=args.selector, shortlist=args.shortlist, noise_rule="fixed",
-        chunk_size=args.chunk_size, size_classes=args.size_classes)
+    config = _config(args)
     store: dict = {}
     log(f"# {platform.node()}: {jax.devices()}, jax {jax.__version__}, load average "
         f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -326,6 +442,14 @@ def main(argv=None) -> int:
         f"shortlist {args.shortlist}, budget {args.budget}, chunk {args.chunk_size}, "
         f"≤ {args.size_classes} size classes, {args.train} training structures")
     log()
+    if args.processes:
+        result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+                  "processes": run_processes(args, log)}
+        log(f"\n# load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        result["table"] = lines
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2))
+        return 0
     log("| n | mean atoms | classes | pad | graph s | warm s | compiles | feat s | pick s | overhead | ms/str | str/s |")
     log("|---|---|---|---|---|---|---|---|---|---|---|---|")
     result = {"args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},

@@ -204,7 +204,7 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
                          key, *, n_candidates: int, allowed: np.ndarray | None = None,
                          noise_factor: np.ndarray | None = None, target_moment: np.ndarray | None = None,
                          collectives: Collectives | None = None, global_ids: np.ndarray | None = None,
-                         num_rows: int | None = None):
+                         num_rows: int | None = None, timings: dict | None = None):
     """Stream raw pool features through scale → guard → top-m PV shortlist, then select.
 
     Args:
@@ -234,6 +234,9 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
         frame index in the whole pool file); ``None``: the ids themselves.
       num_rows: the row count r of the shortlist (≥ every chunk's; chunks with fewer rows are
         padded with masked rows): all processes must agree on it. ``None``: the first chunk's.
+      timings: optional dict that receives seconds: ``shortlist_s`` (streaming this process's
+        candidates), ``gather_s`` (several processes: merging the shortlists and the varred
+        moment) and ``select_s`` (the selector, with the broadcast of its picks).
 
     Returns:
       ``(ids, scores, pv)`` numpy arrays of length ``budget`` (ids through ``global_ids``).
@@ -267,18 +270,30 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
 
     m = max(min(config.shortlist, n_candidates), budget)
     score_config = ScoreConfig(reduction=config.reduction)
+    timings = {} if timings is None else timings
+    t = time.perf_counter()
     if collectives is None or collectives.count == 1:
         short = shortlist_pool(chunks(), posterior, m, score_config=score_config)
-        return _select(config, short, budget, key, posterior, train_scaled, score_config, target)
+        jax.block_until_ready(short.values)
+        timings["shortlist_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        picked = _select(config, short, budget, key, posterior, train_scaled, score_config, target)
+        timings["select_s"] = time.perf_counter() - t
+        return picked
     if num_rows is None:
         raise ValueError("several processes must agree on the shortlist's row count: pass num_rows")
-    short = _gathered_shortlist(collectives, chunks(), posterior, m, num_rows, score_config)
+    short = _gathered_shortlist(collectives, chunks(), posterior, m, num_rows, score_config, timings)
     if own_target:
+        t = time.perf_counter()
         target = collectives.sum(target)
+        timings["gather_s"] += time.perf_counter() - t
+    t = time.perf_counter()
     picked = [np.zeros(budget, np.int64), np.zeros(budget, np.float64), np.zeros(budget, np.float64)]
     if collectives.is_writer:  # the selector runs once; every process gets its picks
         picked = list(_select(config, short, budget, key, posterior, train_scaled, score_config, target))
-    return tuple(collectives.broadcast(x) for x in picked)
+    picked = tuple(collectives.broadcast(x) for x in picked)
+    timings["select_s"] = time.perf_counter() - t
+    return picked
 
 
 def _select(config: AcquisitionConfig, short, budget: int, key, posterior, train_scaled: FeatureChunk,
@@ -296,19 +311,26 @@ def _select(config: AcquisitionConfig, short, budget: int, key, posterior, train
 
 
 def _gathered_shortlist(collectives: Collectives, chunks: Iterable[FeatureChunk], posterior, m: int,
-                        num_rows: int, score_config: ScoreConfig) -> ShortlistState:
+                        num_rows: int, score_config: ScoreConfig, timings: dict) -> ShortlistState:
     """This process's top-``m`` of ``chunks`` merged with every other process's: the top-``m``
-    of the whole pool (a process may hold no candidate at all)."""
+    of the whole pool (a process may hold no candidate at all). ``timings`` gets
+    ``shortlist_s`` (the local stream) and ``gather_s`` (the merge, waiting for the others
+    included)."""
+    t = time.perf_counter()
     fns = streaming_shortlist(posterior, m, score_config=score_config)
     state = fns.init(num_rows, posterior.dim)
     for chunk in chunks:
         state = fns.update(chunk, state)
+    jax.block_until_ready(state.values)
+    timings["shortlist_s"] = time.perf_counter() - t
+    t = time.perf_counter()
     n_seen = int(collectives.sum(np.asarray(int(state.n_seen), np.int64)))
     if n_seen == 0:
         raise ValueError("empty pool: no process streamed a valid candidate")
     everyone = FeatureChunk(*(collectives.concat(np.asarray(x)) for x in (state.rows, state.row_mask, state.ids)))
     values = collectives.concat(np.asarray(state.values))
     merged = merge_topk(fns.init(num_rows, posterior.dim), everyone, jnp.asarray(values), m)
+    timings["gather_s"] = time.perf_counter() - t
     return merged._replace(n_seen=jnp.asarray(n_seen, jnp.int32))
 
 
@@ -770,11 +792,14 @@ class Acquirer:
         stats["n_target"] = 0 if target_ids is None else int(len(target_ids))
         pool = self._features(fmap, params, data, kept, cache, "main", counter, progress=progress,
                               desc="score pool")
+        stage_s: dict = {}
         ids, scores, pv = shortlist_and_select(cfg, posterior, scale, train_scaled, pool, int(budget),
                                                key, n_candidates=n_allowed, allowed=allowed,
                                                noise_factor=noise_factor, target_moment=target_moment,
                                                collectives=col, global_ids=global_ids,
-                                               num_rows=None if col.count == 1 else self._rows(col, fmap, data))
+                                               num_rows=None if col.count == 1 else self._rows(col, fmap, data),
+                                               timings=stage_s)
+        stats.update(stage_s)
         stats["score_select_s"] = time.perf_counter() - t
         stats["n_features"] = int(counter.get("main", 0))
         stats["n_cheap_features"] = int(counter.get("cheap", 0))
