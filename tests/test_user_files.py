@@ -374,3 +374,26 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(files, tmp
         holder.wait()
     with hold_folder(out):  # a killed holder leaves no stale lock
         pass
+
+
+def test_a_five_line_config_runs_either_strategy_end_to_end(files, monkeypatch):
+    """Files + oracle + strategy in ≤ 10 lines (the README's promise): everything else takes the
+    defaults (kernel, selector, fine-tune), and each strategy labels, fine-tunes and evaluates."""
+    monkeypatch.chdir(files)
+    text = ('name = "minimal"\n'
+            'model = {checkpoint = "model.msgpack"}\n'
+            'data = {dataset = "files", pool_files = ["pool.extxyz"], initial_files = ["initial.extxyz"], '
+            'test_files = {val = "test.extxyz"}}\n'
+            'oracle = {calculator = "ase.calculators.emt:EMT"}\n'
+            'loop = {strategy = ["extrapolation", "representative"], initial = 0, batch = 2, rounds = 1}\n')
+    assert len(text.splitlines()) <= 10
+    results = run_sweep(write_config(files, "minimal.toml", text), progress=False, log=None)
+    assert len(results) == 2
+    by_norm = {r.config.loop.feature_norm: r for r in results}
+    assert set(by_norm) == {"median_trace", "per_structure"}  # extrapolation, representative
+    for result in results:
+        rows = [row for row in result.rows if row["split"] == "val"]
+        assert [row["n_labels"] for row in rows] == [3, 5]
+        assert all(np.isfinite(row["force_mae"]) for row in rows)
+    data = strict_json(files / "runs" / "minimal" / "results.json")
+    assert len([p for p in data["picks"] if p["round"] == 1]) == 4
