@@ -222,60 +222,23 @@ def select_from_files(
         the summary's ``element_warning``.
     """
     t_start = time.perf_counter()
-    if not isinstance(config, AcquisitionConfig):
-        raise TypeError(f"config must be an AcquisitionConfig, got {type(config).__name__}")
-    if int(budget) < 1:
-        raise ValueError(f"budget must be >= 1, got {budget}")
-    budget = int(budget)
+    budget = _checked_budget(budget, config)
     out_path = Path(out_path)
     timings = {}
     # a killed earlier run may have left its temporary files beside the outputs
     remove_stale_temp_files(out_path.parent, names=(out_path.name, _summary_path(out_path).name))
-
     model, params, metadata = load_pretrained(str(model_path))
-    cutoff, elements = model.config.cutoff, model.config.elements
 
     t = time.perf_counter()
-    pool, _, pool_frames = read_structures(pool_path, cutoff, None, progress=progress, desc="read pool")
-    # elements outside the model: error (all of them, one example frame); known but never trained on: warn
-    element_warning = check_element_coverage(elements, metadata, (s.numbers for s in pool), what="pool",
-                                             source=os.fspath(pool_path))
-    if element_warning:
-        warnings.warn(element_warning, UnseenElementWarning, stacklevel=2)
-    n_pool = len(pool)
-    if budget > n_pool:
-        raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
-    train, energies, train_frames = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
-    # pool frames already in the training set are labelled: never candidates
-    in_train = repeats_of(pool_frames, train_frames)
-    candidates = np.setdiff1d(np.arange(n_pool), in_train)
-    if budget > len(candidates):
-        raise ValueError(f"budget {budget} exceeds the pool's {len(candidates)} structures that are not "
-                         f"in the training set ({pool_path}: {len(in_train)} of {n_pool} frames are in {train_path})")
-    target, target_frames = [], []
-    if target_path is not None:
-        if config.selector != "varred":
-            raise ValueError(f"a target set ({target_path}) needs selector 'varred', got {config.selector!r}")
-        target, _, target_frames = read_structures(target_path, cutoff, elements, progress=progress, desc="read target")
-
-    def in_file(path, frames) -> KeyedFrames:
-        return KeyedFrames(frames, lambda k: f"{os.fspath(path)} frame {k}")
-
-    tests = {Path(p).name: in_file(p, [frame_of(a) for a in read_frames(p, tag=False)]) for p in test_paths}
-    check_test_leaks(tests, {"pool": in_file(pool_path, pool_frames), "training set": in_file(train_path, train_frames),
-                             "target set": in_file(target_path, target_frames)},
-                     test_overlap=test_overlap, downgrade="--test-overlap warn")
+    inputs = _read_inputs(model.config, metadata, pool_path, train_path, target_path, budget=budget,
+                          config=config, progress=progress)
+    _check_no_test_leaks(test_paths, test_overlap, pool_path, train_path, target_path, inputs)
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    n_all = n_pool + len(train) + len(target)
-    data = structure_set(pool + train + target, config.max_classes(n_all), config.max_padding)
-    programs = None if program_cache is None else ProgramCache(program_cache)
-    acquirer = Acquirer(model, params, config, programs=programs)
+    data, programs, acquirer = _make_acquirer(model, params, config, program_cache, inputs)
     timings["setup_s"] = time.perf_counter() - t
-    picks = acquirer.pick(params, data, n_pool + np.arange(len(train)), candidates, budget,
-                          jax.random.PRNGKey(config.seed), train_energies=energies, progress=progress,
-                          target_ids=n_pool + len(train) + np.arange(len(target)) if target else None)
+    picks = _pick(acquirer, params, data, inputs, budget, config, progress)
     for name in ("cascade_s", "train_features_s", "score_select_s"):
         timings[name] = picks.stats[name]
 
@@ -284,32 +247,179 @@ def select_from_files(
     timings["write_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
-    padding = data.padding_ratio(config.chunk_size)
+    summary = _select_summary(out_path, inputs, budget, config, picks, data, timings)
+    paths = {"model": model_path, "pool": pool_path, "train": train_path, "out": out_path, "target": target_path}
+    record = _summary_record(summary, paths, test_paths, inputs, acquirer, picks, data, programs)
+    atomic_write_bytes(summary.summary_path, strict_dumps(record, indent=2).encode())
+    return summary
+
+
+class _Inputs(NamedTuple):
+    """The frames :func:`select_from_files` works on, read and graphed once.
+
+    Attributes:
+      pool, train, target: :class:`~ntkal.data.Structure` s of each file (``target`` empty without
+        a target file).
+      pool_frames, train_frames, target_frames: their :class:`~ntkal.data.overlap.Frame` s.
+      energies: ``(n_train,)`` training energy labels in eV, or ``None`` unless every frame has one.
+      in_train: pool frame indices that are also training frames (never picked).
+      candidates: the other pool frame indices (sorted).
+      element_warning: the pool's element coverage warning (``None`` if there is none).
+    """
+
+    pool: list
+    pool_frames: list
+    train: list
+    energies: np.ndarray | None
+    train_frames: list
+    in_train: np.ndarray
+    candidates: np.ndarray
+    target: list
+    target_frames: list
+    element_warning: str | None
+
+
+def _checked_budget(budget, config) -> int:
+    """``budget`` as an int, after checking it and the type of ``config``."""
+    if not isinstance(config, AcquisitionConfig):
+        raise TypeError(f"config must be an AcquisitionConfig, got {type(config).__name__}")
+    if int(budget) < 1:
+        raise ValueError(f"budget must be >= 1, got {budget}")
+    return int(budget)
+
+
+def _read_inputs(model_config, metadata, pool_path, train_path, target_path, *, budget: int,
+                 config: AcquisitionConfig, progress: bool) -> _Inputs:
+    """Read and graph the pool, training and target files (in that order), checking the pool's
+    elements against the model (:func:`_read_pool`) and the budget against the pool frames that
+    are not training frames."""
+    cutoff, elements = model_config.cutoff, model_config.elements
+    pool, pool_frames, element_warning = _read_pool(pool_path, model_config, metadata, budget, progress)
+    train, energies, train_frames = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
+    in_train, candidates = _candidates_outside_training(pool_frames, train_frames, budget, pool_path, train_path)
+    target, target_frames = _read_target(target_path, config, cutoff, elements, progress)
+    return _Inputs(pool, pool_frames, train, energies, train_frames, in_train, candidates, target, target_frames,
+                   element_warning)
+
+
+def _read_pool(pool_path, model_config, metadata, budget: int, progress: bool):
+    """The pool's structures and frames, and its element coverage warning (also warned).
+
+    Raises ``UnknownElementError`` for elements outside the model, ``ValueError`` for a budget
+    larger than the pool.
+    """
+    pool, _, pool_frames = read_structures(pool_path, model_config.cutoff, None, progress=progress, desc="read pool")
+    # elements outside the model: error (all of them, one example frame); known but never trained on: warn
+    element_warning = check_element_coverage(model_config.elements, metadata, (s.numbers for s in pool),
+                                             what="pool", source=os.fspath(pool_path))
+    if element_warning:
+        # stacklevel 4: the caller of select_from_files (-> _read_inputs -> _read_pool)
+        warnings.warn(element_warning, UnseenElementWarning, stacklevel=4)
+    n_pool = len(pool)
+    if budget > n_pool:
+        raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
+    return pool, pool_frames, element_warning
+
+
+def _candidates_outside_training(pool_frames, train_frames, budget: int, pool_path, train_path):
+    """``(in_train, candidates)``: pool frame indices that are training frames (labelled already:
+    never candidates) and the others; ``ValueError`` when fewer than ``budget`` remain."""
+    n_pool = len(pool_frames)
+    in_train = repeats_of(pool_frames, train_frames)
+    candidates = np.setdiff1d(np.arange(n_pool), in_train)
+    if budget > len(candidates):
+        raise ValueError(f"budget {budget} exceeds the pool's {len(candidates)} structures that are not "
+                         f"in the training set ({pool_path}: {len(in_train)} of {n_pool} frames are in {train_path})")
+    return in_train, candidates
+
+
+def _read_target(target_path, config: AcquisitionConfig, cutoff: float, elements, progress: bool):
+    """``(structures, frames)`` of the target file (``varred`` only); empty lists without one."""
+    if target_path is None:
+        return [], []
+    if config.selector != "varred":
+        raise ValueError(f"a target set ({target_path}) needs selector 'varred', got {config.selector!r}")
+    target, _, target_frames = read_structures(target_path, cutoff, elements, progress=progress, desc="read target")
+    return target, target_frames
+
+
+def _keyed_frames(path, frames) -> KeyedFrames:
+    """``frames`` of the file ``path``, named ``<path> frame <k>`` in leakage errors."""
+    return KeyedFrames(frames, lambda k: f"{os.fspath(path)} frame {k}")
+
+
+def _check_no_test_leaks(test_paths, test_overlap: str, pool_path, train_path, target_path, inputs: _Inputs):
+    """Refuse (or warn, ``test_overlap="warn"``) when a frame of a test file is also a pool,
+    training or target frame (:func:`~ntkal.data.overlap.check_test_leaks`)."""
+    tests = {Path(p).name: _keyed_frames(p, [frame_of(a) for a in read_frames(p, tag=False)]) for p in test_paths}
+    check_test_leaks(tests, {"pool": _keyed_frames(pool_path, inputs.pool_frames),
+                             "training set": _keyed_frames(train_path, inputs.train_frames),
+                             "target set": _keyed_frames(target_path, inputs.target_frames)},
+                     test_overlap=test_overlap, downgrade="--test-overlap warn")
+
+
+def _make_acquirer(model, params, config: AcquisitionConfig, program_cache, inputs: _Inputs):
+    """``(data, programs, acquirer)``: the size-classed structure set of pool + train + target
+    (in that order), the program cache (``None`` without a folder) and the :class:`Acquirer`."""
+    n_all = len(inputs.pool) + len(inputs.train) + len(inputs.target)
+    data = structure_set(inputs.pool + inputs.train + inputs.target, config.max_classes(n_all), config.max_padding)
+    programs = None if program_cache is None else ProgramCache(program_cache)
+    return data, programs, Acquirer(model, params, config, programs=programs)
+
+
+def _pick(acquirer: Acquirer, params, data, inputs: _Inputs, budget: int, config: AcquisitionConfig,
+          progress: bool):
+    """Run the acquisition pipeline: ``budget`` picks among ``inputs.candidates`` (structure set
+    indices: pool, then training, then target structures), seeded by ``config.seed``."""
+    n_pool, n_train = len(inputs.pool), len(inputs.train)
+    target_ids = n_pool + n_train + np.arange(len(inputs.target)) if inputs.target else None
+    return acquirer.pick(params, data, n_pool + np.arange(n_train), inputs.candidates, budget,
+                         jax.random.PRNGKey(config.seed), train_energies=inputs.energies, progress=progress,
+                         target_ids=target_ids)
+
+
+def _select_summary(out_path: Path, inputs: _Inputs, budget: int, config: AcquisitionConfig, picks, data,
+                    timings: dict) -> SelectSummary:
+    """The :class:`SelectSummary` of a finished selection."""
     stats = {k: v for k, v in picks.stats.items() if not k.endswith("_s")}
-    summary = SelectSummary(out_path, _summary_path(out_path), n_pool, len(train), budget, config,
-                            tuple(int(i) for i in picks.ids), tuple(float(s) for s in picks.scores),
-                            tuple(float(v) for v in picks.pv), picks.noise_var, picks.w_force,
-                            padding, timings, stats, len(in_train), count_duplicates(pool_frames))
-    record = {
-        "model": os.fspath(model_path), "pool": os.fspath(pool_path), "train": os.fspath(train_path),
-        "out": os.fspath(out_path), "n_pool": n_pool, "n_train": len(train), "budget": budget,
-        "target": None if target_path is None else os.fspath(target_path), "n_target": len(target),
+    return SelectSummary(out_path, _summary_path(out_path), len(inputs.pool), len(inputs.train), budget, config,
+                         tuple(int(i) for i in picks.ids), tuple(float(s) for s in picks.scores),
+                         tuple(float(v) for v in picks.pv), picks.noise_var, picks.w_force,
+                         data.padding_ratio(config.chunk_size), timings, stats, len(inputs.in_train),
+                         count_duplicates(inputs.pool_frames))
+
+
+def _summary_record(summary: SelectSummary, paths: dict, test_paths, inputs: _Inputs, acquirer: Acquirer, picks,
+                    data, programs) -> dict:
+    """The JSON summary written next to the output: ``summary`` plus the inputs (``paths``: model,
+    pool, train, out and target file, the latter ``None`` without one), the acquisition settings and
+    feature scale, the size classes and the program cache counters."""
+    config = summary.config
+    target_path = paths["target"]
+    return {
+        "model": os.fspath(paths["model"]), "pool": os.fspath(paths["pool"]), "train": os.fspath(paths["train"]),
+        "out": os.fspath(paths["out"]), "n_pool": summary.n_pool, "n_train": summary.n_train,
+        "budget": summary.budget,
+        "target": None if target_path is None else os.fspath(target_path), "n_target": len(inputs.target),
         "tests": [os.fspath(p) for p in test_paths],
         "kernel": config.kind, "selector": config.selector, "config": config.to_dict(),
         "feature_dim": int(acquirer.feature_map.dim), "noise_var": picks.noise_var,
-        "noise_var_from": "evidence" if config.uses_evidence(energies is not None) else "fixed",
+        "noise_var_from": "evidence" if config.uses_evidence(inputs.energies is not None) else "fixed",
         "w_force": picks.w_force, "feature_scale": float(picks.scale.scale),
-        "size_classes": [list(b) for b in data.plan.budgets], "padding_ratio": padding,
+        "size_classes": [list(b) for b in data.plan.budgets], "padding_ratio": summary.padding_ratio,
         "ids": list(summary.ids), "scores": list(summary.scores), "pv": list(summary.pv),
-        "stats": stats, "timings": timings, "element_warning": element_warning,
+        "stats": summary.stats, "timings": summary.timings, "element_warning": inputs.element_warning,
         "n_pool_in_train": summary.n_pool_in_train, "pool_duplicates": summary.pool_duplicates,
-        "programs": None if programs is None else {"folder": str(programs.folder), "loaded": programs.loaded,
-                                                   "exported": programs.exported,
-                                                   "arrays_loaded": programs.arrays_loaded,
-                                                   "arrays_saved": programs.arrays_saved},
+        "programs": _programs_record(programs),
     }
-    atomic_write_bytes(summary.summary_path, strict_dumps(record, indent=2).encode())
-    return summary
+
+
+def _programs_record(programs: ProgramCache | None) -> dict | None:
+    """The program cache's folder and load/export counters (``None`` without a cache)."""
+    if programs is None:
+        return None
+    return {"folder": str(programs.folder), "loaded": programs.loaded, "exported": programs.exported,
+            "arrays_loaded": programs.arrays_loaded, "arrays_saved": programs.arrays_saved}
 
 
 def _write_picked(pool_path, out_path: Path, ids: np.ndarray, scores: np.ndarray, pv: np.ndarray):

@@ -314,43 +314,77 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
     of its own; the sweep is the union, in variant order, without duplicates. A named variant is
     one setting (over the seeds); its name labels its points everywhere.
     """
-    variants = raw.get("variants")
-    if variants is not None:
-        if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
-            _fail(source, text, "variants", "variants must be an array of tables ([[variants]])")
-        points, seen, names = [], set(), set()
-        for variant in variants:
-            bad = set(variant) - {"name", "loop", "kernel", "train"}
-            if bad:
-                _fail(source, text, sorted(bad)[0], f"a variant may only set name, [loop], [kernel] and [train], "
-                                                    f"got {sorted(bad)}")
-            name = variant.get("name")
-            if name is not None:
-                if not (isinstance(name, str) and _VARIANT_NAME.fullmatch(name)):
-                    _fail_at_name(source, text, name, f"a variant name must be letters, digits and _ . + - "
-                                                      f"(it names folders), got {name!r}")
-                if name in names:
-                    _fail_at_name(source, text, name, f"two variants are named {name!r}", nth=1)
-                names.add(name)
-            merged = {k: v for k, v in raw.items() if k != "variants"}
-            for section, table in variant.items():
-                if section != "name":
-                    merged[section] = {**raw.get(section, {}), **table}
-            expanded = expand_sweep(merged, source=source, text=text, check_labels=False)
-            if name is not None:
-                settings = {dataclasses.replace(p, loop=dataclasses.replace(p.loop, seed=0)) for p in expanded}
-                if len(settings) > 1:
-                    _fail_at_name(source, text, name, f"variant {name!r} sweeps {len(settings)} settings (a "
-                                                      f"list value); a named variant is one setting: give each "
-                                                      f"its own [[variants]] entry and name")
-                expanded = [dataclasses.replace(p, variant=name) for p in expanded]
-            for point in expanded:
-                if point not in seen:
-                    seen.add(point)
-                    points.append(point)
-        if check_labels:
-            _check_labels(points, source, text)
-        return points
+    if raw.get("variants") is not None:
+        points = _expand_variants(raw, source, text)
+    else:
+        _check_top_level(raw, source, text)
+        checkpoint = _checkpoint_of(raw, source)
+        oracle = _oracle_of(raw, source, text)
+        axes = _sweep_axes(raw, source, text)
+        points = _sweep_points(raw, axes, checkpoint, oracle, source, text)
+    if check_labels:
+        _check_labels(points, source, text)
+    return points
+
+
+def _expand_variants(raw: dict[str, Any], source: str, text: str) -> list[ExperimentConfig]:
+    """The union of the ``[[variants]]``' sweeps (:func:`_expand_variant`), in variant order,
+    without duplicates."""
+    variants = raw["variants"]
+    if not isinstance(variants, list) or not all(isinstance(v, dict) for v in variants):
+        _fail(source, text, "variants", "variants must be an array of tables ([[variants]])")
+    points, seen, names = [], set(), set()
+    for variant in variants:
+        name = _variant_name(variant, names, source, text)
+        for point in _expand_variant(raw, variant, name, source, text):
+            if point not in seen:
+                seen.add(point)
+                points.append(point)
+    return points
+
+
+def _variant_name(variant: dict, names: set, source: str, text: str) -> str | None:
+    """The variant's ``name`` (``None`` if unnamed), added to ``names`` (the names of the variants
+    before it), after checking that the variant sets nothing but ``name``, ``[loop]``, ``[kernel]``
+    and ``[train]`` and that its name is valid and new."""
+    bad = set(variant) - {"name", "loop", "kernel", "train"}
+    if bad:
+        _fail(source, text, sorted(bad)[0], f"a variant may only set name, [loop], [kernel] and [train], "
+                                            f"got {sorted(bad)}")
+    name = variant.get("name")
+    if name is not None:
+        if not (isinstance(name, str) and _VARIANT_NAME.fullmatch(name)):
+            _fail_at_name(source, text, name, f"a variant name must be letters, digits and _ . + - "
+                                              f"(it names folders), got {name!r}")
+        if name in names:
+            _fail_at_name(source, text, name, f"two variants are named {name!r}", nth=1)
+        names.add(name)
+    return name
+
+
+def _expand_variant(raw: dict[str, Any], variant: dict, name: str | None, source: str,
+                    text: str) -> list[ExperimentConfig]:
+    """The sweep of one variant: its tables override the base config's (key by key), expanded
+    like a config of its own; a named variant must be one setting over the seeds, its points
+    labelled with the name."""
+    merged = {k: v for k, v in raw.items() if k != "variants"}
+    for section, table in variant.items():
+        if section != "name":
+            merged[section] = {**raw.get(section, {}), **table}
+    expanded = expand_sweep(merged, source=source, text=text, check_labels=False)
+    if name is None:
+        return expanded
+    settings = {dataclasses.replace(p, loop=dataclasses.replace(p.loop, seed=0)) for p in expanded}
+    if len(settings) > 1:
+        _fail_at_name(source, text, name, f"variant {name!r} sweeps {len(settings)} settings (a "
+                                          f"list value); a named variant is one setting: give each "
+                                          f"its own [[variants]] entry and name")
+    return [dataclasses.replace(p, variant=name) for p in expanded]
+
+
+def _check_top_level(raw: dict[str, Any], source: str, text: str) -> None:
+    """Refuse unknown top-level keys, a missing ``name`` and a ``[model]`` table that is not just
+    ``checkpoint``."""
     unknown = set(raw) - _TOP
     if unknown:
         key = sorted(unknown)[0]
@@ -363,24 +397,42 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
     if set(model) - {"checkpoint"}:
         key = sorted(set(model) - {"checkpoint"})[0]
         _fail(source, text, key, f"unknown key {key!r} in [model] (expected 'checkpoint')")
-    checkpoint = str(model["checkpoint"])
+
+
+def _checkpoint_of(raw: dict[str, Any], source: str) -> str:
+    """``[model] checkpoint``: a checkpoint file next to the config file when there is one (made
+    absolute), else as given (a path relative to the working directory, or a shipped name)."""
+    checkpoint = str(raw["model"]["checkpoint"])
     beside = Path(source).resolve().parent / checkpoint if Path(source).is_file() else None
     if beside is not None and not Path(checkpoint).is_absolute() and beside.is_file():
         checkpoint = str(beside)  # a checkpoint file next to the config (else cwd or a shipped name)
+    return checkpoint
+
+
+def _oracle_of(raw: dict[str, Any], source: str, text: str) -> OracleConfig | None:
+    """The ``[oracle]`` table as an :class:`OracleConfig` (its ``store`` made absolute against the
+    config file's folder), ``None`` without one; it excludes a ``[data] oracle`` other than
+    ``"stored"``."""
+    if "oracle" not in raw:
+        return None
+    try:
+        oracle = OracleConfig.from_dict(raw["oracle"])
+    except (TypeError, ValueError, ImportError) as err:
+        key = next((k for k in _keys_in(str(err)) if k in raw["oracle"]), "oracle")
+        _fail(source, text, key, str(err))
+    if raw.get("data", {}).get("oracle", "stored") != "stored":
+        _fail(source, text, "oracle", "set either [data] oracle (a shortcut) or an [oracle] table, not both")
+    if oracle.store and not Path(oracle.store).is_absolute() and Path(source).is_file():
+        oracle = dataclasses.replace(oracle, store=str(Path(source).resolve().parent / oracle.store))
+    return oracle
+
+
+def _sweep_axes(raw: dict[str, Any], source: str, text: str) -> list[tuple[tuple[str, str], list]]:
+    """The sweep axes ``((section, key), values)`` of the ``[data]``, ``[kernel]``, ``[train]`` and
+    ``[loop]`` tables in file order (:func:`_axes`; unknown keys refused, ``[data]`` paths
+    resolved), then the seeds (``seeds``, a list or one value; default ``[0]``)."""
     seeds = raw.get("seeds", [0])
     seeds = seeds if isinstance(seeds, list) else [seeds]
-    oracle = None
-    if "oracle" in raw:
-        try:
-            oracle = OracleConfig.from_dict(raw["oracle"])
-        except (TypeError, ValueError, ImportError) as err:
-            key = next((k for k in _keys_in(str(err)) if k in raw["oracle"]), "oracle")
-            _fail(source, text, key, str(err))
-        if raw.get("data", {}).get("oracle", "stored") != "stored":
-            _fail(source, text, "oracle", "set either [data] oracle (a shortcut) or an [oracle] table, not both")
-        if oracle.store and not Path(oracle.store).is_absolute() and Path(source).is_file():
-            oracle = dataclasses.replace(oracle, store=str(Path(source).resolve().parent / oracle.store))
-
     axes = []
     for section, cls in _SECTIONS.items():
         table = raw.get(section, {})
@@ -396,7 +448,14 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
                 _fail(source, text, key, f"unknown key {key!r} in [{section}] (expected one of {sorted(fields)})")
         axes.extend(_axes(section, table))
     axes.append((("loop", "seed"), list(seeds)))
+    return axes
 
+
+def _sweep_points(raw: dict[str, Any], axes, checkpoint: str, oracle: OracleConfig | None, source: str,
+                  text: str) -> list[ExperimentConfig]:
+    """One :class:`ExperimentConfig` per combination of the ``axes`` values (cartesian product, the
+    first axis varying slowest), without duplicates; settings a ``random``/``committee`` point
+    ignores are reset to their defaults (so such points merge)."""
     points, seen = [], set()
     for combo in itertools.product(*[values for _, values in axes]):
         tables: dict[str, dict] = {s: {} for s in _SECTIONS}
@@ -432,8 +491,6 @@ def expand_sweep(raw: dict[str, Any], *, source: str = "<config>", text: str = "
         if point not in seen:
             seen.add(point)
             points.append(point)
-    if check_labels:
-        _check_labels(points, source, text)
     return points
 
 

@@ -323,12 +323,37 @@ def run_md(spec: OnTheFlySpec, *, out: str | os.PathLike | None = None, resume: 
 
 def _run_md(spec: OnTheFlySpec, out: Path, *, resume: bool, progress: bool, log, stop_after) -> MDResult:
     """:func:`run_md` in the folder ``out``, which this process holds."""
-    from ntkal.labelling import LabelStore, LabelStoreError, label_structures, make_executor
+    from ntkal.labelling import make_executor
 
     t0 = time.perf_counter()
     remove_stale_temp_files(out)
     run = _Run(spec, out, log)
-    md, rule = spec.md, spec.labelling
+    store = _checked_label_store(spec, out)
+    saved = run.load() if resume and (out / "state.msgpack").exists() else None
+    if saved is None:
+        (out / "config.json").write_text(json.dumps(spec.record(), indent=1, sort_keys=True))
+
+    with make_executor(spec.oracle) as executor:
+        label = _labeller(spec, store, executor)
+        run.params = run.start_params
+        run.base = _base_frames(run, label)
+        state = _fresh_state(run) if saved is None else _resumed_state(run, saved)
+        _run_steps(run, state, label, progress=progress, stop_after=stop_after)
+        if run.extra["step"] >= spec.md.steps and not (out / "model.msgpack").exists():
+            _save_final_model(run, out / "model.msgpack")
+
+    summary = _summary(run, t0)
+    (out / "summary.json").write_text(json_dumps(summary, indent=1))
+    extra = run.extra
+    return MDResult(out, extra["step"], extra["labels"], extra["restarts"], extra["failed"],
+                    time.perf_counter() - t0, summary)
+
+
+def _checked_label_store(spec: OnTheFlySpec, out: Path):
+    """The run's :class:`~ntkal.labelling.LabelStore` (``[oracle] store`` or ``out/labels.db``),
+    checked readable; a ``LabelStoreError`` says how to recover."""
+    from ntkal.labelling import LabelStore, LabelStoreError
+
     store = LabelStore(spec.oracle.store or out / "labels.db")
     try:
         store.check()
@@ -336,151 +361,242 @@ def _run_md(spec: OnTheFlySpec, out: Path, *, resume: bool, progress: bool, log,
         raise LabelStoreError(store.path, err.reason, "move it aside (with its -wal and -shm files) and rerun: "
                                                       "the run's state keeps its labelled frames, and "
                                                       f"{out / 'labels.extxyz'} has a copy of every label") from None
-    saved = run.load() if resume and (out / "state.msgpack").exists() else None
-    if saved is None:
-        (out / "config.json").write_text(json.dumps(spec.record(), indent=1, sort_keys=True))
+    return store
 
-    with make_executor(spec.oracle) as executor:
-        def label(atoms):
-            outcome = label_structures([atoms], spec.oracle, store, executor=executor)
-            return outcome.atoms[0]
 
-        run.params = run.start_params
-        if run.initial:
-            run.base = list(run.initial)
-        else:  # on resume the labelled start frame comes back from the label store
-            first = label(run.frame(run.start_atoms.positions))
-            if first is None:
-                raise RuntimeError("the oracle failed on the start frame")
-            run.base = [first]
-        if saved is None:
-            run.extra = extra = {"step": 0, "labels": 0, "failed": 0, "restarts": 0, "finetunes": 0,
-                                 "ratios": [], "last_label": -10**9}
-            run.anchors = [np.asarray(run.start_atoms.positions, np.float64)]
-            run.refit()
-            pos = run.graphs.padded_positions(run.start_atoms.positions)
-            run.rebuild(pos)
-            state = run.evaluate_state(pos, maxwell_boltzmann(jax.random.fold_in(run.key, 0x5EED), run.lp), 0)
-            run.handles = _open_outputs(out, None)
-        else:
-            run.extra = extra = json.loads(saved["json"])
-            run.handles = _open_outputs(out, saved["sizes"])
-            from ntkal.labelling.store import with_labels
-            run.labelled = [with_labels(run.frame(p), float(e), f) for p, e, f in zip(
-                saved["labelled_positions"], saved["labelled_energy"], saved["labelled_forces"])]
-            run.params = serialization.from_state_dict(run.start_params, saved["params"])
-            run.set_posterior(CholeskyPosterior(np.asarray(saved["chol"]), float(saved["noise_var"]),
-                                                int(saved["n_rows"]), int(saved["n_structures"])), saved["factor"])
-            run.anchors = list(np.asarray(saved["anchors"]))
-            run.graphs.capacity = int(saved["capacity"])
-            run.graph = run.graphs.build(run.graphs.padded_positions(saved["reference"]))
-            run.reference = np.asarray(saved["reference"])
-            state = MDState(**{k: jnp.asarray(v) for k, v in saved["state"].items()})
-            run.log(f"resumed at step {extra['step']} ({extra['labels']} labels)")
+def _labeller(spec: OnTheFlySpec, store, executor) -> Callable[[ase.Atoms], ase.Atoms | None]:
+    """``label(atoms)``: the frame labelled by the oracle (through the label store), ``None`` when
+    the oracle failed on it."""
+    from ntkal.labelling import label_structures
 
-        random_steps = set()
-        if rule.trigger == "random":
-            rng = np.random.default_rng([md.seed, 0xA11])
-            random_steps = set(int(s) for s in rng.choice(np.arange(1, md.steps + 1), rule.max_labels,
-                                                         replace=False))
-        writer = csv.writer(run.handles["log.csv"])
-        bar = tqdm(total=md.steps, initial=extra["step"], desc=f"md {spec.name}", disable=not progress,
-                   unit="step", leave=False)
-        steps_done = extra["step"]
+    def label(atoms):
+        outcome = label_structures([atoms], spec.oracle, store, executor=executor)
+        return outcome.atoms[0]
+
+    return label
+
+
+def _base_frames(run: _Run, label) -> list[ase.Atoms]:
+    """The initial training set: the ``initial`` files' frames, else the start frame labelled by
+    the oracle (on resume it comes back from the label store)."""
+    if run.initial:
+        return list(run.initial)
+    first = label(run.frame(run.start_atoms.positions))
+    if first is None:
+        raise RuntimeError("the oracle failed on the start frame")
+    return [first]
+
+
+def _fresh_state(run: _Run) -> MDState:
+    """Start a new run: zero counters, the start structure as the only anchor, the posterior fitted
+    on the initial set, Maxwell–Boltzmann velocities and empty output files."""
+    run.extra = {"step": 0, "labels": 0, "failed": 0, "restarts": 0, "finetunes": 0, "ratios": [],
+                 "last_label": -10**9}
+    run.anchors = [np.asarray(run.start_atoms.positions, np.float64)]
+    run.refit()
+    pos = run.graphs.padded_positions(run.start_atoms.positions)
+    run.rebuild(pos)
+    state = run.evaluate_state(pos, maxwell_boltzmann(jax.random.fold_in(run.key, 0x5EED), run.lp), 0)
+    run.handles = _open_outputs(run.out, None)
+    return state
+
+
+def _resumed_state(run: _Run, saved: dict) -> MDState:
+    """Continue a saved run (:meth:`_Run.load`): counters, labelled frames, parameters, posterior,
+    anchors, Verlet list and MD state as saved; the output files cut back to their saved sizes."""
+    from ntkal.labelling.store import with_labels
+
+    run.extra = extra = json.loads(saved["json"])
+    run.handles = _open_outputs(run.out, saved["sizes"])
+    run.labelled = [with_labels(run.frame(p), float(e), f) for p, e, f in zip(
+        saved["labelled_positions"], saved["labelled_energy"], saved["labelled_forces"])]
+    run.params = serialization.from_state_dict(run.start_params, saved["params"])
+    run.set_posterior(CholeskyPosterior(np.asarray(saved["chol"]), float(saved["noise_var"]),
+                                        int(saved["n_rows"]), int(saved["n_structures"])), saved["factor"])
+    run.anchors = list(np.asarray(saved["anchors"]))
+    run.graphs.capacity = int(saved["capacity"])
+    run.graph = run.graphs.build(run.graphs.padded_positions(saved["reference"]))
+    run.reference = np.asarray(saved["reference"])
+    state = MDState(**{k: jnp.asarray(v) for k, v in saved["state"].items()})
+    run.log(f"resumed at step {extra['step']} ({extra['labels']} labels)")
+    return state
+
+
+def _random_label_steps(spec: OnTheFlySpec) -> set[int]:
+    """The steps labelled with ``trigger = "random"`` (``max_labels`` of them, drawn from the MD
+    seed); empty otherwise."""
+    md, rule = spec.md, spec.labelling
+    if rule.trigger != "random":
+        return set()
+    rng = np.random.default_rng([md.seed, 0xA11])
+    return set(int(s) for s in rng.choice(np.arange(1, md.steps + 1), rule.max_labels, replace=False))
+
+
+def _run_steps(run: _Run, state: MDState, label, *, progress: bool, stop_after: int | None) -> None:
+    """Step until ``md.steps`` are done (or ``stop_after`` steps in this call), then close the
+    progress bar and the output files."""
+    spec, extra = run.spec, run.extra
+    random_steps = _random_label_steps(spec)
+    writer = csv.writer(run.handles["log.csv"])
+    bar = tqdm(total=spec.md.steps, initial=extra["step"], desc=f"md {spec.name}", disable=not progress,
+               unit="step", leave=False)
+    steps_done = extra["step"]
+    try:
+        while extra["step"] < spec.md.steps:
+            if stop_after is not None and extra["step"] - steps_done >= stop_after:
+                break
+            state, variance = _take_step(run, state, label, random_steps, writer)
+            bar.update(1)
+            bar.set_postfix(labels=extra["labels"], var=f"{variance:.3g}", restarts=extra["restarts"])
+    finally:
+        bar.close()
+        for handle in run.handles.values():
+            handle.close()
+
+
+def _take_step(run: _Run, state: MDState, label, random_steps: set[int], writer) -> tuple[MDState, float]:
+    """One MD step: the compiled BAOAB step, a Verlet rebuild after a skin/2 move, then a restart
+    (unsafe frame), a label (σ² over the threshold, or a random step) or neither; the step is
+    logged, written and checkpointed. Returns the new state and the step's σ²."""
+    md, rule, extra = run.spec.md, run.spec.labelling, run.extra
+    step = extra["step"] + 1
+    state = run.step_fn()(run.params, run.fparams(), run.chol32, run.posterior.noise_var,
+                          run.factor32, md.tau, run.graph, state, run.key)
+    positions = np.asarray(state.positions, np.float64)
+    state, restart_reason = _rebuild_after_skin_move(run, state, positions, step)
+    variance = float(state.variance)
+    threshold = threshold_of(rule, extra["ratios"])
+    fmax = float(np.max(np.linalg.norm(np.asarray(state.model_forces)[: run.n], axis=1)))
+    if restart_reason is None:
+        restart_reason = _unsafe_reason(run.spec, positions, variance, fmax, threshold)
+    labelled = False
+    if restart_reason is not None:
+        state = run.restart(restart_reason, step)
+    elif _label_due(rule, extra, step, variance, threshold, random_steps):
+        state, labelled, restart_reason = _label_frame(run, state, label, positions, step, variance, threshold)
+    extra["step"] = step
+    state = state._replace(step=jnp.asarray(step, jnp.int32))
+    _write_step(run, writer, state, step, variance, threshold, fmax, labelled, restart_reason is not None)
+    return state, variance
+
+
+def _rebuild_after_skin_move(run: _Run, state: MDState, positions: np.ndarray, step: int):
+    """``(state, restart reason)``: after an atom moved more than skin/2 (Å) since the last Verlet
+    build, the list is rebuilt and the state re-evaluated on it; a structure that cannot be graphed
+    gives a restart reason (else ``None``). ``positions``: ``(n_padded, 3)`` float64, Å."""
+    if np.max(np.linalg.norm(positions[: run.n] - run.reference, axis=1)) > 0.5 * run.spec.md.skin:
         try:
-            while extra["step"] < md.steps:
-                if stop_after is not None and extra["step"] - steps_done >= stop_after:
-                    break
-                step = extra["step"] + 1
-                state = run.step_fn()(run.params, run.fparams(), run.chol32, run.posterior.noise_var,
-                                      run.factor32, md.tau, run.graph, state, run.key)
-                positions = np.asarray(state.positions, np.float64)
-                restart_reason = None
-                if np.max(np.linalg.norm(positions[: run.n] - run.reference, axis=1)) > 0.5 * md.skin:
-                    try:
-                        run.rebuild(positions)
-                        state = run.evaluate_state(positions, state.momenta, step)
-                    except InvalidStructureError as err:
-                        restart_reason = f"invalid structure: {err}"
-                variance = float(state.variance)
-                threshold = threshold_of(rule, extra["ratios"])
-                fmax = float(np.max(np.linalg.norm(np.asarray(state.model_forces)[: run.n], axis=1)))
-                if restart_reason is None:
-                    if not (np.isfinite(variance) and np.isfinite(fmax) and np.all(np.isfinite(positions))):
-                        restart_reason = "non-finite energy, forces or positions"
-                    elif fmax > md.max_force:
-                        restart_reason = f"max force {fmax:.1f} eV/Å > {md.max_force}"
-                    elif variance > (rule.max_variance or MAX_VARIANCE_FACTOR * threshold):
-                        restart_reason = f"σ² {variance:.3g} above the hard limit"
-                labelled = False
-                if restart_reason is not None:
-                    state = run.restart(restart_reason, step)
-                elif extra["labels"] < rule.max_labels and (
-                        (rule.trigger == "variance" and variance > threshold
-                         and step - extra["last_label"] >= rule.min_interval)
-                        or (rule.trigger == "random" and step in random_steps)):
-                    atoms = run.frame(positions)
-                    done = label(atoms)
-                    if done is None:  # a frame the oracle cannot label is no place to continue from
-                        extra["failed"] += 1
-                        extra["last_label"] = step  # min_interval applies to attempts too
-                        restart_reason = "the oracle failed on this frame"
-                        state = run.restart(restart_reason, step)
-                    else:
-                        labelled = True
-                        f_ref = np.asarray(done.get_forces(apply_constraint=False))
-                        free = np.asarray(run.lp.movable)[: run.n, 0] > 0
-                        diff = (np.asarray(state.model_forces, np.float64)[: run.n] - f_ref)[free]
-                        ratio = float(np.mean(diff ** 2) / max(variance, 1e-30))
-                        extra["ratios"].append(ratio)
-                        done.info.update(step=step, variance=variance, model_energy=float(state.energy))
-                        run.labelled.append(done)
-                        ase.io.write(run.handles["labels.extxyz"], done, format="extxyz")
-                        # the step already computed this frame's normalised rows: a rank-r update
-                        run.set_posterior(add_rows(run.posterior, np.asarray(state.rows, np.float64)))
-                        extra["labels"] += 1
-                        extra["last_label"] = step
-                        run.anchors.append(positions[: run.n].copy())
-                        rmse = float(np.sqrt(np.mean(diff ** 2)))
-                        why = (f"σ² {variance:.3g} > {threshold:.3g}" if rule.trigger == "variance"
-                               else f"random step; σ² {variance:.3g}")
-                        run.log(f"step {step}: labelled ({why}; force RMSE {rmse:.3f} eV/Å)")
-                        drifted = 0 < rule.finetune_error < rmse
-                        if drifted or (rule.finetune_every and extra["labels"] % rule.finetune_every == 0):
-                            run.finetune()
-                        state = run.evaluate_state(positions, state.momenta, step)
-                extra["step"] = step
-                state = state._replace(step=jnp.asarray(step, jnp.int32))
-                writer.writerow([step, f"{step * md.timestep:.6g}", f"{float(state.energy):.8g}",
-                                 f"{variance:.6g}", f"{threshold:.6g}", int(labelled),
-                                 int(restart_reason is not None), f"{fmax:.6g}",
-                                 f"{kinetic_temperature(state.momenta, run.lp):.4g}"])
-                if labelled or step % md.write_every == 0:
-                    frame = run.frame(np.asarray(state.positions, np.float64))
-                    frame.info.update(step=step, model_energy=float(state.energy),
-                                      variance=float(state.variance), labelled=bool(labelled))
-                    ase.io.write(run.handles["trajectory.extxyz"], frame, format="extxyz")
-                if labelled or restart_reason is not None or step % md.checkpoint_every == 0 or step == md.steps:
-                    run.save(state, extra)
-                bar.update(1)
-                bar.set_postfix(labels=extra["labels"], var=f"{variance:.3g}", restarts=extra["restarts"])
-        finally:
-            bar.close()
-            for handle in run.handles.values():
-                handle.close()
+            run.rebuild(positions)
+            state = run.evaluate_state(positions, state.momenta, step)
+        except InvalidStructureError as err:
+            return state, f"invalid structure: {err}"
+    return state, None
 
-        if extra["step"] >= md.steps and not (out / "model.msgpack").exists():
-            # the run's product: the model fine-tuned on every label
-            if (rule.finetune_every or rule.finetune_error) and extra["labels"] > extra.get("finetuned_labels", 0):
-                run.finetune()
-            _save_model(run, out / "model.msgpack", extra)
 
-    summary = {"name": spec.name, "steps": extra["step"], "labels": extra["labels"],
-               "failed": extra["failed"], "restarts": extra["restarts"], "finetunes": extra["finetunes"],
-               "final_threshold": threshold_of(rule, extra["ratios"]),
-               "error_variance_ratios": extra["ratios"],
-               "step_compilations_this_call": run.step_compilations, "wall_s_this_call": time.perf_counter() - t0,
-               "config": spec.record()}
-    (out / "summary.json").write_text(json_dumps(summary, indent=1))
-    return MDResult(out, extra["step"], extra["labels"], extra["restarts"], extra["failed"],
-                    time.perf_counter() - t0, summary)
+def _unsafe_reason(spec: OnTheFlySpec, positions: np.ndarray, variance: float, fmax: float,
+                   threshold: float) -> str | None:
+    """Why the frame is no place to continue from (non-finite values, a force above ``max_force``
+    in eV/Å, σ² above the hard limit), or ``None``."""
+    md, rule = spec.md, spec.labelling
+    if not (np.isfinite(variance) and np.isfinite(fmax) and np.all(np.isfinite(positions))):
+        return "non-finite energy, forces or positions"
+    if fmax > md.max_force:
+        return f"max force {fmax:.1f} eV/Å > {md.max_force}"
+    if variance > (rule.max_variance or MAX_VARIANCE_FACTOR * threshold):
+        return f"σ² {variance:.3g} above the hard limit"
+    return None
+
+
+def _label_due(rule, extra: dict, step: int, variance: float, threshold: float, random_steps: set[int]) -> bool:
+    """Whether this step's frame goes to the oracle: labels left, and σ² over the threshold at least
+    ``min_interval`` steps after the last attempt (``trigger = "variance"``) or a drawn random step."""
+    return extra["labels"] < rule.max_labels and (
+        (rule.trigger == "variance" and variance > threshold and step - extra["last_label"] >= rule.min_interval)
+        or (rule.trigger == "random" and step in random_steps))
+
+
+def _label_frame(run: _Run, state: MDState, label, positions: np.ndarray, step: int, variance: float,
+                 threshold: float) -> tuple[MDState, bool, str | None]:
+    """Send the frame to the oracle: ``(state, labelled, restart reason)``. A labelled frame joins
+    the training set (:func:`_add_label`) and the state is re-evaluated with the updated posterior
+    (and model); a frame the oracle fails on is no place to continue from: restart."""
+    extra = run.extra
+    done = label(run.frame(positions))
+    if done is None:  # a frame the oracle cannot label is no place to continue from
+        extra["failed"] += 1
+        extra["last_label"] = step  # min_interval applies to attempts too
+        restart_reason = "the oracle failed on this frame"
+        return run.restart(restart_reason, step), False, restart_reason
+    _add_label(run, state, done, positions, step, variance, threshold)
+    return run.evaluate_state(positions, state.momenta, step), True, None
+
+
+def _force_error(run: _Run, state: MDState, done: ase.Atoms) -> np.ndarray:
+    """Model minus oracle forces (eV/Å) on the free atoms of the labelled frame, ``(n_free, 3)``."""
+    f_ref = np.asarray(done.get_forces(apply_constraint=False))
+    free = np.asarray(run.lp.movable)[: run.n, 0] > 0
+    return (np.asarray(state.model_forces, np.float64)[: run.n] - f_ref)[free]
+
+
+def _add_label(run: _Run, state: MDState, done: ase.Atoms, positions: np.ndarray, step: int, variance: float,
+               threshold: float) -> None:
+    """Record the labelled frame ``done``: its error/variance ratio (threshold calibration), the
+    label file, a rank-r posterior update with the step's rows, a new anchor, a log line, and a
+    fine-tune when ``finetune_every`` labels are due or the force RMSE exceeds ``finetune_error``."""
+    rule, extra = run.spec.labelling, run.extra
+    diff = _force_error(run, state, done)
+    ratio = float(np.mean(diff ** 2) / max(variance, 1e-30))
+    extra["ratios"].append(ratio)
+    done.info.update(step=step, variance=variance, model_energy=float(state.energy))
+    run.labelled.append(done)
+    ase.io.write(run.handles["labels.extxyz"], done, format="extxyz")
+    # the step already computed this frame's normalised rows: a rank-r update
+    run.set_posterior(add_rows(run.posterior, np.asarray(state.rows, np.float64)))
+    extra["labels"] += 1
+    extra["last_label"] = step
+    run.anchors.append(positions[: run.n].copy())
+    rmse = float(np.sqrt(np.mean(diff ** 2)))
+    why = (f"σ² {variance:.3g} > {threshold:.3g}" if rule.trigger == "variance"
+           else f"random step; σ² {variance:.3g}")
+    run.log(f"step {step}: labelled ({why}; force RMSE {rmse:.3f} eV/Å)")
+    drifted = 0 < rule.finetune_error < rmse
+    if drifted or (rule.finetune_every and extra["labels"] % rule.finetune_every == 0):
+        run.finetune()
+
+
+def _write_step(run: _Run, writer, state: MDState, step: int, variance: float, threshold: float, fmax: float,
+                labelled: bool, restarted: bool) -> None:
+    """The step's ``log.csv`` row; its frame in the trajectory every ``write_every`` steps and when
+    labelled; a checkpoint every ``checkpoint_every`` steps, at the end and after a label or restart."""
+    md = run.spec.md
+    writer.writerow([step, f"{step * md.timestep:.6g}", f"{float(state.energy):.8g}",
+                     f"{variance:.6g}", f"{threshold:.6g}", int(labelled),
+                     int(restarted), f"{fmax:.6g}",
+                     f"{kinetic_temperature(state.momenta, run.lp):.4g}"])
+    if labelled or step % md.write_every == 0:
+        frame = run.frame(np.asarray(state.positions, np.float64))
+        frame.info.update(step=step, model_energy=float(state.energy),
+                          variance=float(state.variance), labelled=bool(labelled))
+        ase.io.write(run.handles["trajectory.extxyz"], frame, format="extxyz")
+    if labelled or restarted or step % md.checkpoint_every == 0 or step == md.steps:
+        run.save(state, run.extra)
+
+
+def _save_final_model(run: _Run, path: Path) -> None:
+    """The run's product: the model fine-tuned on every label (a last fine-tune when labels came
+    after the previous one and fine-tuning is on), written to ``path``."""
+    rule, extra = run.spec.labelling, run.extra
+    if (rule.finetune_every or rule.finetune_error) and extra["labels"] > extra.get("finetuned_labels", 0):
+        run.finetune()
+    _save_model(run, path, extra)
+
+
+def _summary(run: _Run, t0: float) -> dict:
+    """The ``summary.json`` record of this call (``t0``: its start, ``time.perf_counter``)."""
+    spec, extra = run.spec, run.extra
+    return {"name": spec.name, "steps": extra["step"], "labels": extra["labels"],
+            "failed": extra["failed"], "restarts": extra["restarts"], "finetunes": extra["finetunes"],
+            "final_threshold": threshold_of(spec.labelling, extra["ratios"]),
+            "error_variance_ratios": extra["ratios"],
+            "step_compilations_this_call": run.step_compilations, "wall_s_this_call": time.perf_counter() - t0,
+            "config": spec.record()}

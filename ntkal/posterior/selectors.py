@@ -74,7 +74,7 @@ count.
 from __future__ import annotations
 
 import functools
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -198,6 +198,65 @@ def varred_gains(z: jnp.ndarray, gram: jnp.ndarray, noise_var, row_ok: jnp.ndarr
 
 def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, tgram, *, method, budget, n_global,
           kernel, score_config, use_posterior, maxdet_impl):
+    """One device's part of :func:`select_batch` (traced under ``shard_map`` and ``jit``, every
+    keyword static): ``budget`` greedy picks with ``method``.
+
+    Args:
+      x, rmask, ids: this device's candidates: rows ``(n_local, r, d)``, row mask ``(n_local, r)``,
+        ids ``(n_local,)`` (-1: padding).
+      tx, trmask, tids: the training chunk (replicated; rows ``(n_T, r, d)``, distance methods).
+      key: PRNG key (``random``, ``kmeanspp``).
+      chol_inv_t, sigma: posterior arrays (:func:`posterior_arrays`; identity and 1 without one).
+      tgram: ``(d, d)`` raw target second moment (``varred``).
+
+    Returns:
+      ``(picks, scores)``: ``(budget,)`` global candidate indices in pick order and the criterion
+      of each at the time of its pick (replicated).
+    """
+    loc = _local_candidates(x, rmask, ids, tx, trmask, tids, chol_inv_t, sigma, use_posterior)
+    if method == "random":
+        priorities = _local_part(loc, jax.random.uniform(key, (n_global,), loc.z.dtype))
+        return _pick_by_fixed_score(loc, priorities, budget)
+    if method == "maxdiag":
+        return _pick_by_fixed_score(loc, reduce_rows(jnp.sum(loc.z * loc.z, -1), loc.row_ok, score_config), budget)
+    if method == "varred":
+        return _pick_varred(loc, chol_inv_t, sigma, tgram, budget)
+    if method == "maxdet":
+        return _pick_maxdet(loc, sigma, budget, score_config, maxdet_impl)
+    return _pick_by_distance(loc, tids, key, method=method, budget=budget, n_global=n_global, kernel=kernel)
+
+
+class _Local(NamedTuple):
+    """This device's block of the candidate axis, prepared for the pick loops (inside ``shard_map``).
+
+    Attributes:
+      n_local: candidates on this device (static int).
+      offset: global index of the first local candidate (traced int32 scalar).
+      global_index: ``(n_local,)`` int32 global index of every local candidate.
+      valid: ``(n_local,)`` bool, real candidates (id >= 0).
+      row_ok: ``(n_local, r)`` bool, valid rows of real candidates.
+      z: ``(n_local, r, d)`` candidate rows: whitened with a posterior, masked raw rows without.
+      tz: ``(n_train, r, d)`` the training rows, transformed like ``z`` (replicated).
+      neg: ``-inf`` in the compute dtype (the score of a candidate that cannot be picked).
+    """
+
+    n_local: int
+    offset: jnp.ndarray
+    global_index: jnp.ndarray
+    valid: jnp.ndarray
+    row_ok: jnp.ndarray
+    z: jnp.ndarray
+    tz: jnp.ndarray
+    neg: jnp.ndarray
+
+
+def _local_candidates(x, rmask, ids, tx, trmask, tids, chol_inv_t, sigma, use_posterior) -> _Local:
+    """Index, mask and transform this device's candidate rows (and the replicated training rows).
+
+    ``x`` is ``(n_local, r, d)``, ``rmask`` ``(n_local, r)``, ``ids`` ``(n_local,)`` (-1: padding);
+    ``tx, trmask, tids`` the same for the training chunk. With ``use_posterior`` the rows are
+    whitened (``z = σ L⁻¹ φ``, :func:`whiten`), else padded rows are zeroed (:func:`masked_rows`).
+    """
     nl = x.shape[0]
     off = local_offset(nl)
     gidx_local = off + jnp.arange(nl, dtype=jnp.int32)
@@ -207,151 +266,230 @@ def _core(x, rmask, ids, tx, trmask, tids, key, chol_inv_t, sigma, tgram, *, met
         z, tz = whiten(cand, chol_inv_t, sigma), whiten(tr, chol_inv_t, sigma)
     else:
         z, tz = masked_rows(cand, x.dtype), masked_rows(tr, x.dtype)
-    dt = z.dtype
-    neg = jnp.array(-jnp.inf, dt)
+    neg = jnp.array(-jnp.inf, z.dtype)
     row_ok = rmask & valid[:, None]
-    picks0 = jnp.zeros((budget,), jnp.int32)
-    scores0 = jnp.zeros((budget,), dt)
-    sel0 = jnp.zeros((nl,), bool)
+    return _Local(nl, off, gidx_local, valid, row_ok, z, tz, neg)
 
-    def record(carry, t, crit, s):
-        sel, picks, scs = carry[:3]
-        _, g = global_argmax(jnp.where(valid & ~sel, s, neg))
-        val = gather_picked(crit, g)
-        return (sel | (gidx_local == g), picks.at[t].set(g), scs.at[t].set(val)) + carry[3:], g
 
-    if method in ("random", "maxdiag"):
-        if method == "random":
-            crit = jax.lax.dynamic_slice(jax.random.uniform(key, (n_global,), dt), (off,), (nl,))
-        else:
-            crit = reduce_rows(jnp.sum(z * z, -1), row_ok, score_config)
+def _no_picks(loc: _Local, budget: int):
+    """The initial pick-loop carry ``(selected, picks, scores)``: ``(n_local,)`` bool all False,
+    ``(budget,)`` int32 and ``(budget,)`` compute-dtype zeros."""
+    return (jnp.zeros((loc.n_local,), bool), jnp.zeros((budget,), jnp.int32),
+            jnp.zeros((budget,), loc.z.dtype))
 
-        def body(t, carry):
-            return record(carry, t, crit, crit)[0]
 
-        out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0))
-        return out[1], out[2]
+def _record_pick(loc: _Local, carry, t, crit, s):
+    """Pick number ``t``: the global argmax of ``s`` over the real candidates not picked yet (ties
+    -> lowest global index).
 
-    if method == "varred":
-        noise_var = sigma * sigma
-        # whitened target moment G = σ² L⁻¹ M L⁻ᵀ = chol_inv_t-transformed (row convention)
-        g0 = noise_var * (chol_inv_t.T @ tgram @ chol_inv_t)
+    ``carry`` starts with ``(selected, picks, scores)`` (:func:`_no_picks`; further entries pass
+    through); ``crit`` and ``s`` are ``(n_local,)``. Records the pick's global index and its
+    ``crit`` value; returns ``(carry', global index)``.
+    """
+    sel, picks, scs = carry[:3]
+    _, g = global_argmax(jnp.where(loc.valid & ~sel, s, loc.neg))
+    val = gather_picked(crit, g)
+    return (sel | (loc.global_index == g), picks.at[t].set(g), scs.at[t].set(val)) + carry[3:], g
 
-        def body_v(t, carry):
-            z_, g_ = carry[3:]
-            crit = varred_gains(z_, g_, noise_var, row_ok)
-            carry, gp = record(carry, t, crit, crit)
-            z_s = gather_picked(z_, gp)
-            e, rho, _ = _observation_coefficients(z_s, noise_var)
-            m_ = jnp.eye(z_s.shape[1], dtype=dt) - z_s.T @ ((e * rho) @ e.T) @ z_s  # (d, d), symmetric
-            z_new = (z_.reshape(-1, z_.shape[-1]) @ m_).reshape(z_.shape)
-            return carry[:3] + (z_new, m_ @ g_ @ m_)
 
-        out = jax.lax.fori_loop(0, budget, body_v, (sel0, picks0, scores0, z, g0))
-        return out[1], out[2]
+def _local_part(loc: _Local, values):
+    """This device's block ``(n_local,)`` of a ``(n_global,)`` array computed on every device."""
+    return jax.lax.dynamic_slice(values, (loc.offset,), (loc.n_local,))
 
-    if method == "maxdet":
-        noise_var = sigma * sigma
 
-        v0 = jnp.sum(z * z, -1)
-        r, d = z.shape[1], z.shape[2]
-        kernel_space = maxdet_impl == "kernel" or (maxdet_impl == "auto" and budget * r <= d)
-        if not kernel_space:  # update the whitened rows in place: memory O(n r d)
+def _pick_by_fixed_score(loc: _Local, crit, budget: int):
+    """``random`` and ``maxdiag``: the ``budget`` best of one ``(n_local,)`` score, no updates.
+    Returns ``(picks, scores)``, ``(budget,)`` each."""
 
-            def body(t, carry):
-                z_, v_ = carry[3:]
-                crit = reduce_rows(v_, row_ok, score_config)
-                carry, g = record(carry, t, crit, crit)
-                z_s = gather_picked(z_, g)
-                return carry[:3] + maxdet_update(z_, z_s, noise_var, v_)
+    def body(t, carry):
+        return _record_pick(loc, carry, t, crit, crit)[0]
 
-            out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0, z, v0))
-            return out[1], out[2]
+    out = jax.lax.fori_loop(0, budget, body, _no_picks(loc, budget))
+    return out[1], out[2]
 
-        # kernel space (blocked pivoted Cholesky, as bmdal's MaxDet): z stays fixed,
-        # c holds the factor columns, k_post(a, b) = z_a.z_b - c_a.c_b; memory O(n r budget r)
-        zf = z.reshape(nl * r, d)
 
-        def body_k(t, carry):
-            c, v_ = carry[3:]
-            crit = reduce_rows(v_, row_ok, score_config)
-            carry, g = record(carry, t, crit, crit)
-            z_s, c_s = gather_picked(z, g), gather_picked(c, g)  # (r, d), (r, budget r)
-            cf = c.reshape(nl * r, budget * r)
-            kc = zf @ z_s.T - cf @ c_s.T  # (n r, r) current posterior covariance with S
-            k_ss = z_s @ z_s.T - c_s @ c_s.T
-            chol = jnp.linalg.cholesky(0.5 * (k_ss + k_ss.T) + noise_var * jnp.eye(r, dtype=dt))
-            linv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(r, dtype=dt), lower=True)
-            new = kc @ linv.T  # (n r, r) new factor columns; r x r solve + GEMM
-            c = jax.lax.dynamic_update_slice_in_dim(c, new.reshape(nl, r, r), t * r, axis=2)
-            v_ = jnp.maximum(v_ - jnp.sum(new * new, -1).reshape(nl, r), 0.0)
-            return carry[:3] + (c, v_)
+def _conditioning_matrix(z_s, noise_var):
+    """``M = I − z_sᵀ E diag(ρ) Eᵀ z_s`` (``(d, d)``, symmetric): whitened rows ``z`` conditioned on
+    observing the rows ``z_s`` (``(r, d)``) are ``z M`` (see the module docstring)."""
+    e, rho, _ = _observation_coefficients(z_s, noise_var)
+    return jnp.eye(z_s.shape[1], dtype=z_s.dtype) - z_s.T @ ((e * rho) @ e.T) @ z_s
 
-        c0 = jnp.zeros((nl, r, budget * r), dt)
-        out = jax.lax.fori_loop(0, budget, body_k, (sel0, picks0, scores0, c0, v0))
-        return out[1], out[2]
 
-    # distance-based methods
-    xd = kernel_diag(z, kernel)
+def _pick_varred(loc: _Local, chol_inv_t, sigma, tgram, budget: int):
+    """``varred``: greedy total-variance reduction over the target (:func:`varred_gains`); after
+    each pick the candidates ``z <- z M`` and the whitened target moment ``G <- M G M``.
+
+    ``chol_inv_t`` and ``tgram`` are ``(d, d)``: ``tgram`` is the raw target moment ``Φ_UᵀΦ_U``.
+    Returns ``(picks, scores)``, ``(budget,)`` each.
+    """
+    noise_var = sigma * sigma
+    # whitened target moment G = σ² L⁻¹ M L⁻ᵀ = chol_inv_t-transformed (row convention)
+    g0 = noise_var * (chol_inv_t.T @ tgram @ chol_inv_t)
+
+    def body(t, carry):
+        z_, g_ = carry[3:]
+        crit = varred_gains(z_, g_, noise_var, loc.row_ok)
+        carry, gp = _record_pick(loc, carry, t, crit, crit)
+        m_ = _conditioning_matrix(gather_picked(z_, gp), noise_var)
+        z_new = (z_.reshape(-1, z_.shape[-1]) @ m_).reshape(z_.shape)
+        return carry[:3] + (z_new, m_ @ g_ @ m_)
+
+    out = jax.lax.fori_loop(0, budget, body, _no_picks(loc, budget) + (loc.z, g0))
+    return out[1], out[2]
+
+
+def _pick_maxdet(loc: _Local, sigma, budget: int, score_config, maxdet_impl: str):
+    """``maxdet``: greedy max posterior variance (``score_config`` reduction of the per-row
+    variances) with a rank-``r`` posterior update after each pick, in kernel space
+    (``maxdet_impl="kernel"``, or ``"auto"`` with ``budget r <= d``) or in feature space.
+    Returns ``(picks, scores)``, ``(budget,)`` each."""
+    noise_var = sigma * sigma
+    v0 = jnp.sum(loc.z * loc.z, -1)  # (n_local, r) per-row posterior variances
+    r, d = loc.z.shape[1], loc.z.shape[2]
+    if maxdet_impl == "kernel" or (maxdet_impl == "auto" and budget * r <= d):
+        return _pick_maxdet_kernel(loc, noise_var, v0, budget, score_config)
+    return _pick_maxdet_feature(loc, noise_var, v0, budget, score_config)
+
+
+def _pick_maxdet_feature(loc: _Local, noise_var, v0, budget: int, score_config):
+    """MaxDet updating the whitened rows in place (:func:`maxdet_update`): memory ``O(n r d)``.
+    ``v0``: ``(n_local, r)`` initial per-row variances."""
+
+    def body(t, carry):
+        z_, v_ = carry[3:]
+        crit = reduce_rows(v_, loc.row_ok, score_config)
+        carry, g = _record_pick(loc, carry, t, crit, crit)
+        z_s = gather_picked(z_, g)
+        return carry[:3] + maxdet_update(z_, z_s, noise_var, v_)
+
+    out = jax.lax.fori_loop(0, budget, body, _no_picks(loc, budget) + (loc.z, v0))
+    return out[1], out[2]
+
+
+def _pick_maxdet_kernel(loc: _Local, noise_var, v0, budget: int, score_config):
+    """MaxDet in kernel space (blocked pivoted Cholesky, as bmdal's MaxDet): ``z`` stays fixed,
+    ``c`` (``(n_local, r, budget r)``) holds the factor columns, ``k_post(a, b) = z_a z_bᵀ − c_a c_bᵀ``;
+    memory ``O(n r budget r)``. ``v0``: ``(n_local, r)`` initial per-row variances."""
+    z, nl = loc.z, loc.n_local
+    r, d = z.shape[1], z.shape[2]
+    dt = z.dtype
+    zf = z.reshape(nl * r, d)
+
+    def body(t, carry):
+        c, v_ = carry[3:]
+        crit = reduce_rows(v_, loc.row_ok, score_config)
+        carry, g = _record_pick(loc, carry, t, crit, crit)
+        z_s, c_s = gather_picked(z, g), gather_picked(c, g)  # (r, d), (r, budget r)
+        cf = c.reshape(nl * r, budget * r)
+        kc = zf @ z_s.T - cf @ c_s.T  # (n r, r) current posterior covariance with S
+        k_ss = z_s @ z_s.T - c_s @ c_s.T
+        chol = jnp.linalg.cholesky(0.5 * (k_ss + k_ss.T) + noise_var * jnp.eye(r, dtype=dt))
+        linv = jax.scipy.linalg.solve_triangular(chol, jnp.eye(r, dtype=dt), lower=True)
+        new = kc @ linv.T  # (n r, r) new factor columns; r x r solve + GEMM
+        c = jax.lax.dynamic_update_slice_in_dim(c, new.reshape(nl, r, r), t * r, axis=2)
+        v_ = jnp.maximum(v_ - jnp.sum(new * new, -1).reshape(nl, r), 0.0)
+        return carry[:3] + (c, v_)
+
+    c0 = jnp.zeros((nl, r, budget * r), dt)
+    out = jax.lax.fori_loop(0, budget, body, _no_picks(loc, budget) + (c0, v0))
+    return out[1], out[2]
+
+
+def _nearest_training_centre(loc: _Local, xd, tvalid, kernel: str):
+    """Squared distance ``(n_local,)`` of every candidate to its nearest valid training structure
+    and that centre's cluster label ``(n_local,)`` int32 (``1..n_T``; ``inf`` and 0 without
+    training structures), in blocks of ``_TRAIN_BLOCK`` centres, one matmul each.
+
+    ``xd``: ``(n_local,)`` kernel diagonal of the candidates; ``tvalid``: ``(n_T,)`` real training
+    structures.
+    """
+    z, tz, nl = loc.z, loc.tz, loc.n_local
+    dt = z.dtype
     n_t = tz.shape[0]
-    tvalid = tids >= 0
-
-    def add_centre(min_sq, closest, c, label):
-        dd = sq_dist_to(z, xd, c, kernel)
-        upd = dd < min_sq
-        return jnp.where(upd, dd, min_sq), jnp.where(upd, label, closest)
-
     min_sq, closest = jnp.full((nl,), jnp.inf, dt), jnp.zeros((nl,), jnp.int32)
-    if n_t > 0:  # training structures as initial centres, in blocks of one matmul each
-        blk = min(n_t, _TRAIN_BLOCK)
-        n_blk = -(-n_t // blk)
-        pad = n_blk * blk - n_t
-        tzp = jnp.concatenate([tz, jnp.zeros((pad,) + tz.shape[1:], dt)])
-        tvp = jnp.concatenate([tvalid, jnp.zeros((pad,), bool)])
+    if n_t == 0:
+        return min_sq, closest
+    blk = min(n_t, _TRAIN_BLOCK)
+    n_blk = -(-n_t // blk)
+    pad = n_blk * blk - n_t
+    tzp = jnp.concatenate([tz, jnp.zeros((pad,) + tz.shape[1:], dt)])
+    tvp = jnp.concatenate([tvalid, jnp.zeros((pad,), bool)])
 
-        def train_body(b, mc):
-            cb = jax.lax.dynamic_slice_in_dim(tzp, b * blk, blk)
-            vb = jax.lax.dynamic_slice_in_dim(tvp, b * blk, blk)
-            dd = xd[:, None] + kernel_diag(cb, kernel)[None] - 2.0 * kernel_cross(z, cb, kernel)
-            dd = jnp.where(vb[None], jnp.maximum(dd, 0.0), jnp.inf)
-            j = jnp.argmin(dd, axis=1)  # first occurrence = earliest training point
-            dmin = jnp.take_along_axis(dd, j[:, None], axis=1)[:, 0]
-            upd = dmin < mc[0]
-            return jnp.where(upd, dmin, mc[0]), jnp.where(upd, b * blk + j + 1, mc[1]).astype(jnp.int32)
+    def train_body(b, mc):
+        cb = jax.lax.dynamic_slice_in_dim(tzp, b * blk, blk)
+        vb = jax.lax.dynamic_slice_in_dim(tvp, b * blk, blk)
+        dd = xd[:, None] + kernel_diag(cb, kernel)[None] - 2.0 * kernel_cross(z, cb, kernel)
+        dd = jnp.where(vb[None], jnp.maximum(dd, 0.0), jnp.inf)
+        j = jnp.argmin(dd, axis=1)  # first occurrence = earliest training point
+        dmin = jnp.take_along_axis(dd, j[:, None], axis=1)[:, 0]
+        upd = dmin < mc[0]
+        return jnp.where(upd, dmin, mc[0]), jnp.where(upd, b * blk + j + 1, mc[1]).astype(jnp.int32)
 
-        min_sq, closest = jax.lax.fori_loop(0, n_blk, train_body, (min_sq, closest))
+    return jax.lax.fori_loop(0, n_blk, train_body, (min_sq, closest))
+
+
+def _lcmd_scores(loc: _Local, min_sq, closest, avail, has, xd, n_clusters: int):
+    """LCMD's pick score ``(n_local,)``: the distance to the centre within the largest cluster
+    (size = sum of its available members' squared distances), ``-inf`` elsewhere; ``xd`` (the
+    kernel diagonal) while there is no centre (``has`` False)."""
+    # cluster sizes over the candidates still available: a picked centre's distance to
+    # itself is 0 only up to rounding, and a residual there could make a cluster whose
+    # members are all picked the "largest" (then nothing is pickable; seen with a pool
+    # frame repeated, whose copy sits at distance 0 from its picked twin)
+    w = jax.ops.segment_sum(jnp.where(avail, min_sq, 0.0), closest, num_segments=n_clusters)
+    w = jax.lax.psum(w, POOL_AXIS)
+    in_max = w[closest] == jnp.max(w)
+    return jnp.where(has, jnp.where(in_max, min_sq, loc.neg), xd)
+
+
+def _kmeanspp_scores(loc: _Local, key, t, n_global: int, min_sq, avail, has):
+    """k-means++'s pick score ``(n_local,)`` for pick ``t``: ``log d² + Gumbel`` noise (the
+    Gumbel-max trick samples ∝ d²; candidates at distance 0 are excluded unless all are);
+    the noise alone (uniform) while there is no centre or no positive distance."""
+    g = _local_part(loc, jax.random.gumbel(jax.random.fold_in(key, t), (n_global,), loc.z.dtype))
+    n_pos = jax.lax.psum(jnp.sum(avail & (min_sq > 0)), POOL_AXIS)
+    logits = jnp.where(has & (n_pos > 0), jnp.log(jnp.where(min_sq > 0, min_sq, 1.0)), 0.0)
+    logits = jnp.where(has & (n_pos > 0) & ~(min_sq > 0), loc.neg, logits)
+    return logits + g
+
+
+def _add_centre(z, xd, min_sq, closest, centre, label, kernel: str):
+    """Nearest-centre distances ``(n_local,)`` and cluster labels ``(n_local,)`` after adding the
+    centre ``centre`` (``(r, d)`` rows) with cluster ``label``: candidates closer to it than to
+    their current centre move to its cluster. ``z``: ``(n_local, r, d)``; ``xd``: its kernel diagonal."""
+    dd = sq_dist_to(z, xd, centre, kernel)
+    upd = dd < min_sq
+    return jnp.where(upd, dd, min_sq), jnp.where(upd, label, closest)
+
+
+def _pick_by_distance(loc: _Local, tids, key, *, method: str, budget: int, n_global: int, kernel: str):
+    """``maxdist``, ``lcmd`` and ``kmeanspp``: greedy picks by the squared distance to the nearest
+    centre (training structures first, :func:`_nearest_training_centre`; every pick becomes a
+    centre, cluster label ``n_T + 1 + t``). Returns ``(picks, scores)``, ``(budget,)`` each; the
+    score is the distance to the nearest centre (the kernel diagonal before the first centre)."""
+    z = loc.z
+    xd = kernel_diag(z, kernel)
+    n_t = loc.tz.shape[0]
+    tvalid = tids >= 0
+    min_sq, closest = _nearest_training_centre(loc, xd, tvalid, kernel)
     n_centres = jnp.sum(tvalid).astype(jnp.int32)
 
     def body(t, carry):
         sel, picks, scs, min_sq, closest, n_c = carry
         has = n_c > 0
         crit = jnp.where(has, min_sq, xd)
-        avail = valid & ~sel
+        avail = loc.valid & ~sel
         if method == "maxdist":
             s = crit
         elif method == "lcmd":
-            # cluster sizes over the candidates still available: a picked centre's distance to
-            # itself is 0 only up to rounding, and a residual there could make a cluster whose
-            # members are all picked the "largest" (then nothing is pickable; seen with a pool
-            # frame repeated, whose copy sits at distance 0 from its picked twin)
-            w = jax.ops.segment_sum(jnp.where(avail, min_sq, 0.0), closest,
-                                    num_segments=n_t + budget + 1)
-            w = jax.lax.psum(w, POOL_AXIS)
-            in_max = w[closest] == jnp.max(w)
-            s = jnp.where(has, jnp.where(in_max, min_sq, neg), xd)
+            s = _lcmd_scores(loc, min_sq, closest, avail, has, xd, n_t + budget + 1)
         else:  # kmeanspp
-            g = jax.random.gumbel(jax.random.fold_in(key, t), (n_global,), dt)
-            g = jax.lax.dynamic_slice(g, (off,), (nl,))
-            n_pos = jax.lax.psum(jnp.sum(avail & (min_sq > 0)), POOL_AXIS)
-            logits = jnp.where(has & (n_pos > 0), jnp.log(jnp.where(min_sq > 0, min_sq, 1.0)), 0.0)
-            logits = jnp.where(has & (n_pos > 0) & ~(min_sq > 0), neg, logits)
-            s = logits + g
-        (sel, picks, scs), gpick = record((sel, picks, scs), t, crit, s)
-        c = gather_picked(z, gpick)
-        min_sq, closest = add_centre(min_sq, closest, c, n_t + 1 + t)
+            s = _kmeanspp_scores(loc, key, t, n_global, min_sq, avail, has)
+        (sel, picks, scs), gpick = _record_pick(loc, (sel, picks, scs), t, crit, s)
+        min_sq, closest = _add_centre(z, xd, min_sq, closest, gather_picked(z, gpick), n_t + 1 + t, kernel)
         return sel, picks, scs, min_sq, closest, n_c + 1
 
-    out = jax.lax.fori_loop(0, budget, body, (sel0, picks0, scores0, min_sq, closest, n_centres))
+    out = jax.lax.fori_loop(0, budget, body, _no_picks(loc, budget) + (min_sq, closest, n_centres))
     return out[1], out[2]
 
 

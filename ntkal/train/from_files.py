@@ -132,85 +132,171 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
     say = log or (lambda _: None)
     train_config = TrainConfig(**spec.train)
 
-    parent_meta: dict | None = None
-    if spec.init_from is not None:
-        model, params, parent_meta = load_pretrained(spec.init_from)
-        config = model.config
-        cutoff, elements = config.cutoff, config.elements
-    else:
-        defaults = ModelConfig()
-        cutoff = spec.model.get("cutoff", defaults.cutoff)
-        elements = spec.model.get("elements")
+    parent = load_pretrained(spec.init_from) if spec.init_from is not None else None
+    cutoff, elements = _cutoff_and_elements(spec, parent)
+    data = _read_data(spec, train_config, cutoff, elements, say)
+    start = _fine_tune_start(spec, *parent, data, say) if parent is not None else _new_model_start(spec, data, say)
+    result = _fit(spec, start, data, train_config, progress=progress, resume=resume, say=say)
+    params = result.params
+    errors = _errors(start.model, params, data, train_config)
 
+    metadata = _metadata(spec, start, data, train_config, result, errors, command)
+    metadata["wall_s"] = time.perf_counter() - t0
+    metadata = to_jsonable(metadata)  # NaN (no labels of a kind) -> null: strict JSON
+    save_checkpoint(spec.out, params, start.config, metadata)
+    atomic_write_bytes(spec.card, model_card(metadata, start.config, count_parameters(params)).encode())
+    return TrainFromFilesResult(spec.out, spec.card, metadata, start.config, params)
+
+
+class _Data(NamedTuple):
+    """The structures :func:`train_from_files` fits and measures, read and graphed once.
+
+    Attributes:
+      train: training :class:`~ntkal.data.Structure` s (without the held-out ones).
+      val: validation structures (the validation files', or those held out of the training files).
+      train_files, val_files: per file ``{"path", "sha256", "frames"}``.
+      n_holdout: training frames held out for validation (0 with validation files).
+      held_at: ``(file, frame)`` of every held-out frame.
+      locate: structure index -> ``(file, frame)`` over the training files (before the hold-out).
+      elements: the model's elements (atomic numbers): given, the parent's or the training data's.
+      data_elements: sorted atomic numbers present in ``train``.
+    """
+
+    train: list
+    val: list
+    train_files: list[dict]
+    val_files: list[dict]
+    n_holdout: int
+    held_at: list[tuple[str, int]]
+    locate: Callable[[int], tuple[str, int]]
+    elements: tuple
+    data_elements: list[int]
+
+
+class _Start(NamedTuple):
+    """The model a fit starts from.
+
+    Attributes:
+      model: the network; config: its :class:`~ntkal.models.ModelConfig`; params: its parameters.
+      train_elements: atomic numbers recorded as trained on (with fine-tuning, the parent's too).
+      init: the metadata's ``init`` record (``init_from`` and its sha256, or ``new`` and the seed).
+    """
+
+    model: Any
+    params: Any
+    config: ModelConfig
+    train_elements: list[int]
+    init: dict
+
+
+def _cutoff_and_elements(spec: TrainSpec, parent) -> tuple[float, Any]:
+    """The cutoff (Å) and elements the data are graphed with: the parent checkpoint's (``parent`` =
+    :func:`~ntkal.models.load_pretrained`'s triple), else the config's (elements ``None``: any)."""
+    if parent is not None:
+        config = parent[0].config
+        return config.cutoff, config.elements
+    defaults = ModelConfig()
+    return spec.model.get("cutoff", defaults.cutoff), spec.model.get("elements")
+
+
+def _read_data(spec: TrainSpec, train_config: TrainConfig, cutoff: float, elements, say) -> _Data:
+    """Read the training and validation files (:func:`read_labelled`), hold out
+    ``val_fraction`` of the training frames when there is no validation file, and say what was read."""
     t = time.perf_counter()
     train, train_files = read_labelled(spec.train_files, cutoff, elements)
     locate = _locate(train_files)
     if elements is None:
         elements = tuple(_elements_of(train))
     val, val_files = read_labelled(spec.val_files, cutoff, elements) if spec.val_files else ([], [])
-    n_holdout = 0
+    train, val, n_holdout, held_at = _hold_out(train, val, train_config, locate)
+    say(f"read {len(train) + n_holdout} training frames from {len(train_files)} file(s)"
+        + (f", {len(val)} validation frames" + (" (held out)" if n_holdout else "") if val else "")
+        + f" ({time.perf_counter() - t:.1f} s)")
+    return _Data(train, val, train_files, val_files, n_holdout, held_at, locate, elements, _elements_of(train))
+
+
+def _hold_out(train: list, val: list, train_config: TrainConfig, locate):
+    """``(train, val, n_holdout, held_at)``: without validation structures and with
+    ``val_fraction > 0``, the seeded hold-out :func:`fit` would make (recorded here); else unchanged."""
     if not val and train_config.val_fraction > 0:  # as fit() would, but recorded here
         keep, held = holdout_split(len(train), train_config.val_fraction, train_config.seed)
         val, n_holdout = [train[i] for i in held], len(held)
         held_at = [locate(int(i)) for i in held]
-        train = [train[i] for i in keep]
-    else:
-        held_at = []
-    say(f"read {len(train) + n_holdout} training frames from {len(train_files)} file(s)"
-        + (f", {len(val)} validation frames" + (" (held out)" if n_holdout else "") if val else "")
-        + f" ({time.perf_counter() - t:.1f} s)")
-    data_elements = _elements_of(train)
+        return [train[i] for i in keep], val, n_holdout, held_at
+    return train, val, 0, []
 
-    if parent_meta is not None:
-        warning = check_element_coverage(config.elements, parent_meta, (s.numbers for s in train),
-                                         what="training data", locate=locate)
-        if warning:
-            say(f"warning: {warning}; their reference energies e0 stay as in the checkpoint (frozen in fine-tuning)")
-        parent_train = parent_meta.get("train_elements")
-        train_elements = sorted(set(data_elements) | set(parent_train or ()))
-        init = {"init_from": spec.init_from, "sha256": file_sha256(_checkpoint_path(spec.init_from)),
-                "name": parent_meta.get("name"), "train_elements": parent_train}
-        say(f"fine-tuning {spec.init_from} ({count_parameters(params):,} parameters)")
-    else:
-        given = dict(spec.model)
-        given["elements"] = tuple(elements)
-        config = ModelConfig(**given)
-        measured = adapt_config(config, train)
-        config = dataclasses.replace(config, **{k: getattr(measured, k) for k in ("energy_scale", "avg_num_neighbors")
-                                                if k not in spec.model})
-        model = build_model(config)
-        params = model.init(jax.random.key(spec.seed), make_batches(train[:2], 2)[0])
-        params["e0"] = jnp.asarray(fit_reference_energies(config, train), jnp.float32)
-        train_elements = data_elements
-        init = {"new": True, "seed": spec.seed}
-        say(f"new model ({count_parameters(params):,} parameters), elements {', '.join(config.symbols)}")
 
+def _fine_tune_start(spec: TrainSpec, model, params, parent_meta: dict, data: _Data, say) -> _Start:
+    """Start from the checkpoint ``spec.init_from``; warns (through ``say``) about training elements
+    it was never trained on (their reference energies stay frozen)."""
+    warning = check_element_coverage(model.config.elements, parent_meta, (s.numbers for s in data.train),
+                                     what="training data", locate=data.locate)
+    if warning:
+        say(f"warning: {warning}; their reference energies e0 stay as in the checkpoint (frozen in fine-tuning)")
+    parent_train = parent_meta.get("train_elements")
+    train_elements = sorted(set(data.data_elements) | set(parent_train or ()))
+    init = {"init_from": spec.init_from, "sha256": file_sha256(_checkpoint_path(spec.init_from)),
+            "name": parent_meta.get("name"), "train_elements": parent_train}
+    say(f"fine-tuning {spec.init_from} ({count_parameters(params):,} parameters)")
+    return _Start(model, params, model.config, train_elements, init)
+
+
+def _new_model_start(spec: TrainSpec, data: _Data, say) -> _Start:
+    """A new model of the config's fields: ``energy_scale`` and ``avg_num_neighbors`` measured on the
+    training data unless given, parameters initialised with ``spec.seed``, reference energies e0
+    (eV) fitted by least squares."""
+    given = dict(spec.model)
+    given["elements"] = tuple(data.elements)
+    config = ModelConfig(**given)
+    measured = adapt_config(config, data.train)
+    config = dataclasses.replace(config, **{k: getattr(measured, k) for k in ("energy_scale", "avg_num_neighbors")
+                                            if k not in spec.model})
+    model = build_model(config)
+    params = model.init(jax.random.key(spec.seed), make_batches(data.train[:2], 2)[0])
+    params["e0"] = jnp.asarray(fit_reference_energies(config, data.train), jnp.float32)
+    say(f"new model ({count_parameters(params):,} parameters), elements {', '.join(config.symbols)}")
+    return _Start(model, params, config, data.data_elements, {"new": True, "seed": spec.seed})
+
+
+def _fit(spec: TrainSpec, start: _Start, data: _Data, train_config: TrainConfig, *, progress: bool,
+         resume: bool, say):
+    """Run :func:`fit`, its state in ``<out stem>.state.npz`` (resumed from unless ``resume`` is
+    false, which deletes it first)."""
     state_path = Path(spec.out).with_suffix(".state.npz")
     Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
     if not resume:
         state_path.unlink(missing_ok=True)
     elif state_path.exists():
         say(f"resuming from {state_path}")
-    result = fit(model, params, train, val or None, train_config, progress=progress, state_path=state_path)
-    params = result.params
+    return fit(start.model, start.params, data.train, data.val or None, train_config, progress=progress,
+               state_path=state_path)
 
-    # errors with fit's compiled sums and batch budget (no new compile)
+
+def _errors(model, params, data: _Data, train_config: TrainConfig) -> dict:
+    """``{"train": metrics, "val": metrics}`` (:func:`ntkal.train.evaluate`; ``val`` only with
+    validation structures), with fit's compiled sums and batch budget (no new compile)."""
     sums = _compiled(model, _static_part(train_config))[2]
-    budget = batch_budget(train + val, train_config.batch_size)
-    errors = {"train": evaluate(sums, params, make_batches(train, train_config.batch_size, budget=budget))}
-    if val:
-        errors["val"] = evaluate(sums, params, make_batches(val, train_config.batch_size, budget=budget))
+    budget = batch_budget(data.train + data.val, train_config.batch_size)
+    errors = {"train": evaluate(sums, params, make_batches(data.train, train_config.batch_size, budget=budget))}
+    if data.val:
+        errors["val"] = evaluate(sums, params, make_batches(data.val, train_config.batch_size, budget=budget))
+    return errors
 
+
+def _metadata(spec: TrainSpec, start: _Start, data: _Data, train_config: TrainConfig, result, errors: dict,
+              command: str | None) -> dict:
+    """The checkpoint metadata (module docstring), all but ``wall_s``."""
     history_keys = ("epoch", "lr", "train_loss", "val_loss", "val_energy_mae_per_atom", "val_force_mae")
-    metadata = {
+    train, val = data.train, data.val
+    return {
         "name": spec.name,
-        "train_elements": train_elements,
-        "data_elements": data_elements,
-        "data": {"train": train_files, "val": val_files, "val_fraction": train_config.val_fraction,
-                 "holdout": [{"path": p, "frame": f} for p, f in held_at],
-                 "n_train": len(train), "n_val": len(val), "n_holdout": n_holdout},
+        "train_elements": start.train_elements,
+        "data_elements": data.data_elements,
+        "data": {"train": data.train_files, "val": data.val_files, "val_fraction": train_config.val_fraction,
+                 "holdout": [{"path": p, "frame": f} for p, f in data.held_at],
+                 "n_train": len(train), "n_val": len(val), "n_holdout": data.n_holdout},
         "train_frames": len(train), "val_frames": len(val),
-        "init": init,
+        "init": start.init,
         "seed": spec.seed,
         "train_config": dataclasses.asdict(train_config),
         "best_epoch": result.best_epoch,
@@ -222,11 +308,6 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "ntkal_version": ntkal.__version__,
     }
-    metadata["wall_s"] = time.perf_counter() - t0
-    metadata = to_jsonable(metadata)  # NaN (no labels of a kind) -> null: strict JSON
-    save_checkpoint(spec.out, params, config, metadata)
-    atomic_write_bytes(spec.card, model_card(metadata, config, count_parameters(params)).encode())
-    return TrainFromFilesResult(spec.out, spec.card, metadata, config, params)
 
 
 def _checkpoint_path(name_or_path: str) -> Path:

@@ -176,6 +176,23 @@ def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = 
     base = path.resolve().parent
     problems = Problems(path, text)
 
+    tables = _top_level_tables(problems, raw)
+    name, seed = _name_and_seed(problems, raw)
+    model, init_from = _model_section(problems, base, tables["model"])
+    train_files, val_files = _data_files(problems, base, tables["data"])
+    train = _train_fields(problems, tables["train"], tables["data"], seed)
+    out_path = _checked_out_path(problems, base, raw, out, list(train_files + val_files))
+
+    if problems.problems:
+        raise TrainConfigError(problems.problems)
+    return TrainSpec(config_path=path, text=text, name=name or out_path.stem, out=out_path, seed=seed,
+                     model=model, init_from=init_from, train_files=train_files, val_files=val_files,
+                     train=train)
+
+
+def _top_level_tables(problems: Problems, raw: dict) -> dict[str, dict]:
+    """The ``model``, ``data`` and ``train`` tables (``{}`` when absent or not a table), after
+    reporting unknown top-level keys."""
     for key in raw:
         if key not in _TOP:
             problems.add(None, key, f"unknown top-level key {key!r} (expected one of {', '.join(_TOP)})")
@@ -186,6 +203,12 @@ def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = 
             problems.add(None, table, f"{table} must be a table ([{table}])")
             value = {}
         tables[table] = value
+    return tables
+
+
+def _name_and_seed(problems: Problems, raw: dict) -> tuple[str | None, int]:
+    """The top-level ``name`` (``None`` if not given) and ``seed`` (default 0; 0 after a reported
+    problem)."""
     name = raw.get("name")
     if name is not None and not (isinstance(name, str) and name):
         problems.add(None, "name", f"name must be a non-empty string, got {name!r}")
@@ -193,50 +216,84 @@ def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = 
     if not (isinstance(seed, int) and not isinstance(seed, bool)):
         problems.add(None, "seed", f"seed must be an integer, got {seed!r}")
         seed = 0
+    return name, seed
 
-    # [model]
-    model_table, model, init_from = tables["model"], None, None
-    if "init_from" in model_table:
-        value = model_table["init_from"]
-        others = sorted(set(model_table) - {"init_from"})
-        if others:
-            problems.add("model", others[0], f"[model] init_from fine-tunes a checkpoint and keeps its architecture; "
-                                             f"remove {', '.join(others)} (or init_from for a new model)")
-        if not (isinstance(value, str) and value):
-            problems.add("model", "init_from", f"[model] init_from must be a shipped name or a checkpoint path, "
-                                               f"got {value!r}")
-        else:
-            init_from, problem = init_from_problem(base, value)
-            if problem:
-                problems.add("model", "init_from", f"[model] init_from: {problem}")
-    else:
-        fields = dict(model_table)
-        elements = _elements(problems, fields.pop("elements")) if "elements" in model_table else ()
-        model = check_fields(problems, "model", {**fields, **({"elements": elements} if elements else {})},
-                              model_config_class())
-        if elements is None:  # already reported
-            model = None
-        backbone = model_table.get("backbone", "ntkal")
-        if model is not None and backbone != "ntkal":
-            from ntkal.models.config import NTKAL_ONLY_FIELDS, mlip_available
 
-            unused = [k for k in NTKAL_ONLY_FIELDS if k in model_table]
-            if unused:
-                problems.add("model", unused[0], f"[model] {unused[0]} is a setting of the built-in network; the "
-                                                 f"{backbone} backbone takes its own in [model.backbone_options]")
-                model = None
-            if not mlip_available():
-                problems.add("model", "backbone", f"[model] backbone = {backbone!r} needs InstaDeep's mlip package: "
-                                                  f"pip install 'ntkal[mlip]'")
-                model = None
-        irreps = model_table.get("hidden_irreps")
-        if isinstance(irreps, str) and not _IRREPS.match(irreps):
-            problems.add("model", "hidden_irreps", f"[model] hidden_irreps must be e3nn irreps such as "
-                                                   f"'32x0e + 8x1o', got {irreps!r}")
-            model = None
+def _model_section(problems: Problems, base: Path, table: dict) -> tuple[dict | None, str | None]:
+    """``(model, init_from)`` of the ``[model]`` table: a checkpoint to fine-tune (``init_from``)
+    or the fields of a new model; ``None`` for the one not given or unusable."""
+    if "init_from" in table:
+        return None, _init_from(problems, base, table)
+    return _new_model_fields(problems, table), None
 
-    # [data]
-    data = tables["data"]
+
+def _init_from(problems: Problems, base: Path, table: dict) -> str | None:
+    """The checkpoint ``[model] init_from`` names (resolved against ``base``); it allows no other
+    ``[model]`` key."""
+    value = table["init_from"]
+    others = sorted(set(table) - {"init_from"})
+    if others:
+        problems.add("model", others[0], f"[model] init_from fine-tunes a checkpoint and keeps its architecture; "
+                                         f"remove {', '.join(others)} (or init_from for a new model)")
+    if not (isinstance(value, str) and value):
+        problems.add("model", "init_from", f"[model] init_from must be a shipped name or a checkpoint path, "
+                                           f"got {value!r}")
+        return None
+    init_from, problem = init_from_problem(base, value)
+    if problem:
+        problems.add("model", "init_from", f"[model] init_from: {problem}")
+    return init_from
+
+
+def _new_model_fields(problems: Problems, table: dict) -> dict | None:
+    """The ModelConfig fields of a new model (``elements`` as atomic numbers), or ``None`` after a
+    reported problem (bad fields or elements, an mlip backbone with built-in settings or without
+    the mlip package, bad ``hidden_irreps``)."""
+    fields = dict(table)
+    elements = _elements(problems, fields.pop("elements")) if "elements" in table else ()
+    model = check_fields(problems, "model", {**fields, **({"elements": elements} if elements else {})},
+                          model_config_class())
+    if elements is None:  # already reported
+        model = None
+    if model is not None and table.get("backbone", "ntkal") != "ntkal" and _mlip_backbone_problems(problems, table):
+        model = None
+    if not _irreps_ok(problems, table):
+        model = None
+    return model
+
+
+def _mlip_backbone_problems(problems: Problems, table: dict) -> bool:
+    """Report a built-in-network setting given with an InstaDeep mlip backbone, and a missing mlip
+    package; ``True`` if there was either."""
+    from ntkal.models.config import NTKAL_ONLY_FIELDS, mlip_available
+
+    backbone = table["backbone"]
+    found = False
+    unused = [k for k in NTKAL_ONLY_FIELDS if k in table]
+    if unused:
+        problems.add("model", unused[0], f"[model] {unused[0]} is a setting of the built-in network; the "
+                                         f"{backbone} backbone takes its own in [model.backbone_options]")
+        found = True
+    if not mlip_available():
+        problems.add("model", "backbone", f"[model] backbone = {backbone!r} needs InstaDeep's mlip package: "
+                                          f"pip install 'ntkal[mlip]'")
+        found = True
+    return found
+
+
+def _irreps_ok(problems: Problems, table: dict) -> bool:
+    """``False`` (reported) when ``[model] hidden_irreps`` is a string that is not e3nn irreps text."""
+    irreps = table.get("hidden_irreps")
+    if isinstance(irreps, str) and not _IRREPS.match(irreps):
+        problems.add("model", "hidden_irreps", f"[model] hidden_irreps must be e3nn irreps such as "
+                                               f"'32x0e + 8x1o', got {irreps!r}")
+        return False
+    return True
+
+
+def _data_files(problems: Problems, base: Path, data: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(train_files, val_files)`` of the ``[data]`` table, resolved against ``base`` and checked
+    (:func:`~ntkal.toml_checks.file_list`); a file may not be both."""
     for key in data:
         if key not in _DATA:
             problems.add("data", key, f"unknown key {key!r} in [data] (expected one of {', '.join(_DATA)})")
@@ -249,9 +306,13 @@ def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = 
         val_files = file_list(problems, base, "val", data["val"])
         for spec in set(train_files) & set(val_files):
             problems.add("data", "val", f"[data] {spec} is both a training and a validation file")
+    return train_files, val_files
 
-    # [train] (+ [data] val_fraction)
-    train_table = dict(tables["train"])
+
+def _train_fields(problems: Problems, train_table: dict, data: dict, seed: int) -> dict[str, Any]:
+    """The checked TrainConfig fields of ``[train]``, with ``[data] val_fraction`` moved in and
+    ``seed`` defaulting to the top-level one (``{}`` after a reported problem)."""
+    train_table = dict(train_table)
     if "val_fraction" in data:
         if "val_fraction" in train_table:
             problems.add("data", "val_fraction", "val_fraction is given in both [data] and [train]; give it once")
@@ -262,28 +323,26 @@ def load_train_spec(path: str | os.PathLike, *, out: str | os.PathLike | None = 
     if "val" in data and isinstance(fraction, (int, float)) and fraction > 0:
         problems.add("data", "val_fraction", "val_fraction holds out training frames when no [data] val files "
                                              "are given; with val files, remove it")
+    return train
 
-    # out
+
+def _checked_out_path(problems: Problems, base: Path, raw: dict, out, inputs: list[str]) -> Path | None:
+    """The checkpoint path: ``out`` (``--out``) or the config's ``out`` (resolved against ``base``),
+    checked by :func:`_out_problem`; ``None`` when neither is usable (reported)."""
     if out is not None:
         out_path, where = Path(out), "--out"
     elif isinstance(raw.get("out"), str) and raw["out"]:
         out_path, where = resolve_path(base, raw["out"]), None
     else:
-        out_path, where = None, None
         if "out" in raw:
             problems.add(None, "out", f"out must be a checkpoint path (…/name.msgpack), got {raw['out']!r}")
         else:
             problems.add(None, None, "no output: set out = \"name.msgpack\" or pass --out")
-    if out_path is not None:
-        problem = _out_problem(out_path, list(train_files + val_files))
-        if problem:
-            if where:
-                problems.problems.append(f"argument --out: {problem}")
-            else:
-                problems.add(None, "out", f"out: {problem}")
-
-    if problems.problems:
-        raise TrainConfigError(problems.problems)
-    return TrainSpec(config_path=path, text=text, name=name or out_path.stem, out=out_path, seed=seed,
-                     model=model, init_from=init_from, train_files=train_files, val_files=val_files,
-                     train=train)
+        return None
+    problem = _out_problem(out_path, inputs)
+    if problem:
+        if where:
+            problems.problems.append(f"argument --out: {problem}")
+        else:
+            problems.add(None, "out", f"out: {problem}")
+    return out_path
