@@ -27,6 +27,7 @@ Example::
 from __future__ import annotations
 
 import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -40,6 +41,7 @@ from ase.io.formats import filetype
 from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, structure_set
+from ntkal.cluster.collectives import Collectives, LocalCollectives
 from ntkal.data import EmptyInputError, InvalidStructureError, atoms_to_structure, labels_of
 from ntkal.data.overlap import KeyedFrames, check_test_leaks, count_duplicates, frame_of, repeats_of
 from ntkal.jsonio import dumps as strict_dumps
@@ -140,8 +142,9 @@ class FileStructures(NamedTuple):
 
 
 def read_structures(path, cutoff: float, elements, *, progress: bool = False,
-                    desc: str = "read") -> FileStructures:
-    """Read and graph every frame of ``path`` once.
+                    desc: str = "read", part: range | None = None) -> FileStructures:
+    """Read and graph every frame of ``path`` once (with ``part``: only the frames whose 0-based
+    index is in ``part``; the others are parsed and dropped, never graphed or held).
 
     Returns:
       A :class:`FileStructures`.
@@ -155,10 +158,12 @@ def read_structures(path, cutoff: float, elements, *, progress: bool = False,
     if progress:
         frames = tqdm(frames, desc=f"{desc} {Path(path).name}", unit="frame", leave=False)
     for n, atoms in enumerate(frames):
+        if part is not None and n not in part:
+            continue
         structures.append(atoms_to_structure(atoms, cutoff, index=n, elements=elements))
         energies.append(labels_of(atoms)[0])
         frames_seen.append(frame_of(atoms))
-    if not structures:
+    if not structures and part is None:
         raise EmptyInputError(f"{path}: no structures in the file")
     have = all(e is not None for e in energies)
     return FileStructures(structures, np.asarray(energies, np.float64) if have else None, frames_seen)
@@ -181,6 +186,7 @@ def select_from_files(
     target_path: str | os.PathLike | None = None,
     test_paths: Sequence[str | os.PathLike] = (),
     test_overlap: str = "error",
+    collectives: Collectives | None = None,
 ) -> SelectSummary:
     """Pick ``budget`` structures of ``pool_path`` and write them to ``out_path``.
 
@@ -206,6 +212,13 @@ def select_from_files(
         :class:`~ntkal.data.overlap.LeakageError` naming both files and frames, before any
         feature is computed (a picked test frame would be labelled and trained on).
       test_overlap: ``"error"`` or ``"warn"`` (:class:`~ntkal.data.overlap.LeakageWarning`).
+      collectives: several processes (:func:`ntkal.cluster.initialize`; ``ntkal select
+        --distributed``), every one calling this function with the same arguments: each reads
+        and graphs only its round-robin part of the pool file (frames ``index``, ``index +
+        count``, ...), checks it against the training and test files, and scores it; the
+        picks (``ids`` are frame indices in the whole file) are the single-process picks, and
+        process 0 alone writes ``out_path`` and the summary. ``n_pool``, ``n_pool_in_train`` are
+        totals; ``pool_duplicates`` counts repeats within each process's part.
 
     Returns:
       A :class:`SelectSummary` (also written as JSON next to ``out_path``).
@@ -222,35 +235,40 @@ def select_from_files(
         the summary's ``element_warning``.
     """
     t_start = time.perf_counter()
+    col = LocalCollectives() if collectives is None else collectives
+    progress = progress and col.is_writer  # one set of progress bars
     budget = _checked_budget(budget, config)
     out_path = Path(out_path)
     timings = {}
-    # a killed earlier run may have left its temporary files beside the outputs
-    remove_stale_temp_files(out_path.parent, names=(out_path.name, _summary_path(out_path).name))
+    if col.is_writer:  # a killed earlier run may have left its temporary files beside the outputs
+        remove_stale_temp_files(out_path.parent, names=(out_path.name, _summary_path(out_path).name))
     model, params, metadata = load_pretrained(str(model_path))
 
     t = time.perf_counter()
     inputs = _read_inputs(model.config, metadata, pool_path, train_path, target_path, budget=budget,
-                          config=config, progress=progress)
+                          config=config, progress=progress, col=col)
     _check_no_test_leaks(test_paths, test_overlap, pool_path, train_path, target_path, inputs)
     timings["read_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     data, programs, acquirer = _make_acquirer(model, params, config, program_cache, inputs)
     timings["setup_s"] = time.perf_counter() - t
-    picks = _pick(acquirer, params, data, inputs, budget, config, progress)
-    for name in ("cascade_s", "train_features_s", "score_select_s"):
-        timings[name] = picks.stats[name]
+    picks = _pick(acquirer, params, data, inputs, budget, config, progress, col)
+    for name in ("cascade_s", "train_features_s", "score_select_s", "shortlist_s", "gather_s", "select_s"):
+        if name in picks.stats:
+            timings[name] = picks.stats[name]
 
     t = time.perf_counter()
-    _write_picked(pool_path, out_path, picks.ids, picks.scores, picks.pv)
+    if col.is_writer:
+        _write_picked(pool_path, out_path, picks.ids, picks.scores, picks.pv)
     timings["write_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_start
 
     summary = _select_summary(out_path, inputs, budget, config, picks, data, timings)
-    paths = {"model": model_path, "pool": pool_path, "train": train_path, "out": out_path, "target": target_path}
-    record = _summary_record(summary, paths, test_paths, inputs, acquirer, picks, data, programs)
-    atomic_write_bytes(summary.summary_path, strict_dumps(record, indent=2).encode())
+    if col.is_writer:
+        paths = {"model": model_path, "pool": pool_path, "train": train_path, "out": out_path, "target": target_path}
+        record = _summary_record(summary, paths, test_paths, inputs, acquirer, picks, data, programs)
+        atomic_write_bytes(summary.summary_path, strict_dumps(record, indent=2).encode())
     return summary
 
 
@@ -261,6 +279,9 @@ class _Inputs(NamedTuple):
       pool, train, target: :class:`~ntkal.data.Structure` s of each file (``target`` empty without
         a target file).
       pool_frames, train_frames, target_frames: their :class:`~ntkal.data.overlap.Frame` s.
+      pool_ids: ``(len(pool),)`` frame index in the pool file of each pool structure held here.
+      n_pool: frames in the whole pool file (every process's part).
+      n_pool_in_train: pool frames that are training frames, in the whole pool file.
       energies: ``(n_train,)`` training energy labels in eV, or ``None`` unless every frame has one.
       in_train: pool frame indices that are also training frames (never picked).
       candidates: the other pool frame indices (sorted).
@@ -269,6 +290,9 @@ class _Inputs(NamedTuple):
 
     pool: list
     pool_frames: list
+    pool_ids: np.ndarray
+    n_pool: int
+    n_pool_in_train: int
     train: list
     energies: np.ndarray | None
     train_frames: list
@@ -289,48 +313,57 @@ def _checked_budget(budget, config) -> int:
 
 
 def _read_inputs(model_config, metadata, pool_path, train_path, target_path, *, budget: int,
-                 config: AcquisitionConfig, progress: bool) -> _Inputs:
-    """Read and graph the pool, training and target files (in that order), checking the pool's
-    elements against the model (:func:`_read_pool`) and the budget against the pool frames that
-    are not training frames."""
+                 config: AcquisitionConfig, progress: bool, col: Collectives) -> _Inputs:
+    """Read and graph the pool (this process's part of it), training and target files (in that
+    order), checking the pool's elements against the model (:func:`_read_pool`) and the budget
+    against the pool frames that are not training frames."""
     cutoff, elements = model_config.cutoff, model_config.elements
-    pool, pool_frames, element_warning = _read_pool(pool_path, model_config, metadata, budget, progress)
+    pool, pool_frames, element_warning, n_pool = _read_pool(pool_path, model_config, metadata, budget, progress, col)
+    pool_ids = np.arange(col.index, col.index + col.count * len(pool), col.count, dtype=np.int64)
     train, energies, train_frames = read_structures(train_path, cutoff, elements, progress=progress, desc="read train")
-    in_train, candidates = _candidates_outside_training(pool_frames, train_frames, budget, pool_path, train_path)
+    in_train, candidates, n_in_train = _candidates_outside_training(pool_frames, train_frames, budget, pool_path,
+                                                                    train_path, col, n_pool)
     target, target_frames = _read_target(target_path, config, cutoff, elements, progress)
-    return _Inputs(pool, pool_frames, train, energies, train_frames, in_train, candidates, target, target_frames,
-                   element_warning)
+    return _Inputs(pool, pool_frames, pool_ids, n_pool, n_in_train, train, energies, train_frames, in_train,
+                   candidates, target, target_frames, element_warning)
 
 
-def _read_pool(pool_path, model_config, metadata, budget: int, progress: bool):
-    """The pool's structures and frames, and its element coverage warning (also warned).
+def _read_pool(pool_path, model_config, metadata, budget: int, progress: bool, col: Collectives):
+    """This process's part of the pool (all of it with one process): structures, frames, the
+    element coverage warning (also warned) and the number of frames in the whole file.
 
     Raises ``UnknownElementError`` for elements outside the model, ``ValueError`` for a budget
     larger than the pool.
     """
-    pool, _, pool_frames = read_structures(pool_path, model_config.cutoff, None, progress=progress, desc="read pool")
+    part = None if col.count == 1 else range(col.index, sys.maxsize, col.count)
+    pool, _, pool_frames = read_structures(pool_path, model_config.cutoff, None, progress=progress,
+                                           desc="read pool", part=part)
     # elements outside the model: error (all of them, one example frame); known but never trained on: warn
     element_warning = check_element_coverage(model_config.elements, metadata, (s.numbers for s in pool),
                                              what="pool", source=os.fspath(pool_path))
     if element_warning:
         # stacklevel 4: the caller of select_from_files (-> _read_inputs -> _read_pool)
         warnings.warn(element_warning, UnseenElementWarning, stacklevel=4)
-    n_pool = len(pool)
+    n_pool = len(pool) if col.count == 1 else int(col.sum(np.asarray(len(pool), np.int64)))
+    if n_pool == 0:
+        raise EmptyInputError(f"{pool_path}: no structures in the file")
     if budget > n_pool:
         raise ValueError(f"budget {budget} exceeds the pool's {n_pool} structures ({pool_path})")
-    return pool, pool_frames, element_warning
+    return pool, pool_frames, element_warning, n_pool
 
 
-def _candidates_outside_training(pool_frames, train_frames, budget: int, pool_path, train_path):
-    """``(in_train, candidates)``: pool frame indices that are training frames (labelled already:
-    never candidates) and the others; ``ValueError`` when fewer than ``budget`` remain."""
-    n_pool = len(pool_frames)
+def _candidates_outside_training(pool_frames, train_frames, budget: int, pool_path, train_path,
+                                 col: Collectives, n_pool: int):
+    """``(in_train, candidates, n_in_train)``: indices (into ``pool_frames``) of the pool frames
+    that are training frames (labelled already: never candidates) and of the others, and how many
+    are training frames in the whole pool; ``ValueError`` when fewer than ``budget`` remain."""
     in_train = repeats_of(pool_frames, train_frames)
-    candidates = np.setdiff1d(np.arange(n_pool), in_train)
-    if budget > len(candidates):
-        raise ValueError(f"budget {budget} exceeds the pool's {len(candidates)} structures that are not "
-                         f"in the training set ({pool_path}: {len(in_train)} of {n_pool} frames are in {train_path})")
-    return in_train, candidates
+    candidates = np.setdiff1d(np.arange(len(pool_frames)), in_train)
+    n_in_train = len(in_train) if col.count == 1 else int(col.sum(np.asarray(len(in_train), np.int64)))
+    if budget > n_pool - n_in_train:
+        raise ValueError(f"budget {budget} exceeds the pool's {n_pool - n_in_train} structures that are not "
+                         f"in the training set ({pool_path}: {n_in_train} of {n_pool} frames are in {train_path})")
+    return in_train, candidates, n_in_train
 
 
 def _read_target(target_path, config: AcquisitionConfig, cutoff: float, elements, progress: bool):
@@ -368,24 +401,29 @@ def _make_acquirer(model, params, config: AcquisitionConfig, program_cache, inpu
 
 
 def _pick(acquirer: Acquirer, params, data, inputs: _Inputs, budget: int, config: AcquisitionConfig,
-          progress: bool):
+          progress: bool, col: Collectives):
     """Run the acquisition pipeline: ``budget`` picks among ``inputs.candidates`` (structure set
-    indices: pool, then training, then target structures), seeded by ``config.seed``."""
+    indices: pool, then training, then target structures), seeded by ``config.seed``; the picks'
+    ids are frame indices in the pool file."""
     n_pool, n_train = len(inputs.pool), len(inputs.train)
     target_ids = n_pool + n_train + np.arange(len(inputs.target)) if inputs.target else None
+    global_ids = None
+    if col.count > 1:
+        global_ids = np.concatenate([inputs.pool_ids, np.full(n_train + len(inputs.target), -1, np.int64)])
     return acquirer.pick(params, data, n_pool + np.arange(n_train), inputs.candidates, budget,
-                         jax.random.PRNGKey(config.seed), train_energies=inputs.energies, progress=progress,
-                         target_ids=target_ids)
+                         jax.random.PRNGKey(config.seed), train_energies=inputs.energies,
+                         progress=progress and col.is_writer, target_ids=target_ids, collectives=col,
+                         global_ids=global_ids)
 
 
 def _select_summary(out_path: Path, inputs: _Inputs, budget: int, config: AcquisitionConfig, picks, data,
                     timings: dict) -> SelectSummary:
     """The :class:`SelectSummary` of a finished selection."""
     stats = {k: v for k, v in picks.stats.items() if not k.endswith("_s")}
-    return SelectSummary(out_path, _summary_path(out_path), len(inputs.pool), len(inputs.train), budget, config,
+    return SelectSummary(out_path, _summary_path(out_path), inputs.n_pool, len(inputs.train), budget, config,
                          tuple(int(i) for i in picks.ids), tuple(float(s) for s in picks.scores),
                          tuple(float(v) for v in picks.pv), picks.noise_var, picks.w_force,
-                         data.padding_ratio(config.chunk_size), timings, stats, len(inputs.in_train),
+                         data.padding_ratio(config.chunk_size), timings, stats, inputs.n_pool_in_train,
                          count_duplicates(inputs.pool_frames))
 
 

@@ -93,3 +93,62 @@ def test_a_process_killed_mid_scoring_fails_the_job_without_an_output_file(tmp_p
     assert lines == ["ntkal.launch: process 1 of 2 failed (killed by SIGKILL); stopped the other processes"]
     assert not (tmp_path / "picks.json").exists()
     assert not [p for p in tmp_path.iterdir() if "picks" in p.name]  # no temporary file left either
+
+
+def test_select_distributed_flags_need_distributed_and_are_checked():
+    import argparse
+
+    from ntkal.cli.select import SelectArgumentError, cluster_from_args
+
+    def args(**kw):
+        base = dict(distributed=False, coordinator=None, num_processes=None, process_id=None)
+        return argparse.Namespace(**{**base, **kw})
+
+    assert cluster_from_args(args()) is None
+    with pytest.raises(SelectArgumentError, match="needs --distributed"):
+        cluster_from_args(args(num_processes=2))
+    got = cluster_from_args(args(distributed=True, coordinator="node0:4321", num_processes=8, process_id=7))
+    assert (got.coordinator, got.num_processes, got.process_id) == ("node0:4321", 8, 7)
+    with pytest.raises(SelectArgumentError, match="process_id must be in"):
+        cluster_from_args(args(distributed=True, coordinator="node0:4321", num_processes=2, process_id=2))
+
+
+def test_ntkal_select_distributed_writes_the_single_process_picks_once(tmp_path):
+    """`ntkal select --distributed` on 2 processes: one output file and summary, written by
+    process 0, with the frames, ids and scores of a one-process `select_from_files`."""
+    import ase.io
+    import jax
+
+    from tiny_models import tiny_config
+    from ntkal.acquire import AcquisitionConfig
+    from ntkal.data import batch_atoms
+    from ntkal.data.toy import cu_pt_slab_frames
+    from ntkal.kernels import KernelConfig
+    from ntkal.models import build_model, save_checkpoint
+    from ntkal.select import select_from_files
+
+    config = tiny_config(num_layers=1, lmax=1)
+    model = build_model(config)
+    params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
+    save_checkpoint(tmp_path / "model.msgpack", params, config)
+    ase.io.write(tmp_path / "pool.extxyz", [a.copy() for a in cu_pt_slab_frames(21, seed=1, size=(2, 2, 2))])
+    ase.io.write(tmp_path / "train.extxyz", list(cu_pt_slab_frames(5, seed=2, size=(2, 2, 2))))
+    common = ["--model", "model.msgpack", "--pool", "pool.extxyz", "--train", "train.extxyz", "--budget", "4",
+              "--sketch-dim", "16", "--num-probes", "2", "--selector", "lcmd", "--no-progress"]
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NTKAL_CACHE_DIR=str(tmp_path / "cache"))
+    done = subprocess.run([sys.executable, "-m", "ntkal.launch", "-n", "2", "--", sys.executable, "-m", "ntkal.cli",
+                           "select", "--distributed", *common, "--out", "two/picked.extxyz"],
+                          capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("picked 4 of 21 pool structures") == 1  # process 0 reports, once
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["picked.extxyz", "picked.summary.json"]
+    summary = json.loads((tmp_path / "two" / "picked.summary.json").read_text())
+    single = select_from_files(tmp_path / "model.msgpack", tmp_path / "pool.extxyz", tmp_path / "train.extxyz", 4,
+                               out_path=tmp_path / "one.extxyz", progress=False,
+                               config=AcquisitionConfig(kernel=KernelConfig(kind="joint", sketch_dim=16, num_probes=2),
+                                                        selector="lcmd"))
+    assert summary["config"] == single.config.to_dict()
+    assert tuple(summary["ids"]) == single.ids and summary["n_pool"] == 21
+    np.testing.assert_allclose(summary["scores"], single.scores, rtol=1e-5)
+    written = [a.info["pool_id"] for a in ase.io.read(tmp_path / "two" / "picked.extxyz", index=":")]
+    assert written == list(single.ids)

@@ -245,7 +245,41 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     run = parser.add_argument_group("running")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_compile_cache_argument(run)
+    cluster = parser.add_argument_group(
+        "several processes (docs/cluster.md): every process runs the same command; each reads and "
+        "scores its part of the pool, process 0 selects and writes")
+    cluster.add_argument("--distributed", action="store_true",
+                         help="join the job's other processes: from NTKAL_COORDINATOR, NTKAL_NUM_PROCESSES and "
+                              "NTKAL_PROCESS_ID (python -m ntkal.launch sets them), else JAX's detection of the "
+                              "cluster (SLURM, Open MPI, ...), unless the three flags below are given")
+    cluster.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                         help="process 0's address, the same for every process (with --distributed)")
+    cluster.add_argument("--num-processes", type=int, default=None, help="processes in the job (with --distributed)")
+    cluster.add_argument("--process-id", type=int, default=None, help="this process, 0-based (with --distributed)")
     return parser
+
+
+def cluster_from_args(args: argparse.Namespace):
+    """The :class:`ntkal.cluster.ClusterConfig` of ``--distributed`` (``None`` without it): the
+    three flags when given, else the environment or JAX's detection. JAX-free.
+
+    Raises:
+      SelectArgumentError: a flag without ``--distributed``, or an unusable setting.
+    """
+    from ntkal.cluster.config import ClusterConfig, ClusterConfigError
+
+    given = {name: getattr(args, name, None) for name in ("coordinator", "num_processes", "process_id")}
+    if not getattr(args, "distributed", False):
+        extra = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
+        if extra:
+            raise SelectArgumentError([(extra[0], "needs --distributed")])
+        return None
+    try:
+        if any(v is not None for v in given.values()):
+            return ClusterConfig(**given)
+        return ClusterConfig.from_env()
+    except ClusterConfigError as err:
+        raise SelectArgumentError([("--distributed", str(err))]) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -395,6 +429,10 @@ def main_select(args: argparse.Namespace) -> int:
     else:
         if args.target is not None and config.selector != "varred":
             problems.append(("--target", f"a target set needs --selector varred, got {config.selector!r}"))
+    try:
+        cluster = cluster_from_args(args)
+    except SelectArgumentError as err:
+        problems += err.problems
     if problems:
         raise SelectArgumentError(problems)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -404,13 +442,17 @@ def main_select(args: argparse.Namespace) -> int:
                             named=getattr(args, "strategy", None) is not None), file=sys.stdout)
     folder = None if args.no_compile_cache else enable_compile_cache_or_warn()
 
+    from ntkal.cluster import initialize
     from ntkal.select import select_from_files
 
+    collectives = initialize(cluster)  # before any computation; the identity without --distributed
     summary = select_from_files(args.model, args.pool, args.train, args.budget, out_path=args.out,
                                 config=config, progress=not args.no_progress,
                                 program_cache=None if folder is None else folder / "programs",
                                 target_path=args.target, test_paths=args.test,
-                                test_overlap=args.test_overlap)
+                                test_overlap=args.test_overlap, collectives=collectives)
+    if not collectives.is_writer:
+        return 0
     print(f"picked {summary.budget} of {summary.n_pool} pool structures ({summary.config.kind} kernel, "
           f"{summary.config.selector}) in {summary.timings['total_s']:.1f} s -> {summary.out_path} "
           f"(summary {summary.summary_path})", file=sys.stdout)
