@@ -113,7 +113,7 @@ class ProgramCache:
         import jax
         import numpy as np
 
-        from ntkal.models.checkpoint import atomic_write_bytes
+        from ntkal.atomic import atomic_write_bytes
 
         prng = (str(jax.config.jax_default_prng_impl), bool(jax.config.jax_threefry_partitionable))
         path = self.folder / f"{self._key(('arrays', prng, static), [], None)}.npz"
@@ -158,7 +158,7 @@ class ProgramCache:
         import jax
         import numpy as np
 
-        from ntkal.models.checkpoint import atomic_write_bytes
+        from ntkal.atomic import atomic_write_bytes
 
         path = self.folder / f"{name}.jaxexport"
         exported = None

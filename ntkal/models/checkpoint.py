@@ -7,17 +7,16 @@ file or the new one, never a partial file.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import jax
 import numpy as np
 from flax import serialization
 
+from ntkal.atomic import TEMP_SUFFIX, atomic_path, atomic_write_bytes, new_file_mode, remove_stale_temp_files
 from ntkal.models.config import ModelConfig
 from ntkal.models.build import build_model
 from ntkal.models.mlip import MLIP
@@ -25,70 +24,8 @@ from ntkal.models.mlip import MLIP
 __all__ = ["save_checkpoint", "load_checkpoint", "atomic_write_bytes", "atomic_path", "new_file_mode",
            "remove_stale_temp_files", "TEMP_SUFFIX"]
 
-#: suffix of the temporary files of :func:`atomic_write_bytes` (``.<name>.<random>.tmp``)
-TEMP_SUFFIX = ".tmp"
-
-
-def new_file_mode() -> int:
-    """The permission bits a plain ``open(path, "w")`` would give a new file (0o666 minus the
-    umask). ``tempfile.mkstemp`` creates 0o600 files; atomic writes restore this mode."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def remove_stale_temp_files(folder: str | os.PathLike, *, names: tuple[str, ...] | None = None,
-                            recursive: bool = False) -> list[Path]:
-    """Delete temporary files left in ``folder`` by atomic writes that were killed.
-
-    Only names of the form ``.<name>.<random>.tmp`` (what :func:`atomic_write_bytes` and the
-    picks writer create) are removed; with ``names``, only those of the given target file
-    names (use this in a user's folder). Call it when a run starts, before anything writes.
-
-    Returns:
-      the removed paths.
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        return []
-    patterns = [f".{name}.*{TEMP_SUFFIX}" for name in names] if names is not None else [f".*{TEMP_SUFFIX}"]
-    removed = []
-    for pattern in patterns:
-        for path in (folder.rglob(pattern) if recursive else folder.glob(pattern)):
-            if path.is_file() and path.name.count(".") >= 3:
-                path.unlink(missing_ok=True)
-                removed.append(path)
-    return removed
-
 FORMAT = "ntkal-checkpoint"
 VERSION = 1
-
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path ``.<name>.<random>.tmp`` beside ``path``; when the block ends
-    without an error it gets normal permissions (:func:`new_file_mode`) and replaces ``path``
-    (``os.replace``), otherwise it is removed. A crash leaves the old file or the new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)
-    os.close(fd)
-    try:
-        yield tmp
-        os.chmod(tmp, new_file_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (:func:`atomic_path`), flushed to disk first."""
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
 
 
 def save_checkpoint(path: str | os.PathLike, params, config: ModelConfig,
