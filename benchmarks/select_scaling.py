@@ -286,6 +286,8 @@ def run_process_part(args) -> int:
     pick this process's part of the pool; process 0 writes every process's times to
     ``--part-json``."""
     from ntkal.cluster import ClusterConfig, initialize, split_of
+    from ntkal.compile_cache import enable_compile_cache
+    enable_compile_cache()  # the runs of one (n, P) table share compiled programs: warm-up is not timed anyway
     col = initialize(ClusterConfig.from_env())
     import jax
     from ntkal.acquire import Acquirer, structure_set
