@@ -2,11 +2,13 @@
 
 Like ``diagnose_picks.py``: with ``featurize_with = "pretrained"`` a kernel arm's picks depend
 only on the pretrained model, the pool and the labelled set, so its whole pick sequence can be
-replayed from each seed's round-0 set (read from the point's saved state). Here the replay goes
-through :class:`ntkal.acquire.Acquirer` directly, once with the pool as varred's target (the
-study's setting; the replay must reproduce the study's picks exactly) and once per
-``--target-split``: those structures, *unlabelled*, are the target whose summed posterior
-variance the picks reduce (what ``ntkal select --target`` does). No test error is computed, so
+replayed from each seed's round-0 set (read from the point's saved state). The replay is the
+loop's own acquisition step, :func:`ntkal.loop.select_round` on a context from
+:func:`ntkal.loop.make_context` (same key, candidates, exclusions and evidence labels as the
+run), without labelling or fine-tuning: once with the study's config (the replay must reproduce
+the study's picks exactly) and once per ``--target-split``, with ``variance_target =
+"target_set"`` and that split, *unlabelled*, as the target whose summed posterior variance the
+picks reduce (what ``ntkal select --target`` and ``[data] target_set`` do). No test error is computed, so
 a test split may serve as the target here; in a study, target one split and evaluate another.
 
 For each seed and target it prints the share of picks from each part of the pool (the
@@ -40,18 +42,17 @@ def main(argv=None) -> int:
                    help="a split of the config's dataset used, unlabelled, as varred's target")
     args = p.parse_args(argv)
 
-    import jax
-    from ntkal.acquire import Acquirer, structure_set
-    from ntkal.data import labels_of, structures_from_atoms
+    import dataclasses
+
+    from ntkal import datasets
     from ntkal.experiment.config import load_sweep, sweep_label
     from ntkal.experiment.run import load_data, load_initial
+    from ntkal.loop import init_state, make_context, select_round
     from ntkal.models import load_pretrained
-    from ntkal import datasets
 
     points = {(sweep_label(c), c.loop.seed): c for c in load_sweep(args.config)}
     first = points[(args.point, args.seeds[0])]
-    loop0 = first.loop
-    if loop0.featurize_with != "pretrained" or loop0.selector != "varred":
+    if first.loop.featurize_with != "pretrained" or first.loop.selector != "varred":
         raise SystemExit(f"{args.point}: needs pretrained features and the varred selector")
     data_cfg = first.data
     if data_cfg.from_files:
@@ -59,18 +60,11 @@ def main(argv=None) -> int:
     model, params, _ = load_pretrained(first.checkpoint)
     pool_atoms, tests = load_data(data_cfg, progress=False)
     initial_atoms = load_initial(data_cfg, progress=False)
-    cutoff, elements = model.config.cutoff, model.config.elements
-    def graphs(atoms):
-        atoms = list(atoms)
-        return [s for _, s in structures_from_atoms(atoms, cutoff, elements=elements)] if atoms else []
-
-    pool, initial = graphs(pool_atoms), graphs(initial_atoms)
-    targets = {"pool (the study's)": []}
+    targets = {"pool (the study's)": None}
     for split in args.target_split:  # a test split: the study's own subsample of it (max_test)
-        atoms = tests[split] if split in tests else datasets.load_split(
+        targets[f"split {split!r}"] = list(tests[split] if split in tests else datasets.load_split(
             data_cfg.dataset, split, size=data_cfg.size, seed=data_cfg.seed, cache_dir=data_cfg.cache_dir,
-            progress=False)
-        targets[f"split {split!r}"] = graphs(atoms)
+            progress=False))
     parts, start = [], 0  # the pool's parts, in [data] pool order: (name, first id, end id)
     for spec in data_cfg.pool:
         split, _, count = spec.partition(":")
@@ -79,23 +73,15 @@ def main(argv=None) -> int:
             progress=False))
         parts.append((split, start, start + n))
         start += n
-    if start != len(pool):
-        raise SystemExit(f"the pool parts {parts} do not add up to the pool's {len(pool)} structures")
+    if start != len(pool_atoms):
+        raise SystemExit(f"the pool parts {parts} do not add up to the pool's {len(pool_atoms)} structures")
     fmax = np.array([np.abs(a.get_forces()).max() for a in pool_atoms])
-    energies_pool = np.array([a.get_potential_energy() for a in pool_atoms])
-    energies_initial = [labels_of(a)[0] for a in initial_atoms]
-    cfg = loop0.acquisition
-    acquirer = Acquirer(model, params, cfg, store={})  # compiled once for every set and seed
-    sets = {}  # target → (its structure set: pool, initial set, target; the target's ids; its feature cache)
-    for name, t in targets.items():  # one feature cache per structure set: ids mean other structures
-        structures = pool + initial + t
-        sets[name] = (structure_set(structures, cfg.max_classes(len(structures)), cfg.max_padding),
-                      None if not t else len(pool) + len(initial) + np.arange(len(t)), {})
 
     rows = []
     head = " | ".join(f"from {name}" for name, _, _ in parts)
-    print(f"# {args.config}, point {args.point}; pool {len(pool)} ({', '.join(f'{n} {b - a}' for n, a, b in parts)}); "
-          f"targets: {', '.join(f'{k} ({len(v) or len(pool)})' for k, v in targets.items())}")
+    print(f"# {args.config}, point {args.point}; pool {len(pool_atoms)} "
+          f"({', '.join(f'{n} {b - a}' for n, a, b in parts)}); targets: "
+          f"{', '.join(f'{k} ({len(pool_atoms) if v is None else len(v)})' for k, v in targets.items())}")
     print(f"| target | seed | {head} | median max abs F (eV/Å) |")
     print("|---|---|" + "---|" * len(parts) + "---|")
 
@@ -109,25 +95,28 @@ def main(argv=None) -> int:
         cells = " | ".join(f"{100 * v:.1f} %" for v in shares.values())
         print(f"| {name} | {seed} | {cells} | {row['median_fmax']:.2f}{took} |", flush=True)
 
+    caches = {name: {} for name in targets}  # one feature cache per structure set (pool + initial + target)
     folder = ROOT / first.out / "points"
     for seed in args.seeds:
         base = points[(args.point, seed)].loop
         study, rand = saved_picks(folder, args.point, args.random, seed, base.initial)
         if rand is not None:
             describe(f"random arm ({args.random})", seed, rand)
-        for name, (data, target_ids, cache) in sets.items():
+        for name, target in targets.items():
             t = time.perf_counter()
+            # the run's loop without replay (it only enters the fine-tunes, which are skipped)
+            config = dataclasses.replace(base, replay=0) if target is None else dataclasses.replace(
+                base, replay=0, variance_target="target_set")
+            ctx = make_context(model, params, pool_atoms, {}, None, config, progress=False,
+                               cache=caches[name], initial_atoms=initial_atoms, target_atoms=target or ())
             labelled = study[:base.initial].copy()
-            for r in range(1, base.rounds + 1):
-                unlabelled = np.setdiff1d(np.arange(len(pool)), labelled)
-                train_ids = np.concatenate([labelled, len(pool) + np.arange(len(initial))])
-                energies = np.concatenate([energies_pool[labelled], energies_initial])
-                picks = acquirer.pick(params, data, train_ids, unlabelled, base.batch, jax.random.key(r),
-                                      train_energies=energies if base.uses_evidence else None, cache=cache,
-                                      target_ids=target_ids)
-                labelled = np.concatenate([labelled, np.asarray(picks.ids, np.int64)])
-            picked = labelled[base.initial:]
-            if target_ids is None and not np.array_equal(picked, study[base.initial:base.initial + len(picked)]):
+            state = init_state(ctx)._replace(round=1, labelled=labelled)
+            for _ in range(base.rounds):
+                picks = select_round(state, ctx, [pool_atoms[i] for i in state.labelled])
+                state = state._replace(round=state.round + 1,
+                                       labelled=np.concatenate([state.labelled, picks.ids]))
+            picked = state.labelled[base.initial:]
+            if target is None and not np.array_equal(picked, study[base.initial:base.initial + len(picked)]):
                 same = len(np.intersect1d(picked, study[base.initial:]))
                 raise SystemExit(f"seed {seed}: the replay does not reproduce the study's picks ({same} of "
                                  f"{len(picked)} shared)")
@@ -135,7 +124,6 @@ def main(argv=None) -> int:
         if args.json:
             args.json.write_text(json.dumps(rows, indent=1))
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

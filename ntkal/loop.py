@@ -66,6 +66,7 @@ from ntkal.models import MLIP, atomic_write_bytes
 from ntkal.train import FINETUNE_DEFAULTS, TrainConfig, evaluate, fit, make_batches, make_error_sums_fn
 
 __all__ = ["LoopConfig", "LoopState", "LoopContext", "make_context", "init_state", "run_round",
+           "select_round", "RoundPicks",
            "run_loop", "save_state", "load_state", "replay_sample", "round0_fingerprint", "METHODS"]
 
 METHODS = ("random", "committee") + KINDS
@@ -466,24 +467,44 @@ def _labelled_structures(ctx: LoopContext, atoms: Sequence[ase.Atoms]) -> list[S
                                                 elements=ctx.model.config.elements, require_labels=True)]
 
 
-def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple[LoopState, list]:
-    """Run round ``state.round``: acquire, label, fine-tune, evaluate.
+class RoundPicks(NamedTuple):
+    """What round ``state.round`` acquires (:func:`select_round`).
+
+    Attributes:
+      ids: ``(budget,)`` int64 pool ids, in pick order (sorted for random picks).
+      scores: ``(budget,)`` the selector's criterion (NaN for random picks).
+      pv: ``(budget,)`` posterior variance of each pick (NaN unless a kernel method picked).
+      noise_var: σ² used (NaN unless a kernel method picked).
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    pv: np.ndarray
+    noise_var: float
+
+
+def select_round(state: LoopState, ctx: LoopContext, labelled_atoms: Sequence[ase.Atoms]) -> RoundPicks:
+    """The acquisition step of :func:`run_round` alone: round ``state.round``'s picks, nothing
+    labelled or trained. Round 0 and ``random`` draw from the run's key folded with the round;
+    ``committee`` and the kernel methods score the unlabelled pool (the pool minus the labelled,
+    failed and excluded ids). Diagnostics replay a kernel arm's pick sequence with it
+    (``experiments/diagnose_target.py``): with ``featurize_with = "pretrained"`` the picks depend
+    only on the labelled set and its labels, not on the fine-tuned parameters.
 
     Args:
-      state: current state.
+      state: the run's state before the round (``labelled``, ``failed``, ``key``, ``round``).
       ctx: the run's static inputs.
-      labelled_atoms: labelled ``ase.Atoms`` so far, aligned with ``state.labelled``.
+      labelled_atoms: labelled ``ase.Atoms`` aligned with ``state.labelled`` (their energies
+        feed the evidence rule; the committee trains on them).
 
-    Returns:
-      ``(new_state, new_labelled_atoms)``.
+    Raises:
+      RuntimeError: the selector returned a duplicate or an already labelled id.
     """
     cfg = ctx.config
     r = state.round
-    times = {}
     key = jax.random.fold_in(jax.random.wrap_key_data(jnp.asarray(state.key)), r)
     unlabelled = np.setdiff1d(np.arange(len(ctx.pool)), np.concatenate([state.labelled, state.failed,
                                                                         ctx.excluded]))
-    t = time.perf_counter()
     budget = min(cfg.initial if r == 0 else cfg.batch, len(unlabelled))
     pv = np.full((budget,), np.nan)
     noise_var = float("nan")
@@ -499,9 +520,28 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
         energies = ([labels_of(a)[0] for a in list(labelled_atoms) + list(ctx.initial_atoms)]
                     if cfg.uses_evidence else None)
         ids, scores, pv, noise_var = _kernel_picks(state, ctx, unlabelled, key, budget, energies)
-    times["select_s"] = time.perf_counter() - t
     if len(set(ids.tolist())) != len(ids) or np.isin(ids, state.labelled).any():
         raise RuntimeError(f"round {r}: selector returned duplicate or already-labelled ids {ids}")
+    return RoundPicks(ids, scores, pv, noise_var)
+
+
+def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple[LoopState, list]:
+    """Run round ``state.round``: acquire, label, fine-tune, evaluate.
+
+    Args:
+      state: current state.
+      ctx: the run's static inputs.
+      labelled_atoms: labelled ``ase.Atoms`` so far, aligned with ``state.labelled``.
+
+    Returns:
+      ``(new_state, new_labelled_atoms)``.
+    """
+    cfg = ctx.config
+    r = state.round
+    times = {}
+    t = time.perf_counter()
+    ids, scores, pv, noise_var = select_round(state, ctx, labelled_atoms)
+    times["select_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
     new_atoms = list(ctx.oracle([ctx.pool_atoms[i] for i in ids])) if len(ids) else []

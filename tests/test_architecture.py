@@ -16,7 +16,7 @@ LAYERS = [
     (5, ("ntkal.acquire", "ntkal.datasets", "ntkal.cluster")),
     (4, ("ntkal.kernels", "ntkal.file_checks")),
     (3, ("ntkal.models", "ntkal.pretrained")),
-    (2, ("ntkal.data", "ntkal.posterior", "ntkal.summarize")),
+    (2, ("ntkal.data", "ntkal.posterior", "ntkal.acquisition", "ntkal.summarize")),
     (1, ("ntkal.strategies", "ntkal.plots", "ntkal.added_fields", "ntkal.jsonio", "ntkal.folder_lock",
          "ntkal.process_stats", "ntkal._lazy", "ntkal.atomic", "ntkal._parallel", "ntkal.cache", "ntkal.compile_cache",
          "ntkal.program_cache")),
@@ -123,3 +123,21 @@ def test_the_checks_see_a_planted_circle_and_an_upward_import(tmp_path, monkeypa
         test_no_import_runs_up_a_layer()
     with pytest.raises(AssertionError):
         test_no_import_circle()
+
+
+def test_the_renamed_package_still_answers_for_one_release_with_a_warning():
+    import warnings
+
+    import pytest
+
+    import ntkal.acquisition as old
+    import ntkal.posterior as new
+    with pytest.warns(DeprecationWarning, match="import it from ntkal.posterior"):
+        assert old.select_batch is new.select_batch
+    with pytest.warns(DeprecationWarning):
+        assert old.fit_posterior is new.fit_posterior
+    with pytest.raises(AttributeError, match="ntkal.posterior now"):
+        old.no_such_name
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert new.select_batch  # the new name does not warn
