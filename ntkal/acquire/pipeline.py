@@ -2,9 +2,10 @@ r"""The acquisition pipeline: featurise → scale → posterior → [cheap stage
 
 One :class:`Acquirer` is built per run from a model, its parameters' structure and an
 :class:`~ntkal.acquire.AcquisitionConfig`; it owns the compiled feature maps (the force-aware
-one and, with a cascade, the cheap one) and the jitted energy/forces, so nothing is cached at
-module level. :meth:`Acquirer.pick` is the one entry point used by ``ntkal select``, the
-active-learning loop and the calculator's users:
+one and, with a cascade, the cheap one), the jitted energy/forces and the shortlist and selector
+programs (in its ``store``, which a sweep shares between the acquirers of one pool), so nothing
+is cached at module level (:mod:`ntkal.cache.owned`). :meth:`Acquirer.pick` is the one entry
+point used by ``ntkal select``, the active-learning loop and the calculator's users:
 
 1. **Graphs, sized right.** The structures come as a :class:`StructureSet` (graphs built once,
    a size-class plan from :func:`ntkal.data.size_classes.plan_size_classes`); every chunk is
@@ -46,7 +47,7 @@ from ntkal.data import Structure
 from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
 from ntkal.kernels import GraphSizes, make_feature_map
 from ntkal.models import energy_and_forces_fn
-from ntkal.program_cache import ProgramCache
+from ntkal.cache import ProgramCache, build_once
 
 __all__ = ["StructureSet", "structure_set", "Picks", "Acquirer", "fit_scale",
            "trace_equalising_w_force", "evidence_from_residuals", "force_noise_factor",
@@ -196,7 +197,8 @@ def force_noise_factor(fmax: np.ndarray, candidates: np.ndarray, scale: float) -
 def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureScale,
                          train_scaled: FeatureChunk, pool_raw: Iterable[FeatureChunk], budget: int,
                          key, *, n_candidates: int, allowed: np.ndarray | None = None,
-                         noise_factor: np.ndarray | None = None, target_moment: np.ndarray | None = None):
+                         noise_factor: np.ndarray | None = None, target_moment: np.ndarray | None = None,
+                         compiled: dict | None = None):
     """Stream raw pool features through scale → guard → top-m PV shortlist, then select.
 
     Args:
@@ -216,6 +218,8 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
       target_moment: ``varred`` only: ``(d, d)`` second moment of the scaled features of a
         target set (:func:`~ntkal.posterior.target_second_moment`); ``None`` = the scored
         candidates themselves.
+      compiled: the caller's dict that keeps the shortlist and selector programs between
+        calls (:mod:`ntkal.cache.owned`); ``None``: compiled for this call only.
 
     Returns:
       ``(ids, scores, pv)`` numpy arrays of length ``budget``.
@@ -244,11 +248,11 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
 
     m = max(min(config.shortlist, n_candidates), budget)
     score_config = ScoreConfig(reduction=config.reduction)
-    short = shortlist_pool(chunks(), posterior, m, score_config=score_config)
+    short = shortlist_pool(chunks(), posterior, m, score_config=score_config, compiled=compiled)
     selection = select_batch(config.selector, short.as_chunk(), budget=budget, key=key,
                              posterior=posterior,
                              train=train_scaled if config.selector in DISTANCE_SELECTORS else None,
-                             score_config=score_config, target_gram=target)
+                             score_config=score_config, target_gram=target, compiled=compiled)
     ids = np.asarray(selection.ids, np.int64)
     if len(set(ids.tolist())) != budget or (ids < 0).any():
         raise RuntimeError(f"selector {config.selector!r} returned invalid or duplicate ids {ids.tolist()}")
@@ -268,10 +272,9 @@ def _pad_rows(rows, mask, r: int, pad=jnp.pad):
 def jitted_model(model, store: dict) -> tuple:
     """``(energy_and_forces, energy)`` of ``model``, jitted once per model and ``store`` (the
     acquirers of a sweep and the loop's own evaluations share them)."""
-    key = ("acquire", id(model), "model functions")
-    if key not in store:  # holding the model keeps id(model) unique
-        store[key] = (model, (jax.jit(energy_and_forces_fn(model.energy)), jax.jit(model.energy)))
-    return store[key][1]
+    return build_once(store, ("acquire", id(model), "model functions"),
+                      lambda: (jax.jit(energy_and_forces_fn(model.energy)), jax.jit(model.energy)),
+                      holds=model)  # holding the model keeps id(model) unique
 
 
 class Acquirer:
@@ -283,9 +286,10 @@ class Acquirer:
         the same structure can be passed to :meth:`pick`).
       config: the :class:`~ntkal.acquire.AcquisitionConfig`.
       store: optional dict shared by several acquirers of the same model (e.g. the runs of a
-        sweep): feature maps and jitted functions are looked up there first, so a kernel is
-        compiled once however many selectors or seeds use it.
-      programs: optional :class:`~ntkal.program_cache.ProgramCache`: the single-device feature
+        sweep): feature maps, jitted functions and the shortlist and selector programs are kept
+        there (:mod:`ntkal.cache.owned`), so a kernel is compiled once however many selectors or
+        seeds use it, and all are released with the dict. Default: a dict of this acquirer's own.
+      programs: optional :class:`~ntkal.cache.ProgramCache`: the single-device feature
         maps and the energy function are traced once and kept on disk, and so is a hoisted
         sketch (``ntkal select`` uses it beside the compilation cache, so a warm run skips
         tracing the model and drawing the sketch).
@@ -295,6 +299,9 @@ class Acquirer:
       cascade_map: the first-stage map, or ``None``.
       energy_and_forces: jitted ``(params, graph) -> (energies (n_graph,) eV, forces (n_node, 3) eV/Å)``.
       energy: jitted ``(params, graph) -> (n_graph,)`` eV.
+      compiled: the dict that owns the shortlist and selector programs (kept inside ``store``,
+        so the acquirers sharing a store share them; the acquirer does not hold ``store``
+        itself, which may hold the acquirer).
     """
 
     def __init__(self, model, params, config: AcquisitionConfig, *, store: dict | None = None,
@@ -303,12 +310,10 @@ class Acquirer:
         self.model = model
         self.programs = programs
         store = {} if store is None else store
+        self.compiled = build_once(store, ("acquire", "shortlist and selector programs"), dict)
 
-        def shared(key, build):
-            key = ("acquire", id(model)) + key
-            if key not in store:
-                store[key] = (model, build())  # holding the model keeps id(model) unique
-            return store[key][1]
+        def shared(key, build):  # holding the model keeps id(model) unique
+            return build_once(store, ("acquire", id(model)) + key, build, holds=model)
 
         unit = dataclasses.replace(config.kernel, w_energy=1.0, w_force=1.0)
         self.feature_map = shared(("map", unit), lambda: make_feature_map(model, unit, params, store=programs))
@@ -517,7 +522,8 @@ class Acquirer:
         pool = (apply_feature_scale(c, scale) for c in self._features(
             fmap, params, data, candidates, cache, "cheap", counter, progress=progress,
             desc="cascade: cheap kernel"))
-        short = shortlist_pool(pool, posterior, keep, score_config=ScoreConfig(reduction=cfg.reduction))
+        short = shortlist_pool(pool, posterior, keep, score_config=ScoreConfig(reduction=cfg.reduction),
+                               compiled=self.compiled)
         kept = np.asarray(short.ids, np.int64)
         return kept[kept >= 0]
 
@@ -630,7 +636,8 @@ class Acquirer:
                               desc="score pool")
         ids, scores, pv = shortlist_and_select(cfg, posterior, scale, train_scaled, pool, int(budget),
                                                key, n_candidates=n_allowed, allowed=allowed,
-                                               noise_factor=noise_factor, target_moment=target_moment)
+                                               noise_factor=noise_factor, target_moment=target_moment,
+                                               compiled=self.compiled)
         stats["score_select_s"] = time.perf_counter() - t
         stats["n_features"] = int(counter.get("main", 0))
         stats["n_cheap_features"] = int(counter.get("cheap", 0))

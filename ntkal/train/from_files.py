@@ -38,7 +38,7 @@ from ntkal.models import (ModelConfig, adapt_config, atomic_write_bytes, build_m
                           fit_reference_energies, load_pretrained, save_checkpoint)
 from ntkal.models.coverage import check_element_coverage, symbols_of
 from ntkal.train.config import TrainConfig
-from ntkal.train.fitting import _compiled, _static_part, batch_budget, fit, make_batches
+from ntkal.train.fitting import batch_budget, fit, fit_programs, make_batches
 from ntkal.train.metrics import evaluate
 from ntkal.train.schedule import holdout_split
 from ntkal.train.spec import TrainSpec, load_train_spec
@@ -191,11 +191,13 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
         state_path.unlink(missing_ok=True)
     elif state_path.exists():
         say(f"resuming from {state_path}")
-    result = fit(model, params, train, val or None, train_config, progress=progress, state_path=state_path)
+    compiled: dict = {}  # fit's programs, reused below
+    result = fit(model, params, train, val or None, train_config, progress=progress, state_path=state_path,
+                 compiled=compiled)
     params = result.params
 
     # errors with fit's compiled sums and batch budget (no new compile)
-    sums = _compiled(model, _static_part(train_config))[2]
+    sums = fit_programs(model, train_config, compiled).error_sums
     budget = batch_budget(train + val, train_config.batch_size)
     errors = {"train": evaluate(sums, params, make_batches(train, train_config.batch_size, budget=budget))}
     if val:
