@@ -199,7 +199,7 @@ def run_startup(args, log):
     """Cold and warm `ntkal select` in subprocesses, and their fixed cost.
 
     cold: empty compilation cache; warm: the same cache (compiled programs and traced
-    programs, :mod:`ntkal.program_cache`). The fixed cost is the wall time minus the time of
+    programs, :mod:`ntkal.cache.programs`). The fixed cost is the wall time minus the time of
     the same pick with everything compiled (the same acquirer picking a second time in this
     process: featurisation, posterior and selection compute only).
     """
@@ -234,7 +234,7 @@ def run_startup(args, log):
             out[f"{name}_programs"] = summary.get("programs")
         # warm compile cache but tracing every program again (what a warm run did before the
         # program cache): select_from_files without program_cache, in a subprocess
-        traced = ("import sys, argparse; from ntkal.compile_cache import enable_compile_cache; "
+        traced = ("import sys, argparse; from ntkal.cache import enable_compile_cache; "
                   "enable_compile_cache(); from ntkal.select import select_from_files; "
                   "from ntkal.cli.select import add_select_arguments, config_from_args; "
                   "a = add_select_arguments(argparse.ArgumentParser()).parse_args(sys.argv[1:]); "
@@ -286,7 +286,7 @@ def run_process_part(args) -> int:
     pick this process's part of the pool; process 0 writes every process's times to
     ``--part-json``."""
     from ntkal.cluster import ClusterConfig, initialize, split_of
-    from ntkal.compile_cache import enable_compile_cache
+    from ntkal.cache import enable_compile_cache
     enable_compile_cache()  # the runs of one (n, P) table share compiled programs: warm-up is not timed anyway
     col = initialize(ClusterConfig.from_env())
     import jax

@@ -90,7 +90,7 @@ def main(argv=None) -> int:
 
 
 def _run(config: Path, out: Path, args) -> int:
-    from ntkal.compile_cache import enable_compile_cache_or_warn
+    from ntkal.cache import enable_compile_cache_or_warn
     from ntkal.experiment import load_sweep, run_sweep
     from ntkal.models import build_model
     from ntkal.process_stats import CompileCounter, max_map_count, snapshot

@@ -123,7 +123,7 @@ def main(argv=None) -> int:
                     kept = list(ctx.initial) + [structures[len(ctx.initial) + k] for k in keep]
                     name += f" ({len(picked) - len(keep)} dropped)"
                 params = fit(model, pretrained, kept, None, dataclasses.replace(base, **overrides),
-                             replay=ctx.replay, progress=False).params
+                             replay=ctx.replay, progress=False, compiled=ctx.cache).params
                 m = {split: evaluate(sums, params, make_batches(tests_s[split], 16)) for split in ("dev", check)}
                 row = {"point": label, "seed": seed, "labels": n, "variant": name, "group": group,
                        "dev_force_mae": m["dev"]["force_mae"], "dev_force_rmse": m["dev"]["force_rmse"],

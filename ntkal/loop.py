@@ -56,6 +56,7 @@ from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, StructureSet, structure_set
 from ntkal.added_fields import added_field
+from ntkal.cache import build_once
 from ntkal.acquire.pipeline import jitted_model
 from ntkal.posterior import qbc_force_disagreement
 from ntkal.data import Structure, batch_structures, bucket, labels_of, structures_from_atoms
@@ -243,9 +244,10 @@ class LoopContext(NamedTuple):
       config: the :class:`LoopConfig`.
       progress: show progress bars.
       replay: labelled pretraining structures replayed in every fine-tune (drawn once per run).
-      cache: per-run store of what does not change between rounds: compiled functions (feature
-        maps, energy/forces), the pool's size plan, pretrained-parameter pool features and
-        predicted max forces; filled lazily, never saved.
+      cache: per-run store of what does not change between rounds: compiled functions (the
+        fine-tuning step, feature maps, energy/forces, shortlist and selector programs: this
+        dict owns them, :mod:`ntkal.cache.owned`), the pool's size plan, pretrained-parameter
+        pool features and predicted max forces; filled lazily, never saved.
       initial: labelled structures (not from the pool) in every fine-tune and posterior.
       initial_atoms: the same as ``ase.Atoms``.
       target: unlabelled target structures (``variance_target = "target_set"``).
@@ -295,9 +297,10 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
       replay_atoms: labelled source (pretraining) structures; ``config.replay`` of them are
         drawn once, from ``config.seed``, and added to every fine-tune.
       cache: a dict for values that depend only on the model, the pretrained parameters and the
-        pool (pretrained pool features, predicted max forces); pass one dict to the contexts of
-        several runs with the same model, parameters and pool (the seeds and methods of a sweep)
-        to compute them once. Default: a new dict.
+        pool (compiled programs, pretrained pool features, predicted max forces); pass one dict
+        to the contexts of several runs with the same model, parameters and pool (the seeds and
+        methods of a sweep) to compute them once, and drop it to release them. Default: a new
+        dict.
       initial_atoms: labelled structures (not from the pool) that every fine-tune includes and
         that define the posterior with the picks, e.g. the user's existing training set.
       target_atoms: unlabelled structures like those the model will be used on (labels
@@ -375,19 +378,17 @@ def _jitted(ctx: LoopContext):
     """Jitted energy+forces and error sums of the model, compiled once per context (and once
     per sweep when the contexts share ``cache``); energy+forces are the acquirers' own."""
     energy_and_forces, _ = jitted_model(ctx.model, ctx.cache)
-    key = ("error sums", id(ctx.model))
-    if key not in ctx.cache:
-        ctx.cache[key] = (ctx.model, jax.jit(make_error_sums_fn(ctx.model.energy)))
-    return energy_and_forces, ctx.cache[key][1]
+    sums = build_once(ctx.cache, ("error sums", id(ctx.model)),
+                      lambda: jax.jit(make_error_sums_fn(ctx.model.energy)), holds=ctx.model)
+    return energy_and_forces, sums
 
 
 def _acquirer(ctx: LoopContext) -> tuple[Acquirer, StructureSet]:
     """The run's :class:`~ntkal.acquire.Acquirer` and the pool's size plan (built once; feature
     maps shared through ``ctx.cache`` by every acquirer of the same model)."""
     cfg = ctx.config.acquisition
-    key = ("acquirer", id(ctx.model), cfg)
-    if key not in ctx.cache:
-        ctx.cache[key] = (ctx.model, Acquirer(ctx.model, ctx.pretrained, cfg, store=ctx.cache))
+    acquirer = build_once(ctx.cache, ("acquirer", id(ctx.model), cfg),
+                          lambda: Acquirer(ctx.model, ctx.pretrained, cfg, store=ctx.cache), holds=ctx.model)
     # ids: pool ids, then the initial set's, then the target set's
     structures = list(ctx.pool) + list(ctx.initial) + list(ctx.target)
     n = len(structures)
@@ -395,7 +396,7 @@ def _acquirer(ctx: LoopContext) -> tuple[Acquirer, StructureSet]:
                 len(ctx.target))
     if plan_key not in ctx.cache:
         ctx.cache[plan_key] = structure_set(structures, cfg.max_classes(n), cfg.max_padding)
-    return ctx.cache[key][1], ctx.cache[plan_key]
+    return acquirer, ctx.cache[plan_key]
 
 
 def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, key, budget: int,
@@ -430,7 +431,7 @@ def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, bud
         sample = rng.integers(0, len(labelled_structures), len(labelled_structures))
         train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 7919 * member + 1)
         params = fit(ctx.model, ctx.pretrained, [labelled_structures[i] for i in sample], None, train_cfg,
-                     replay=ctx.replay, progress=False).params
+                     replay=ctx.replay, progress=False, compiled=ctx.cache).params
         member_forces = []
         for _, graph in pool_chunks:
             _, f = ef(params, graph)
@@ -563,7 +564,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     errors_before = [next(errors) if good else float("nan") for good in ok]
     train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * cfg.seed + r)
     params = fit(ctx.model, start, train_structures, None, train_cfg, replay=ctx.replay,
-                 progress=ctx.progress).params
+                 progress=ctx.progress, compiled=ctx.cache).params
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

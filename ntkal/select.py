@@ -48,7 +48,7 @@ from ntkal.jsonio import dumps as strict_dumps
 from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import atomic_path, remove_stale_temp_files
 from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
-from ntkal.program_cache import ProgramCache
+from ntkal.cache import ProgramCache
 
 __all__ = ["SelectSummary", "FileStructures", "select_from_files", "read_frames", "read_structures"]
 
@@ -201,7 +201,7 @@ def select_from_files(
       out_path: output structure file (format from its extension; ``.extxyz`` recommended).
       config: the acquisition settings (kernel, selector, shortlist, σ², cascade, chunking).
       progress: show progress bars.
-      program_cache: optional folder of traced programs (:class:`ntkal.program_cache.ProgramCache`;
+      program_cache: optional folder of traced programs (:class:`ntkal.cache.ProgramCache`;
         ``ntkal select`` passes ``programs/`` inside its compilation cache): a second run with the
         same model, kernel and padding classes skips tracing the feature map.
       target_path: optional target structures (any ASE-readable file, labels ignored), e.g.

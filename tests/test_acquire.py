@@ -376,7 +376,7 @@ def test_feature_devices_beyond_this_process_are_refused():
 def test_traced_programs_on_disk_give_the_same_picks(setup, tmp_path):
     """With a program cache the acquirer's feature map and energies are exported once and
     loaded by the next run (no tracing); the picks, scores and σ² equal the traced ones."""
-    from ntkal.program_cache import ProgramCache
+    from ntkal.cache import ProgramCache
     model, params, frames, structures = setup
     config = dataclasses.replace(BASE, selector="lcmd", size_classes=1)  # one program per map
     data = structure_set(structures, config.size_classes)
@@ -422,7 +422,7 @@ jax.config.update("jax_enable_x64", True)
 import numpy as np
 from ntkal.acquire import Acquirer, structure_set
 from ntkal.models import load_checkpoint
-from ntkal.program_cache import ProgramCache
+from ntkal.cache import ProgramCache
 
 folder = Path(sys.argv[1])
 model, params, _ = load_checkpoint(folder / "model.msgpack")

@@ -20,7 +20,7 @@ import pytest
 
 from ntkal.acquire import AcquisitionConfig
 from ntkal.cli import main
-from ntkal.compile_cache import default_cache_dir, enable_compile_cache_or_warn
+from ntkal.cache import default_cache_dir, enable_compile_cache_or_warn
 from ntkal.kernels import KernelConfig
 from ntkal.cli.select import (ACQUISITION_FLAGS, SelectArgumentError, add_select_arguments, config_from_args,
                                config_to_argv, main_select, validate_select_args)
@@ -350,7 +350,7 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 def test_enable_compile_cache_sets_jax_config_and_caches(tmp_path):
     code = """
 import json, os, sys
-from ntkal.compile_cache import enable_compile_cache
+from ntkal.cache import enable_compile_cache
 assert "jax" not in sys.modules
 path = enable_compile_cache(sys.argv[1], min_compile_time_s=0)
 import jax, jax.numpy as jnp

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ntkal.program_cache import ProgramCache, code_fingerprint
+from ntkal.cache import ProgramCache, code_fingerprint
 
 
 def make_fn(traces: list):
@@ -72,13 +72,13 @@ def test_unreadable_file_is_traced_again_and_replaced(tmp_path):
 
 
 def test_code_fingerprint_covers_the_ntkal_sources(tmp_path, monkeypatch):
-    import ntkal.program_cache as module
+    import ntkal.cache.programs as module
     base = code_fingerprint()
     assert base == code_fingerprint() and len(base) == 64
     fake = tmp_path / "ntkal"
     fake.mkdir()
     (fake / "a.py").write_text("x = 1\n")
-    monkeypatch.setattr(module, "__file__", str(fake / "program_cache.py"))
+    monkeypatch.setattr(module, "__file__", str(fake / "cache" / "programs.py"))
     one = code_fingerprint()
     (fake / "a.py").write_text("x = 2\n")
     assert code_fingerprint() != one != base

@@ -220,16 +220,17 @@ def test_replay_lowers_error_on_replay_structures(data):
 
 
 def test_fits_of_different_sizes_and_schedules_share_one_compiled_step(data, caplog):
-    from ntkal.train.fitting import _compiled
-
     model, params, train, _ = data
     train = _dense(train)
-    fit(model, params, train[:8], None, TrainConfig(max_epochs=1, batch_size=8), progress=False)
-    before = _compiled.cache_info()
+    compiled = {}  # the owner of the fits' programs (the loop passes its per-run cache)
+    fit(model, params, train[:8], None, TrainConfig(max_epochs=1, batch_size=8), progress=False,
+        compiled=compiled)
+    before = dict(compiled)
     other = TrainConfig(max_epochs=2, batch_size=8, learning_rate=1e-3, schedule="warmup_cosine",
                         warmup_epochs=1, seed=5, patience=3, replay_weight=0.5)
     with jax.log_compiles(True), caplog.at_level(logging.WARNING):
-        result = fit(model, params, train[8:20], None, other, replay=train[20:24], progress=False)
+        result = fit(model, params, train[8:20], None, other, replay=train[20:24], progress=False,
+                     compiled=compiled)
         n_fit = len(caplog.records)
 
         @jax.jit
@@ -237,8 +238,8 @@ def test_fits_of_different_sizes_and_schedules_share_one_compiled_step(data, cap
             return x + 1
 
         step(np.ones(2))
-    after = _compiled.cache_info()
-    assert after.misses == before.misses and after.hits == before.hits + 1
+    assert len(before) == 1 and compiled.keys() == before.keys()  # found again, nothing new built
+    assert all(compiled[k] is before[k] for k in before)
     compiles = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Compiling jit(step)")]
     control = [r.getMessage() for r in caplog.records[n_fit:] if r.getMessage().startswith("Compiling jit(step)")]
     assert control and compiles == control, compiles
@@ -254,12 +255,14 @@ def test_a_reloaded_checkpoint_is_the_same_model_and_compiles_nothing_new(data, 
     train = _dense(train)[:8]
     config = TrainConfig(max_epochs=1, batch_size=8)
     save_checkpoint(tmp_path / "ckpt.msgpack", params, model.config)
+    compiled = {}  # the sweep's per-pool cache: the owner of the points' programs
     first, loaded, _ = load_checkpoint(tmp_path / "ckpt.msgpack")
-    fit(first, loaded, train, None, config, progress=False)  # the first sweep point
+    fit(first, loaded, train, None, config, progress=False, compiled=compiled)  # the first sweep point
     second, again, _ = load_checkpoint(tmp_path / "ckpt.msgpack")  # the next one
     assert first is second is model  # equal configs: one model object
     with CompileCounter() as compiles:
-        fit(second, again, train, None, dataclasses.replace(config, seed=3), progress=False)
+        fit(second, again, train, None, dataclasses.replace(config, seed=3), progress=False,
+            compiled=compiled)
         assert compiles.count == 0
         jax.jit(lambda x: x * 3)(np.ones(3))  # positive control: a new program is counted
         assert compiles.count == 1

@@ -395,7 +395,7 @@ def main(argv=None):
     parser.add_argument("--scan", nargs="*", type=float, default=None,
                         help="only: the variance arm at seed 99 for these thresholds (labels used)")
     args = parser.parse_args(argv)
-    from ntkal.compile_cache import enable_compile_cache_or_warn
+    from ntkal.cache import enable_compile_cache_or_warn
 
     enable_compile_cache_or_warn()
     OUT.mkdir(parents=True, exist_ok=True)

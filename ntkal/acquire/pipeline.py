@@ -2,9 +2,10 @@ r"""The acquisition pipeline: featurise → scale → posterior → [cheap stage
 
 One :class:`Acquirer` is built per run from a model, its parameters' structure and an
 :class:`~ntkal.acquire.AcquisitionConfig`; it owns the compiled feature maps (the force-aware
-one and, with a cascade, the cheap one) and the jitted energy/forces, so nothing is cached at
-module level. :meth:`Acquirer.pick` is the one entry point used by ``ntkal select``, the
-active-learning loop and the calculator's users:
+one and, with a cascade, the cheap one), the jitted energy/forces and the shortlist and selector
+programs (in its ``store``, which a sweep shares between the acquirers of one pool), so nothing
+is cached at module level (:mod:`ntkal.cache.owned`). :meth:`Acquirer.pick` is the one entry
+point used by ``ntkal select``, the active-learning loop and the calculator's users:
 
 1. **Graphs, sized right.** The structures come as a :class:`StructureSet` (graphs built once,
    a size-class plan from :func:`ntkal.data.size_classes.plan_size_classes`); every chunk is
@@ -48,7 +49,7 @@ from ntkal.data import Structure
 from ntkal.data.size_classes import SizeClasses, class_chunks, padded_slots, plan_size_classes
 from ntkal.kernels import GraphSizes, make_feature_map
 from ntkal.models import energy_and_forces_fn
-from ntkal.program_cache import ProgramCache
+from ntkal.cache import ProgramCache, build_once
 
 __all__ = ["StructureSet", "structure_set", "Picks", "Acquirer", "fit_scale",
            "trace_equalising_w_force", "evidence_from_residuals", "force_noise_factor",
@@ -204,7 +205,8 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
                          key, *, n_candidates: int, allowed: np.ndarray | None = None,
                          noise_factor: np.ndarray | None = None, target_moment: np.ndarray | None = None,
                          collectives: Collectives | None = None, global_ids: np.ndarray | None = None,
-                         num_rows: int | None = None, timings: dict | None = None):
+                         num_rows: int | None = None, timings: dict | None = None,
+                         compiled: dict | None = None):
     """Stream raw pool features through scale → guard → top-m PV shortlist, then select.
 
     Args:
@@ -237,6 +239,8 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
       timings: optional dict that receives seconds: ``shortlist_s`` (streaming this process's
         candidates), ``gather_s`` (several processes: merging the shortlists and the varred
         moment) and ``select_s`` (the selector, with the broadcast of its picks).
+      compiled: the caller's dict that keeps the shortlist and selector programs between
+        calls (:mod:`ntkal.cache.owned`); ``None``: compiled for this call only.
 
     Returns:
       ``(ids, scores, pv)`` numpy arrays of length ``budget`` (ids through ``global_ids``).
@@ -273,16 +277,16 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
     timings = {} if timings is None else timings
     t = time.perf_counter()
     if collectives is None or collectives.count == 1:
-        short = shortlist_pool(chunks(), posterior, m, score_config=score_config)
+        short = shortlist_pool(chunks(), posterior, m, score_config=score_config, compiled=compiled)
         jax.block_until_ready(short.values)
         timings["shortlist_s"] = time.perf_counter() - t
         t = time.perf_counter()
-        picked = _select(config, short, budget, key, posterior, train_scaled, score_config, target)
+        picked = _select(config, short, budget, key, posterior, train_scaled, score_config, target, compiled)
         timings["select_s"] = time.perf_counter() - t
         return picked
     if num_rows is None:
         raise ValueError("several processes must agree on the shortlist's row count: pass num_rows")
-    short = _gathered_shortlist(collectives, chunks(), posterior, m, num_rows, score_config, timings)
+    short = _gathered_shortlist(collectives, chunks(), posterior, m, num_rows, score_config, timings, compiled)
     if own_target:
         t = time.perf_counter()
         target = collectives.sum(target)
@@ -290,19 +294,19 @@ def shortlist_and_select(config: AcquisitionConfig, posterior, scale: FeatureSca
     t = time.perf_counter()
     picked = [np.zeros(budget, np.int64), np.zeros(budget, np.float64), np.zeros(budget, np.float64)]
     if collectives.is_writer:  # the selector runs once; every process gets its picks
-        picked = list(_select(config, short, budget, key, posterior, train_scaled, score_config, target))
+        picked = list(_select(config, short, budget, key, posterior, train_scaled, score_config, target, compiled))
     picked = tuple(collectives.broadcast(x) for x in picked)
     timings["select_s"] = time.perf_counter() - t
     return picked
 
 
 def _select(config: AcquisitionConfig, short, budget: int, key, posterior, train_scaled: FeatureChunk,
-            score_config: ScoreConfig, target) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            score_config: ScoreConfig, target, compiled: dict | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The batch selector on the shortlist: ``(ids, scores, pv)`` (checked: distinct, valid)."""
     selection = select_batch(config.selector, short.as_chunk(), budget=budget, key=key,
                              posterior=posterior,
                              train=train_scaled if config.selector in DISTANCE_SELECTORS else None,
-                             score_config=score_config, target_gram=target)
+                             score_config=score_config, target_gram=target, compiled=compiled)
     ids = np.asarray(selection.ids, np.int64)
     if len(set(ids.tolist())) != budget or (ids < 0).any():
         raise RuntimeError(f"selector {config.selector!r} returned invalid or duplicate ids {ids.tolist()}")
@@ -311,13 +315,14 @@ def _select(config: AcquisitionConfig, short, budget: int, key, posterior, train
 
 
 def _gathered_shortlist(collectives: Collectives, chunks: Iterable[FeatureChunk], posterior, m: int,
-                        num_rows: int, score_config: ScoreConfig, timings: dict) -> ShortlistState:
+                        num_rows: int, score_config: ScoreConfig, timings: dict,
+                        compiled: dict | None = None) -> ShortlistState:
     """This process's top-``m`` of ``chunks`` merged with every other process's: the top-``m``
     of the whole pool (a process may hold no candidate at all). ``timings`` gets
     ``shortlist_s`` (the local stream) and ``gather_s`` (the merge, waiting for the others
     included)."""
     t = time.perf_counter()
-    fns = streaming_shortlist(posterior, m, score_config=score_config)
+    fns = streaming_shortlist(posterior, m, score_config=score_config, compiled=compiled)
     state = fns.init(num_rows, posterior.dim)
     for chunk in chunks:
         state = fns.update(chunk, state)
@@ -346,10 +351,9 @@ def _pad_rows(rows, mask, r: int, pad=jnp.pad):
 def jitted_model(model, store: dict) -> tuple:
     """``(energy_and_forces, energy)`` of ``model``, jitted once per model and ``store`` (the
     acquirers of a sweep and the loop's own evaluations share them)."""
-    key = ("acquire", id(model), "model functions")
-    if key not in store:  # holding the model keeps id(model) unique
-        store[key] = (model, (jax.jit(energy_and_forces_fn(model.energy)), jax.jit(model.energy)))
-    return store[key][1]
+    return build_once(store, ("acquire", id(model), "model functions"),
+                      lambda: (jax.jit(energy_and_forces_fn(model.energy)), jax.jit(model.energy)),
+                      holds=model)  # holding the model keeps id(model) unique
 
 
 class Acquirer:
@@ -361,9 +365,10 @@ class Acquirer:
         the same structure can be passed to :meth:`pick`).
       config: the :class:`~ntkal.acquire.AcquisitionConfig`.
       store: optional dict shared by several acquirers of the same model (e.g. the runs of a
-        sweep): feature maps and jitted functions are looked up there first, so a kernel is
-        compiled once however many selectors or seeds use it.
-      programs: optional :class:`~ntkal.program_cache.ProgramCache`: the single-device feature
+        sweep): feature maps, jitted functions and the shortlist and selector programs are kept
+        there (:mod:`ntkal.cache.owned`), so a kernel is compiled once however many selectors or
+        seeds use it, and all are released with the dict. Default: a dict of this acquirer's own.
+      programs: optional :class:`~ntkal.cache.ProgramCache`: the single-device feature
         maps and the energy function are traced once and kept on disk, and so is a hoisted
         sketch (``ntkal select`` uses it beside the compilation cache, so a warm run skips
         tracing the model and drawing the sketch).
@@ -373,6 +378,9 @@ class Acquirer:
       cascade_map: the first-stage map, or ``None``.
       energy_and_forces: jitted ``(params, graph) -> (energies (n_graph,) eV, forces (n_node, 3) eV/Å)``.
       energy: jitted ``(params, graph) -> (n_graph,)`` eV.
+      compiled: the dict that owns the shortlist and selector programs (kept inside ``store``,
+        so the acquirers sharing a store share them; the acquirer does not hold ``store``
+        itself, which may hold the acquirer).
     """
 
     def __init__(self, model, params, config: AcquisitionConfig, *, store: dict | None = None,
@@ -381,12 +389,10 @@ class Acquirer:
         self.model = model
         self.programs = programs
         store = {} if store is None else store
+        self.compiled = build_once(store, ("acquire", "shortlist and selector programs"), dict)
 
-        def shared(key, build):
-            key = ("acquire", id(model)) + key
-            if key not in store:
-                store[key] = (model, build())  # holding the model keeps id(model) unique
-            return store[key][1]
+        def shared(key, build):  # holding the model keeps id(model) unique
+            return build_once(store, ("acquire", id(model)) + key, build, holds=model)
 
         unit = dataclasses.replace(config.kernel, w_energy=1.0, w_force=1.0)
         self.feature_map = shared(("map", unit), lambda: make_feature_map(model, unit, params, store=programs))
@@ -598,12 +604,12 @@ class Acquirer:
             desc="cascade: cheap kernel"))
         score_config = ScoreConfig(reduction=cfg.reduction)
         if col.count == 1:
-            short = shortlist_pool(pool, posterior, keep, score_config=score_config)
+            short = shortlist_pool(pool, posterior, keep, score_config=score_config, compiled=self.compiled)
             kept = np.asarray(short.ids, np.int64)
             return kept[kept >= 0]
         # every process's top-keep (values, global ids), merged with the shortlist's order
         ids_of = np.arange(len(data)) if global_ids is None else global_ids
-        fns = streaming_shortlist(posterior, keep, score_config=score_config)
+        fns = streaming_shortlist(posterior, keep, score_config=score_config, compiled=self.compiled)
         state = fns.init(self._rows(col, fmap, data), fmap.dim)
         for chunk in pool:
             host = np.asarray(chunk.ids)
@@ -798,7 +804,7 @@ class Acquirer:
                                                noise_factor=noise_factor, target_moment=target_moment,
                                                collectives=col, global_ids=global_ids,
                                                num_rows=None if col.count == 1 else self._rows(col, fmap, data),
-                                               timings=stage_s)
+                                               timings=stage_s, compiled=self.compiled)
         stats.update(stage_s)
         stats["score_select_s"] = time.perf_counter() - t
         stats["n_features"] = int(counter.get("main", 0))

@@ -14,7 +14,7 @@ One module per subcommand (``ntkal.cli.run``, ``.select``, ``.train``, ``.labels
 JAX-free checks they share are :mod:`ntkal.file_checks` and :mod:`ntkal.toml_checks`. Building
 the parser imports neither JAX nor matplotlib: ``ntkal --help`` is fast, and every
 argument and file check runs before the heavy modules load (each handler imports them lazily).
-``run`` and ``select`` turn on JAX's persistent compilation cache (:mod:`ntkal.compile_cache`)
+``run`` and ``select`` turn on JAX's persistent compilation cache (:mod:`ntkal.cache`)
 unless ``--no-compile-cache`` is given.
 """
 

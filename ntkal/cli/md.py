@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.cache import add_compile_cache_argument, enable_compile_cache_or_warn
 from ntkal.file_checks import writable_folder_problem
 
 __all__ = ["add_md_arguments", "main_md"]

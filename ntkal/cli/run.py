@@ -10,7 +10,7 @@ import time
 import tomllib
 from pathlib import Path
 
-from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.cache import add_compile_cache_argument, enable_compile_cache_or_warn
 from ntkal.file_checks import writable_folder_problem
 
 __all__ = ["add_run_arguments", "main_run", "check_run_args", "print_strategies", "print_seed_statistics"]

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 
 from ntkal.acquire.config import CASCADE_KINDS, AcquisitionConfig
 from ntkal.posterior.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
-from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.cache import add_compile_cache_argument, enable_compile_cache_or_warn
 from ntkal.file_checks import (format_problem, input_file_problem, model_file_problem, shipped_model_names,
                                writable_folder_problem)
 from ntkal.kernels.config import KINDS

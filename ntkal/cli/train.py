@@ -10,7 +10,7 @@ import argparse
 import shlex
 from pathlib import Path
 
-from ntkal.compile_cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.cache import add_compile_cache_argument, enable_compile_cache_or_warn
 from ntkal.train.spec import load_train_spec
 
 __all__ = ["add_train_arguments", "main_train", "command_of"]

@@ -1,26 +1,72 @@
-"""Graph many structures on several processes (neighbour lists are the host-side bottleneck).
+"""Ordered multi-process maps: :func:`ordered_map` (dataset generators, graph building) and
+:func:`structures_parallel` (neighbour lists are the host-side bottleneck).
+
+:func:`ordered_map` gives results in input order whatever the number of workers; a job that
+draws its randomness from its own seed then gives the same result for ``workers=1`` and
+``workers=N`` (so a generated dataset, and its cache key, do not depend on ``workers``).
+Workers are *spawned* (not forked: the parent may hold JAX/OpenMP state) and limit their
+BLAS/OpenMP pools to one thread each. This module imports no JAX (only the validation and
+neighbour-list modules of :mod:`ntkal.data`), so a spawned worker loads only what its jobs need.
 
 :func:`structures_parallel` gives exactly ``[atoms_to_structure(a, ...) for a in atoms]``
-(same order, same arrays), using ``workers`` spawned processes for large inputs
-(:func:`ntkal._parallel.ordered_map`: one BLAS/OpenMP thread per worker). A structure
+(same order, same arrays), using ``workers`` spawned processes for large inputs. A structure
 that fails validation is re-validated in the calling process, so the error raised is the very
 :class:`~ntkal.data.InvalidStructureError` the serial path raises (file, frame, reason).
 """
 
 from __future__ import annotations
 
+import importlib
+import multiprocessing as mp
 import os
+from collections.abc import Callable, Iterable, Iterator
 from typing import Sequence
 
 import ase
 
-from ntkal._parallel import ordered_map
 from ntkal.data.structure import Structure, atoms_to_structure
 
-__all__ = ["structures_parallel", "default_workers"]
+__all__ = ["ordered_map", "structures_parallel", "default_workers"]
 
 #: Below this many structures the serial path is used (spawning workers costs ~1–2 s).
 MIN_PARALLEL = 4000
+
+
+def _init(preload: tuple[str, ...]) -> None:
+    for mod in preload:
+        try:
+            importlib.import_module(mod)
+        except ImportError:
+            pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return
+    threadpool_limits(limits=1)  # worker-process-wide; the process is ours
+
+
+def ordered_map(fn: Callable, items: Iterable, workers: int = 1,
+                preload: tuple[str, ...] = ()) -> Iterator:
+    """Lazily yield ``fn(item)`` in input order using ``workers`` processes.
+
+    Args:
+      fn: a module-level function (picklable).
+      items: its arguments (picklable), consumed as the workers need them.
+      workers: processes; ``1`` or fewer = in this process, no pool.
+      preload: modules every worker imports when it starts.
+
+    Stopping the iteration early (``close()`` or dropping the iterator) terminates the pool.
+    """
+    if workers <= 1:
+        yield from map(fn, items)
+        return
+    ctx = mp.get_context("spawn")
+    pool = ctx.Pool(workers, initializer=_init, initargs=(tuple(preload),))
+    try:
+        yield from pool.imap(fn, items, chunksize=1)
+    finally:
+        pool.terminate()
+        pool.join()
 
 
 def default_workers() -> int:
@@ -67,7 +113,7 @@ def structures_parallel(atoms: Sequence[ase.Atoms], cutoff: float, *, elements=N
     jobs = [(s, list(atoms[s:s + batch]), float(cutoff), elements, require_labels)
             for s in range(0, len(atoms), batch)]
     out: list[Structure] = []
-    for failed, part in ordered_map(_graph_batch, jobs, workers, preload=("ntkal.data",)):
+    for failed, part in ordered_map(_graph_batch, jobs, workers, preload=("ntkal.data.structure",)):
         out.extend(part)
         if failed is not None:  # the serial call raises the exact error
             atoms_to_structure(atoms[failed], cutoff, index=failed, elements=elements,

@@ -345,7 +345,7 @@ def generate_oc20_like(out_dir: str, cfg: OC20LikeConfig, seed: int, *, progress
     """
     from tqdm.auto import tqdm
 
-    from ntkal._parallel import ordered_map
+    from ntkal.data.parallel import ordered_map
 
     os.makedirs(out_dir, exist_ok=True)
     rng = np.random.default_rng(seed)

@@ -549,7 +549,7 @@ def generate_pmechdb_like(out_dir: str, cfg: PMechDBLikeConfig, seed: int, *, pr
     """
     from tqdm.auto import tqdm
 
-    from ntkal._parallel import ordered_map
+    from ntkal.data.parallel import ordered_map
     from ntkal.datasets.oracles import xtb_oracle
 
     import rdkit  # noqa: F401  (fail early without rdkit)

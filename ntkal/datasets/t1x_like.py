@@ -368,7 +368,7 @@ def generate_t1x_like(out_dir: str, cfg: T1xLikeConfig, seed: int, *, progress: 
     """
     from tqdm.auto import tqdm
 
-    from ntkal._parallel import ordered_map
+    from ntkal.data.parallel import ordered_map
     from ntkal.datasets.oracles import xtb_oracle
 
     xtb_oracle()  # fail early without tblite; warn about threads

@@ -467,7 +467,8 @@ def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack:
     cleared: set = set()
     inputs = dict(inputs or {})
     # the last point that uses each per-pool cache and each input: released after it (a cache
-    # holds compiled feature maps and pool features; nothing later would find them again)
+    # owns the compiled programs of its points, fine-tuning step, feature maps, shortlist and
+    # selectors, and the pool features; nothing later would find them again)
     last_cache = {(p.checkpoint, p.data): k for k, p in enumerate(points)}
     last_inputs = {_inputs_key(p): k for k, p in enumerate(points)}
     for k, point in enumerate(points):

@@ -57,7 +57,7 @@ def make_feature_map(model, config: KernelConfig, params, *, store=None) -> Feat
       params: model parameters; only their structure/shapes are read here (the filter and
         sketch are resolved against them). Any params of the same structure can be passed
         to ``apply`` later.
-      store: optional :class:`ntkal.program_cache.ProgramCache`; a hoisted sketch is then
+      store: optional :class:`ntkal.cache.ProgramCache`; a hoisted sketch is then
         read from its folder instead of drawn (and drawn and written there the first time).
         The blocks are bitwise the same either way.
 

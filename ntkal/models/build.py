@@ -25,10 +25,12 @@ def build_model(config: ModelConfig) -> MLIP:
     :func:`ntkal.models.mlip_adapter.build_mlip_model` (optional extra ``ntkal[mlip]``).
 
     Equal configs give the *same* :class:`MLIP` object (the last 8 configs are kept): every
-    compiled program keyed on the model (the fine-tuning step, jitted energy and forces, feature
-    maps) is then found again when a checkpoint is loaded anew, e.g. by every point of a sweep,
-    instead of being compiled again beside the old copy (each copy holds hundreds of mapped
-    memory regions until the process dies: :mod:`ntkal.process_stats`).
+    compiled program keyed on the model in its owner's dict (the fine-tuning step, jitted energy
+    and forces, feature maps; :mod:`ntkal.cache.owned`) is then found again when a checkpoint
+    is loaded anew, e.g. by every point of a sweep sharing one per-pool cache, instead of being
+    compiled again beside the old copy (each copy holds hundreds of mapped memory regions until
+    its owner is dropped: :mod:`ntkal.process_stats`). This cache keeps model objects, not
+    programs: the model's own jitted ``init`` is its only compiled program.
 
     Example:
       >>> model = build_model(ModelConfig(elements=(29, 78)))

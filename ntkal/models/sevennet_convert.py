@@ -214,7 +214,7 @@ def _sevenn_version() -> str:
 
 def sevennet_cache_path(name: str) -> Path:
     """Where the converted checkpoint of ``name`` is kept (beside the compilation cache)."""
-    from ntkal.compile_cache import default_cache_dir
+    from ntkal.cache import default_cache_dir
 
     return default_cache_dir().parent / "models" / f"{name}.msgpack"
 

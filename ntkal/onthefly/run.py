@@ -123,6 +123,7 @@ class _Run:
         self.bias = spec.md.tau != 0.0
         self._step = None
         self.step_compilations = 0
+        self.compiled: dict = {}  # the fine-tunes' programs (ntkal.train.fit_programs), this run's own
         self.initial = [a for s in spec.initial for a in _read_frames(s)]
         self.base: list[ase.Atoms] = []      # the initial set, or the labelled start frame
         self.labelled: list[ase.Atoms] = []  # frames labelled by this run, in order
@@ -224,7 +225,8 @@ class _Run:
         cfg = self.model.config
         structures = _labelled_structures(self.training, cfg.cutoff, cfg.elements)
         t = time.perf_counter()
-        result = fit(self.model, self.start_params, structures, config=self.spec.train, progress=False)
+        result = fit(self.model, self.start_params, structures, config=self.spec.train, progress=False,
+                     compiled=self.compiled)
         self.params = result.params
         self.extra["finetunes"] += 1
         self.extra["finetuned_labels"] = self.extra["labels"]

@@ -80,6 +80,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkal.cache.owned import build_once
 from ntkal.posterior._chunk import FeatureChunk, Selection, masked_rows
 from ntkal.posterior.posterior import Posterior
 from ntkal.posterior.scores import ScoreConfig, compute_dtype, posterior_arrays, reduce_rows, whiten
@@ -493,14 +494,20 @@ def _pick_by_distance(loc: _Local, tids, key, *, method: str, budget: int, n_glo
     return out[1], out[2]
 
 
-@functools.lru_cache(maxsize=64)
-def _compiled(method, budget, n_global, kernel, score_config, use_posterior, maxdet_impl, mesh):
-    core = functools.partial(_core, method=method, budget=budget, n_global=n_global, kernel=kernel,
-                             score_config=score_config, use_posterior=use_posterior,
-                             maxdet_impl=maxdet_impl)
-    sh, rep = sharded(POOL_AXIS), replicated()
-    return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(sh, sh, sh, rep, rep, rep, rep, rep, rep, rep),
-                                 out_specs=(rep, rep), check_vma=False))
+def _compiled(compiled, method, budget, n_global, kernel, score_config, use_posterior, maxdet_impl, mesh):
+    """The jitted, sharded selector for these static arguments, kept in the caller's ``compiled``
+    dict (:func:`ntkal.cache.build_once`; ``None``: built for one call)."""
+    def build():
+        core = functools.partial(_core, method=method, budget=budget, n_global=n_global, kernel=kernel,
+                                 score_config=score_config, use_posterior=use_posterior,
+                                 maxdet_impl=maxdet_impl)
+        sh, rep = sharded(POOL_AXIS), replicated()
+        return jax.jit(jax.shard_map(core, mesh=mesh, in_specs=(sh, sh, sh, rep, rep, rep, rep, rep, rep, rep),
+                                     out_specs=(rep, rep), check_vma=False))
+
+    key = ("ntkal.posterior.selectors", method, budget, n_global, kernel, score_config, use_posterior,
+           maxdet_impl, mesh)
+    return build_once(compiled, key, build)
 
 
 def select_batch(
@@ -517,6 +524,7 @@ def select_batch(
     dtype=None,
     maxdet_impl: str = "auto",
     target_gram=None,
+    compiled: Optional[dict] = None,
 ) -> Selection:
     """Select ``budget`` candidates with ``method`` (see module docstring).
 
@@ -540,6 +548,10 @@ def select_batch(
       target_gram: ``varred`` only: ``(d, d)`` raw second moment ``Φ_UᵀΦ_U`` of the target
         set in the same (scaled) feature space as the candidates
         (:func:`target_second_moment`).
+      compiled: a dict owned by the caller that keeps the compiled selector programs between
+        calls (keyed by the static arguments: method, budget, padded pool size, kernel, score
+        config, mesh; :mod:`ntkal.cache.owned`), released with it. ``None``: compiled for this
+        call only (:func:`make_selector` binds a dict of its own).
 
     Returns:
       :class:`Selection` with ``(budget,)`` indices, ids and per-pick scores.
@@ -594,7 +606,7 @@ def select_batch(
     key = jax.random.PRNGKey(0) if key is None else key
     if maxdet_impl not in ("auto", "feature", "kernel"):
         raise ValueError(f"maxdet_impl must be 'auto', 'feature' or 'kernel', got {maxdet_impl!r}")
-    fn = _compiled(method, int(budget), x.shape[0], kernel, score_config, posterior is not None,
+    fn = _compiled(compiled, method, int(budget), x.shape[0], kernel, score_config, posterior is not None,
                    maxdet_impl, mesh)
     tgram = jnp.zeros((d, d), dt) if target_gram is None else jnp.asarray(target_gram, dt)
     idx, scores = fn(x, m, i, t_rows, t_mask, t_ids, key, chol_inv_t, sigma, tgram)
@@ -602,9 +614,14 @@ def select_batch(
 
 
 def make_selector(method: str, **hparams):
-    """Bind a method and its hyperparameters: ``fn(candidates, *, budget, key=None, **kw)``."""
+    """Bind a method and its hyperparameters: ``fn(candidates, *, budget, key=None, **kw)``.
+
+    The selector owns its compiled programs (a ``compiled`` dict of its own unless
+    ``hparams`` gives one): calls with the same static arguments compile once.
+    """
     if method not in SELECTORS:
         raise ValueError(f"unknown selector {method!r}; choose from {SELECTORS}")
+    hparams.setdefault("compiled", {})
     return functools.partial(select_batch, method, **hparams)
 
 

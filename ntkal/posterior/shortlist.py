@@ -13,17 +13,20 @@ shortlist does not depend on the chunking nor on the sharding.
 Sharding: the chunk's graph axis is split over the 1-D pool mesh; each shard
 scores its graphs with the replicated posterior, keeps its local top-``m``,
 and an ``all_gather`` feeds the global merge, whose result is replicated.
+
+The jitted merge kernel belongs to the :class:`ShortlistFns` that use it, or to the caller's
+``compiled`` dict (:mod:`ntkal.cache.owned`) when several shortlists should share it.
 """
 
 from __future__ import annotations
 
-import functools
 from typing import Callable, Iterable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ntkal.cache.owned import build_once
 from ntkal.posterior._chunk import FeatureChunk
 from ntkal.posterior.posterior import Posterior
 from ntkal.posterior.scores import ScoreConfig, compute_dtype, posterior_arrays, pv_scores
@@ -96,9 +99,15 @@ def _local_topk(chunk: FeatureChunk, scores: jnp.ndarray, k: int) -> tuple:
     return FeatureChunk(chunk.rows[order], chunk.row_mask[order], chunk.ids[order]), scores[order]
 
 
-@functools.lru_cache(maxsize=32)
-def _sharded_kernel(m: int, score_config: ScoreConfig, mesh):
-    """Jitted ``shard_map`` merge kernel, cached per (m, config, mesh)."""
+def _sharded_kernel(m: int, score_config: ScoreConfig, mesh, compiled: dict | None = None):
+    """Jitted ``shard_map`` merge kernel for (m, config, mesh), kept in the caller's ``compiled``
+    dict (:func:`ntkal.cache.build_once`; ``None``: a new one)."""
+    return build_once(compiled, ("ntkal.posterior.shortlist", m, score_config, mesh),
+                      lambda: _build_sharded_kernel(m, score_config, mesh))
+
+
+def _build_sharded_kernel(m: int, score_config: ScoreConfig, mesh):
+    """The jitted ``shard_map`` merge kernel (not yet compiled)."""
 
     def _kernel(state, chunk, chol_inv_t, sigma):
         scores = pv_scores(chunk, chol_inv_t, sigma, score_config)
@@ -130,6 +139,7 @@ def streaming_shortlist(
     score_config: ScoreConfig = ScoreConfig(),
     mesh=None,
     dtype=None,
+    compiled: dict | None = None,
 ) -> ShortlistFns:
     """Factory for the sharded streaming top-``m`` by posterior variance.
 
@@ -139,6 +149,9 @@ def streaming_shortlist(
       score_config: :class:`ScoreConfig` reduction of per-row variances.
       mesh: 1-D pool mesh (default :func:`make_pool_mesh` over all devices).
       dtype: compute dtype (default float64 if JAX x64 is enabled else float32).
+      compiled: a dict owned by the caller that keeps the jitted merge kernel for other
+        shortlists of the same ``m``, ``score_config`` and mesh (:mod:`ntkal.cache.owned`);
+        ``None``: the returned functions own a kernel of their own.
 
     Returns:
       :class:`ShortlistFns`:
@@ -156,7 +169,7 @@ def streaming_shortlist(
     chol_inv_t, sigma = posterior_arrays(posterior, dt)
     d = posterior.dim
 
-    kernel = _sharded_kernel(m, score_config, mesh)
+    kernel = _sharded_kernel(m, score_config, mesh, compiled)
 
     def init(r: int, d_: int) -> ShortlistState:
         if d_ != d:
@@ -200,16 +213,19 @@ def shortlist_pool(
     score_config: ScoreConfig = ScoreConfig(),
     mesh=None,
     dtype=None,
+    compiled: dict | None = None,
 ) -> ShortlistState:
     """Stream ``pool`` through the scorer and return the top-``m`` state.
 
     If the pool has fewer than ``m`` valid structures the remaining slots are
-    empty (``ids == -1``).
+    empty (``ids == -1``). ``compiled``: see :func:`streaming_shortlist` (without it, every
+    call compiles its own kernel).
 
     Raises:
       ValueError: empty pool (no valid structure), feature-dimension mismatch.
     """
-    fns = streaming_shortlist(posterior, m, score_config=score_config, mesh=mesh, dtype=dtype)
+    fns = streaming_shortlist(posterior, m, score_config=score_config, mesh=mesh, dtype=dtype,
+                              compiled=compiled)
     state = None
     for chunk in pool:
         if state is None:

@@ -13,6 +13,7 @@ _WHERE = {
     "TrainConfig": "ntkal.train.config", "FINETUNE_DEFAULTS": "ntkal.train.config",
     "TrainResult": "ntkal.train.fitting", "batch_budget": "ntkal.train.fitting", "fit": "ntkal.train.fitting",
     "make_batches": "ntkal.train.fitting", "make_optimizer": "ntkal.train.fitting",
+    "FitPrograms": "ntkal.train.fitting", "fit_programs": "ntkal.train.fitting",
     "replay_indices": "ntkal.train.fitting",
     "label_masks": "ntkal.train.loss", "make_loss_fn": "ntkal.train.loss",
     "METRIC_NAMES": "ntkal.train.metrics", "evaluate": "ntkal.train.metrics",

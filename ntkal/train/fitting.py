@@ -5,7 +5,12 @@ the training, validation and replay sets), so a whole training run compiles one
 step function. The learning rate is a traced argument of that step (evaluated on
 the host by :func:`ntkal.train.learning_rate_at`), so fits that differ only in
 learning rate, schedule, epochs, patience, seed, hold-out or replay settings, or
-in the number of structures, share the compile.
+in the number of structures, share the compile (when they share an owner, below).
+
+The compiled programs (:class:`FitPrograms`) belong to the caller: :func:`fit` keeps them in
+the dict passed as ``compiled`` (the loop's per-run cache, an on-the-fly MD run), so the rounds
+of a run compile the step once and the programs are released with their owner
+(:mod:`ntkal.cache.owned`); without one, a fit compiles its own.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from ntkal.cache.owned import build_once
 from ntkal.data.padding import batch_structures, bucket
 from ntkal.data.structure import Structure
 from ntkal.models.mlip import MLIP
@@ -31,8 +37,8 @@ from ntkal.train.config import TrainConfig
 from ntkal.train.resume import FitState, fit_fingerprint, load_fit_state, save_fit_state
 from ntkal.train.schedule import holdout_split, learning_rate_at
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "make_batches", "batch_budget", "make_optimizer",
-           "replay_indices"]
+__all__ = ["TrainConfig", "TrainResult", "FitPrograms", "fit", "fit_programs", "make_batches", "batch_budget",
+           "make_optimizer", "replay_indices"]
 
 
 class TrainResult(NamedTuple):
@@ -137,18 +143,49 @@ _DYNAMIC_FIELDS = ("learning_rate", "max_epochs", "patience", "seed", "val_fract
 
 
 def _static_part(config: TrainConfig) -> TrainConfig:
-    """The fields that shape the compiled step (the others are reset to defaults so the cache is shared)."""
+    """The fields that shape the compiled step (the others are reset to defaults so the programs are shared)."""
     defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.name in _DYNAMIC_FIELDS}
     return dataclasses.replace(config, **defaults)
 
 
-@functools.lru_cache(maxsize=32)
-def _compiled(model: MLIP, config: TrainConfig):
-    """Optimizer, jitted train step and jitted error sums, cached per (model, static config).
+class FitPrograms(NamedTuple):
+    """The compiled programs of :func:`fit` for one model and one static part of a config.
 
-    Re-using one ``MLIP`` object across calls (e.g. the rounds of active learning)
-    therefore compiles the step once (per padding budget).
+    Attributes:
+      optimizer: the optax transformation (:func:`make_optimizer`).
+      step: jitted ``(params, opt_state, graph, learning_rate) -> (params, opt_state, loss)``.
+      error_sums: jitted error sums (:func:`ntkal.train.make_error_sums_fn`), for
+        :func:`ntkal.train.evaluate`.
+      energy: jitted ``model.energy``.
     """
+
+    optimizer: optax.GradientTransformation
+    step: Any
+    error_sums: Any
+    energy: Any
+
+
+def fit_programs(model: MLIP, config: TrainConfig, compiled: dict | None = None) -> FitPrograms:
+    """The :class:`FitPrograms` of ``model`` for ``config``, kept in the owner's ``compiled`` dict.
+
+    Only the fields that shape the step matter (loss weights, force Huber delta, gradient
+    clipping, trainable leaves, batch size; not the learning rate, schedule, epochs, patience,
+    seed, hold-out, replay or ``refit_e0`` settings), so fits that differ only in those find
+    the same programs.
+
+    Args:
+      model: the MLIP.
+      config: the training settings.
+      compiled: the owner's dict (:func:`ntkal.cache.build_once`), e.g. the loop's per-run
+        cache; ``None``: new programs, for the caller alone.
+    """
+    static = _static_part(config)
+    return build_once(compiled, ("ntkal.train.fitting", id(model), static),
+                      lambda: _build_programs(model, static), holds=model)
+
+
+def _build_programs(model: MLIP, config: TrainConfig) -> FitPrograms:
+    """Optimizer, jitted train step, jitted error sums and jitted energy (not yet compiled)."""
     loss_fn = make_loss_fn(model.energy, energy_weight=config.energy_weight,
                            force_weight=config.force_weight, force_huber_delta=config.force_huber_delta)
     optimizer = make_optimizer(config)
@@ -161,7 +198,7 @@ def _compiled(model: MLIP, config: TrainConfig):
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return optimizer, step, jax.jit(make_error_sums_fn(model.energy)), jax.jit(model.energy)
+    return FitPrograms(optimizer, step, jax.jit(make_error_sums_fn(model.energy)), jax.jit(model.energy))
 
 
 def replay_indices(n_replay: int, weight: float, seed: int, epoch: int) -> np.ndarray:
@@ -178,7 +215,8 @@ def replay_indices(n_replay: int, weight: float, seed: int, epoch: int) -> np.nd
 
 def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure] | None = None,
         config: TrainConfig = TrainConfig(), *, replay: Sequence[Structure] = (),
-        progress: bool = True, state_path: str | os.PathLike | None = None) -> TrainResult:
+        progress: bool = True, state_path: str | os.PathLike | None = None,
+        compiled: dict | None = None) -> TrainResult:
     """Fine-tune ``params`` on labelled ``train`` structures.
 
     Args:
@@ -198,6 +236,10 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
         its last epoch, returning what the uninterrupted fit would (a finished fit returns at
         once). The file is checked against a fingerprint of ``config``, ``params`` and the
         data; a mismatch raises ``ValueError``.
+      compiled: a dict owned by the caller that keeps the compiled programs
+        (:func:`fit_programs`) between fits, e.g. the rounds of active learning: pass the same
+        dict (and the same ``model`` object) to every fit to compile the step once. ``None``:
+        this fit compiles its own, released when it returns.
 
     Returns:
       A :class:`TrainResult`.
@@ -213,7 +255,7 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
         n_holdout = len(val)
     val = list(val or [])
 
-    optimizer, step, sums_fn, energy_fn = _compiled(model, _static_part(config))
+    optimizer, step, sums_fn, energy_fn = fit_programs(model, config, compiled)
     if config.refit_e0:
         params = refit_reference_energies(model, params, train, energy_fn, config.batch_size)
     pool = train + replay  # train indices first, then replay

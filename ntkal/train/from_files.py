@@ -38,7 +38,7 @@ from ntkal.models import (ModelConfig, adapt_config, atomic_write_bytes, build_m
                           fit_reference_energies, load_pretrained, save_checkpoint)
 from ntkal.models.coverage import check_element_coverage, symbols_of
 from ntkal.train.config import TrainConfig
-from ntkal.train.fitting import _compiled, _static_part, batch_budget, fit, make_batches
+from ntkal.train.fitting import batch_budget, fit, fit_programs, make_batches
 from ntkal.train.metrics import evaluate
 from ntkal.train.schedule import holdout_split
 from ntkal.train.spec import TrainSpec, load_train_spec
@@ -136,9 +136,10 @@ def train_from_files(spec: TrainSpec | str | os.PathLike, *, progress: bool = Tr
     cutoff, elements = _cutoff_and_elements(spec, parent)
     data = _read_data(spec, train_config, cutoff, elements, say)
     start = _fine_tune_start(spec, *parent, data, say) if parent is not None else _new_model_start(spec, data, say)
-    result = _fit(spec, start, data, train_config, progress=progress, resume=resume, say=say)
+    compiled: dict = {}  # fit's programs, reused for the errors below
+    result = _fit(spec, start, data, train_config, progress=progress, resume=resume, say=say, compiled=compiled)
     params = result.params
-    errors = _errors(start.model, params, data, train_config)
+    errors = _errors(start.model, params, data, train_config, compiled)
 
     metadata = _metadata(spec, start, data, train_config, result, errors, command)
     metadata["wall_s"] = time.perf_counter() - t0
@@ -259,9 +260,9 @@ def _new_model_start(spec: TrainSpec, data: _Data, say) -> _Start:
 
 
 def _fit(spec: TrainSpec, start: _Start, data: _Data, train_config: TrainConfig, *, progress: bool,
-         resume: bool, say):
-    """Run :func:`fit`, its state in ``<out stem>.state.npz`` (resumed from unless ``resume`` is
-    false, which deletes it first)."""
+         resume: bool, say, compiled: dict):
+    """Run :func:`fit` with its programs in ``compiled``, its state in ``<out stem>.state.npz``
+    (resumed from unless ``resume`` is false, which deletes it first)."""
     state_path = Path(spec.out).with_suffix(".state.npz")
     Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
     if not resume:
@@ -269,13 +270,14 @@ def _fit(spec: TrainSpec, start: _Start, data: _Data, train_config: TrainConfig,
     elif state_path.exists():
         say(f"resuming from {state_path}")
     return fit(start.model, start.params, data.train, data.val or None, train_config, progress=progress,
-               state_path=state_path)
+               state_path=state_path, compiled=compiled)
 
 
-def _errors(model, params, data: _Data, train_config: TrainConfig) -> dict:
+def _errors(model, params, data: _Data, train_config: TrainConfig, compiled: dict) -> dict:
     """``{"train": metrics, "val": metrics}`` (:func:`ntkal.train.evaluate`; ``val`` only with
-    validation structures), with fit's compiled sums and batch budget (no new compile)."""
-    sums = _compiled(model, _static_part(train_config))[2]
+    validation structures), with fit's compiled sums (``compiled``: the dict :func:`_fit` filled)
+    and batch budget (no new compile)."""
+    sums = fit_programs(model, train_config, compiled).error_sums
     budget = batch_budget(data.train + data.val, train_config.batch_size)
     errors = {"train": evaluate(sums, params, make_batches(data.train, train_config.batch_size, budget=budget))}
     if data.val:

@@ -9,7 +9,7 @@ from ase.build import fcc111
 from ase.calculators.emt import EMT
 
 from ntkal.datasets import DatasetFormatError, calculator_oracle, read_extxyz
-from ntkal._parallel import ordered_map
+from ntkal.data.parallel import ordered_map
 from ntkal.datasets.oc20_like import _flags
 
 
@@ -37,6 +37,17 @@ def test_ordered_map_workers_match_serial():
     it = ordered_map(math.sqrt, xs, workers=2)
     assert [next(it) for _ in range(6)] == [math.sqrt(x) for x in xs[:6]]
     it.close()  # early stop terminates the pool
+
+
+def test_ordered_map_module_loads_no_jax():
+    """The generators and their spawned workers import ``ntkal.data.parallel``: no JAX in them."""
+    import subprocess
+    import sys
+    code = ("import sys; import ntkal.data.parallel as p; assert callable(p.ordered_map); "
+            "print(sorted(m for m in ('jax', 'ntkal.data.padding', 'ntkal.data.chunks') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
 
 
 def test_dissociation_and_desorption_flags():
