@@ -167,8 +167,10 @@ def test_kmeanspp_samples_proportional_to_squared_distance():
     cands, train = chunk_from_arrays(rows), chunk_from_arrays(centre)
     n = 120
     counts = np.zeros(4)
+    programs = {}  # the 120 draws own one compiled program (without it, each call compiles anew)
     for k in jax.random.split(jax.random.PRNGKey(0), n):
-        counts[int(select_kmeanspp(cands, budget=1, key=k, train=train).indices[0])] += 1
+        counts[int(select_kmeanspp(cands, budget=1, key=k, train=train, compiled=programs).indices[0])] += 1
+    assert len(programs) == 1
     expected = n * d2 / d2.sum()
     assert np.all(np.abs(counts - expected) < 4 * np.sqrt(expected) + 3)
 
