@@ -237,8 +237,10 @@ def test_good_arguments_pass_and_reach_the_compute_entry_point(files, monkeypatc
     calls, targets = [], []
 
     def select_from_files(model_path, pool_path, train_path, budget, *, out_path, config, progress=True,
-                          program_cache=None, target_path=None, test_paths=(), test_overlap="error"):
+                          program_cache=None, target_path=None, test_paths=(), test_overlap="error",
+                          collectives=None):
         assert program_cache is None  # --no-compile-cache: no traced programs on disk either
+        assert collectives.count == 1 and collectives.is_writer  # no --distributed: this process alone
         targets.append(target_path)
         calls.append((model_path, pool_path, train_path, budget, out_path, config, progress))
         return types.SimpleNamespace(budget=budget, n_pool=3, out_path=out_path, summary_path="s.json",
