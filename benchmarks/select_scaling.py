@@ -311,12 +311,14 @@ def run_process_part(args) -> int:
     t = time.perf_counter()
     acquirer.warm_up(params, data)
     warm_s = time.perf_counter() - t
-    t = time.perf_counter()
-    last = None
-    for chunk in acquirer.stream_features(acquirer.feature_map, params, data, np.arange(len(part))):
-        last = chunk.rows
-    _block(last)
-    feat_s = time.perf_counter() - t
+    feat_s = float("nan")
+    if not args.skip_feat:  # pure featurisation of this process's part (the pick featurises it again)
+        t = time.perf_counter()
+        last = None
+        for chunk in acquirer.stream_features(acquirer.feature_map, params, data, np.arange(len(part))):
+            last = chunk.rows
+        _block(last)
+        feat_s = time.perf_counter() - t
     train_ids = len(part) + np.arange(len(train))
     col.barrier("pick")  # every process starts the pick together
     t = time.perf_counter()
@@ -374,7 +376,7 @@ def run_processes(args, log) -> list[dict]:
 
 def _forwarded(args) -> list[str]:
     """The acquisition settings of this run, for its worker processes."""
-    return ["--train", str(args.train), "--budget", str(args.budget), "--kernel", args.kernel,
+    return (["--skip-feat"] if args.skip_feat else []) + ["--train", str(args.train), "--budget", str(args.budget), "--kernel", args.kernel,
             "--probes", str(args.probes), "--sketch-dim", str(args.sketch_dim), "--selector", args.selector,
             "--shortlist", str(args.shortlist), "--chunk-size", str(args.chunk_size),
             "--size-classes", str(args.size_classes)]
@@ -416,6 +418,8 @@ def main(argv=None) -> int:
     p.add_argument("--processes", type=int, nargs="+", default=None,
                    help="run every size as this many cooperating processes (e.g. 1 2), see the docstring")
     p.add_argument("--cores-per-process", type=int, default=1)
+    p.add_argument("--skip-feat", action="store_true",
+                   help="--processes: skip the pure-featurisation pass (halves the run; feat s is then empty)")
     p.add_argument("--part-json", type=Path, default=None, help=argparse.SUPPRESS)  # a --processes worker
     args = p.parse_args(argv)
     if args.part_json is not None:

@@ -236,3 +236,21 @@ def test_the_loops_kernel_takes_the_trained_parameter_subset():
     with pytest.raises(ValueError, match="differs from train trainable"):
         LoopConfig(train=TrainConfig(trainable="readout"),
                    kernel=dataclasses.replace(LoopConfig().kernel, param_filter="last_interaction"))
+
+
+def test_select_round_replays_a_pretrained_feature_arm_without_fine_tuning(setup, tmp_path):
+    """What experiments/diagnose_target.py does: from a run's saved round-0 labelled set, the
+    loop's own acquisition step (select_round) on a fresh context, with no labelling and no
+    fine-tuning, reproduces every later pick of a pretrained-feature arm (evidence σ² included)."""
+    from ntkal.loop import init_state, select_round
+    model, params, pool, tests = setup
+    config = loop_config(featurize_with="pretrained", selector="varred", rounds=2)
+    run = run_loop(make_context(model, params, pool, tests, lambda a: list(a), config, progress=False),
+                   tmp_path / "run", log=None)
+    ctx = make_context(model, params, pool, {}, None, config, progress=False)  # no tests, no oracle
+    state = init_state(ctx)._replace(round=1, labelled=run.labelled[:config.initial])
+    for _ in range(config.rounds):
+        picks = select_round(state, ctx, [pool[i] for i in state.labelled])
+        state = state._replace(round=state.round + 1, labelled=np.concatenate([state.labelled, picks.ids]))
+    np.testing.assert_array_equal(state.labelled, run.labelled)
+    assert np.isfinite(picks.noise_var) and np.all(np.isfinite(picks.pv))
