@@ -132,4 +132,11 @@ def initialize(cluster: ClusterConfig | None) -> Collectives:
     else:
         jax.distributed.initialize(coordinator_address=cluster.coordinator, num_processes=cluster.num_processes,
                                    process_id=cluster.process_id, **kwargs)
-    return ProcessCollectives()
+    collectives = ProcessCollectives()
+    # The CPU collectives' context is made at the first collective, and making it waits only 30 s
+    # for the other processes: a process that reaches its first gather later than that (a slower
+    # read of its part of the pool, a compile the others found in the cache) fails the job. Made
+    # here, while every process has just joined, the context is then reused by every collective,
+    # which waits for the slowest process as long as it takes.
+    collectives.concat(np.zeros(1, np.int64))
+    return collectives
