@@ -344,7 +344,7 @@ def _read_pool(pool_path, model_config, metadata, budget: int, progress: bool, c
     if element_warning:
         # stacklevel 4: the caller of select_from_files (-> _read_inputs -> _read_pool)
         warnings.warn(element_warning, UnseenElementWarning, stacklevel=4)
-    n_pool = len(pool) if col.count == 1 else int(col.sum(np.asarray(len(pool), np.int64)))
+    n_pool = col.total(len(pool))
     if n_pool == 0:
         raise EmptyInputError(f"{pool_path}: no structures in the file")
     if budget > n_pool:
@@ -359,7 +359,7 @@ def _candidates_outside_training(pool_frames, train_frames, budget: int, pool_pa
     are training frames in the whole pool; ``ValueError`` when fewer than ``budget`` remain."""
     in_train = repeats_of(pool_frames, train_frames)
     candidates = np.setdiff1d(np.arange(len(pool_frames)), in_train)
-    n_in_train = len(in_train) if col.count == 1 else int(col.sum(np.asarray(len(in_train), np.int64)))
+    n_in_train = col.total(len(in_train))
     if budget > n_pool - n_in_train:
         raise ValueError(f"budget {budget} exceeds the pool's {n_pool - n_in_train} structures that are not "
                          f"in the training set ({pool_path}: {n_in_train} of {n_pool} frames are in {train_path})")

@@ -329,7 +329,7 @@ def _gathered_shortlist(collectives: Collectives, chunks: Iterable[FeatureChunk]
     jax.block_until_ready(state.values)
     timings["shortlist_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    n_seen = int(collectives.sum(np.asarray(int(state.n_seen), np.int64)))
+    n_seen = collectives.total(state.n_seen)
     if n_seen == 0:
         raise ValueError("empty pool: no process streamed a valid candidate")
     everyone = FeatureChunk(*(collectives.concat(np.asarray(x)) for x in (state.rows, state.row_mask, state.ids)))
@@ -709,7 +709,7 @@ class Acquirer:
             global_ids = np.asarray(global_ids, np.int64)
             if global_ids.shape != (len(data),):
                 raise ValueError(f"global_ids must have shape ({len(data)},), got {global_ids.shape}")
-        n_total = len(candidates) if col.count == 1 else int(col.sum(np.asarray(len(candidates), np.int64)))
+        n_total = col.total(len(candidates))
         if train_ids.size == 0:
             raise ValueError("no training structures: the posterior needs at least one")
         if not 1 <= int(budget) <= n_total:
@@ -748,7 +748,7 @@ class Acquirer:
             kept = self._cascade(params, data, train_ids, candidates, int(budget), residuals, cache,
                                  counter, progress, col, global_ids, n_total)
         stats["cascade_s"] = time.perf_counter() - t
-        n_kept = len(kept) if col.count == 1 else int(col.sum(np.asarray(len(kept), np.int64)))
+        n_kept = col.total(len(kept))
         stats["n_kept"] = int(n_kept)
 
         t = time.perf_counter()
@@ -782,7 +782,7 @@ class Acquirer:
             limit = np.quantile(every_fmax, cfg.max_force_quantile)
             allowed = np.zeros(len(data), bool)
             allowed[candidates] = fmax[candidates] <= limit
-            n_allowed = int(col.sum(np.asarray(int(allowed[kept].sum()), np.int64)))
+            n_allowed = col.total(allowed[kept].sum())
             if n_allowed < budget:
                 raise ValueError(f"max_force_quantile = {cfg.max_force_quantile} leaves {n_allowed} "
                                  f"candidates for a batch of {budget}")

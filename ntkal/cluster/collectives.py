@@ -54,6 +54,10 @@ class Collectives:
             total += part[0]
         return total
 
+    def total(self, count: int) -> int:
+        """``count`` summed over the processes (e.g. candidates held by each)."""
+        return int(self.sum(np.asarray(int(count), np.int64)))
+
     def broadcast(self, array) -> np.ndarray:
         """Process 0's ``array`` on every process (others pass an array of the same shape and dtype)."""
         return np.asarray(array)
