@@ -33,6 +33,14 @@ early relaxation frames).
 
 With ``featurize_with = "pretrained"`` the features of every pool structure are computed once
 per run and reused in every round (training features are rows of the same array).
+
+Several processes (``LoopContext.collectives``, ``ntkal run --distributed``; docs/cluster.md)
+run the same loop on the same inputs. The part that grows with the pool is split: pool id ``i``
+belongs to process ``i % count``, which scores it (features, posterior variance, the committee's
+forces); the shortlists are gathered and process 0 selects (:meth:`ntkal.acquire.Acquirer.pick`).
+Process 0 alone reads and writes the run's folder and calls the oracle; the starting state,
+each round's labels and each fine-tune's parameters travel from it to the others, so every
+process holds the very same state, and the picks equal one process's.
 """
 
 from __future__ import annotations
@@ -56,6 +64,7 @@ from tqdm.auto import tqdm
 
 from ntkal.acquire import Acquirer, AcquisitionConfig, StructureSet, structure_set
 from ntkal.added_fields import added_field
+from ntkal.cluster.collectives import Collectives, LocalCollectives
 from ntkal.cache import build_once
 from ntkal.acquire.pipeline import jitted_model
 from ntkal.posterior import qbc_force_disagreement
@@ -255,6 +264,8 @@ class LoopContext(NamedTuple):
         labelled set (:func:`ntkal.data.overlap.audit_inputs`).
       audit: what :func:`ntkal.data.overlap.audit_inputs` found in the inputs (``None`` when
         not audited).
+      collectives: the processes running this loop together (:func:`ntkal.cluster.initialize`;
+        every one with the same inputs); ``None``: this process alone.
     """
 
     model: MLIP
@@ -273,13 +284,15 @@ class LoopContext(NamedTuple):
     target: Sequence[Structure] = ()
     excluded: np.ndarray = np.zeros((0,), np.int64)
     audit: InputAudit | None = None
+    collectives: Collectives | None = None
 
 
 def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests: dict,
                  oracle: Callable, config: LoopConfig, *, progress: bool = True,
                  replay_atoms: Sequence[ase.Atoms] = (), cache: dict | None = None,
                  initial_atoms: Sequence[ase.Atoms] = (),
-                 target_atoms: Sequence[ase.Atoms] = (), test_overlap: str = "error") -> LoopContext:
+                 target_atoms: Sequence[ase.Atoms] = (), test_overlap: str = "error",
+                 collectives: Collectives | None = None) -> LoopContext:
     """Validate and graph the pool and test sets once.
 
     The inputs are audited first (:func:`ntkal.data.overlap.audit_inputs`): a test frame that is
@@ -306,6 +319,8 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
       target_atoms: unlabelled structures like those the model will be used on (labels
         ignored); ``config.variance_target = "target_set"`` needs them, other runs ignore them.
       test_overlap: ``"error"`` or ``"warn"``: what a test frame found among the other inputs is.
+      collectives: several processes running this loop together, each given the same inputs
+        (see the module docstring); ``None``: this process alone.
     """
     cutoff, elements = model.config.cutoff, model.config.elements
     pool_atoms = list(pool_atoms)
@@ -343,7 +358,7 @@ def make_context(model: MLIP, pretrained, pool_atoms: Sequence[ase.Atoms], tests
                                                       elements=elements, require_labels=True)]
     return LoopContext(model, pretrained, pool, pool_atoms, tests, oracle, sizes, config, progress,
                        replay, {} if cache is None else cache, initial, initial_atoms, target,
-                       audit.pool_in_initial, audit)
+                       audit.pool_in_initial, audit, collectives)
 
 
 def replay_sample(n_available: int, count: int, seed: int) -> np.ndarray:
@@ -356,6 +371,48 @@ def init_state(ctx: LoopContext) -> LoopState:
     """The state before round 0."""
     key = jax.random.key_data(jax.random.PRNGKey(ctx.config.seed))
     return LoopState(0, np.zeros((0,), np.int64), ctx.pretrained, np.asarray(key), [], [])
+
+
+# --- several processes ----------------------------------------------------------------------
+
+def _collectives(ctx: LoopContext) -> Collectives:
+    return LocalCollectives() if ctx.collectives is None else ctx.collectives
+
+
+def _own_part(col: Collectives, ids: np.ndarray) -> np.ndarray:
+    """The ids this process scores: pool id ``i`` belongs to process ``i % count``, the same
+    in every round (so each process's cached features and forces stay its own)."""
+    return ids if col.count == 1 else ids[ids % col.count == col.index]
+
+
+def _params_from_writer(col: Collectives, params):
+    """Process 0's ``params`` on every process (its own tree structure; NumPy leaves)."""
+    if col.count == 1:
+        return params
+    return serialization.from_bytes(params, col.broadcast_bytes(serialization.to_bytes(params)))
+
+
+def _labels_from_writer(col: Collectives, atoms: Sequence | None) -> list:
+    """Process 0's labelled structures (``None`` entries kept) on every process."""
+    if col.count == 1:
+        return list(atoms)
+    data = None
+    if col.is_writer:
+        atoms = list(atoms)
+        data = serialization.msgpack_serialize({"n": len(atoms), "atoms": {
+            str(k): _atoms_record(a) for k, a in enumerate(atoms) if a is not None}})
+    got = serialization.msgpack_restore(col.broadcast_bytes(data))
+    records = got["atoms"] or {}
+    return [_atoms_from_record(records[str(k)]) if str(k) in records else None for k in range(int(got["n"]))]
+
+
+def _state_from_writer(col: Collectives, loaded: tuple[LoopState, list] | None) -> tuple[LoopState, list] | None:
+    """Process 0's loaded ``(state, labelled atoms)`` (or ``None``) on every process."""
+    if col.count == 1:
+        return loaded
+    data = _state_bytes(*loaded) if (col.is_writer and loaded is not None) else None
+    got = col.broadcast_bytes(data)
+    return _state_from_bytes(got, "process 0's state") if got else None
 
 
 # --- features -------------------------------------------------------------------------------
@@ -414,17 +471,22 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
     target_ids = None
     if ctx.config.variance_target == "target_set":
         target_ids = len(ctx.pool) + len(ctx.initial) + np.arange(len(ctx.target), dtype=np.int64)
-    picks = acquirer.pick(params, data, train_ids, unlabelled, budget, key, target_ids=target_ids,
+    col = _collectives(ctx)
+    picks = acquirer.pick(params, data, train_ids, _own_part(col, unlabelled), budget, key, target_ids=target_ids,
                           train_energies=None if energies is None else np.asarray(energies, np.float64),
                           cache=ctx.cache if pretrained_features else None,
-                          progress=ctx.progress and not pretrained_features)
+                          progress=ctx.progress and not pretrained_features,
+                          collectives=None if col.count == 1 else col)
     return picks.ids, picks.scores, picks.pv, float(picks.noise_var)
 
 
 def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, budget):
+    """Query by committee: the members are fitted on every process (process 0's parameters
+    kept); each process scores its own part of ``unlabelled``; the top ``budget`` of all."""
     cfg = ctx.config
+    col = _collectives(ctx)
     ef, _ = _jitted(ctx)
-    pool_chunks = list(_chunks(ctx.pool, unlabelled, cfg.chunk_size, ctx.sizes))
+    pool_chunks = list(_chunks(ctx.pool, _own_part(col, unlabelled), cfg.chunk_size, ctx.sizes))
     forces = []
     rng = np.random.default_rng(np.asarray(jax.random.key_data(key)))
     for member in range(cfg.committee_size):
@@ -432,21 +494,25 @@ def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, bud
         train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 7919 * member + 1)
         params = fit(ctx.model, ctx.pretrained, [labelled_structures[i] for i in sample], None, train_cfg,
                      replay=ctx.replay, progress=False, compiled=ctx.cache).params
+        params = _params_from_writer(col, params)
         member_forces = []
         for _, graph in pool_chunks:
             _, f = ef(params, graph)
             member_forces.append(_per_graph_forces(np.asarray(f), graph, ctx.sizes.max_atoms))
-        forces.append(np.concatenate(member_forces))
+        forces.append(np.concatenate(member_forces) if member_forces else np.zeros((0, ctx.sizes.max_atoms, 3)))
     forces = np.stack(forces)  # (members, n_unlabelled_padded, max_atoms, 3)
-    ids = np.concatenate([chunk_ids for chunk_ids, _ in pool_chunks])
+    ids = (np.concatenate([chunk_ids for chunk_ids, _ in pool_chunks]) if pool_chunks
+           else np.zeros((0,), np.int64))
     mask = np.zeros(forces.shape[1:3], bool)
     for k, i in enumerate(ids):
         if i >= 0:
             mask[k, : ctx.pool[i].n_atoms] = ctx.pool[i].free
-    scores = np.asarray(qbc_force_disagreement(jnp.asarray(forces), jnp.asarray(mask)))
-    scores = np.where(ids >= 0, scores, -np.inf)
+    scores = (np.asarray(qbc_force_disagreement(jnp.asarray(forces), jnp.asarray(mask))) if len(ids)
+              else np.zeros((0,)))
+    ids, scores = ids[ids >= 0].astype(np.int64), np.asarray(scores[ids >= 0], np.float64)
+    ids, scores = col.concat(ids), col.concat(scores)  # every process's part
     order = np.lexsort((ids, -scores))[:budget]
-    return ids[order].astype(np.int64), scores[order]
+    return ids[order], scores[order]
 
 
 def _per_graph_forces(forces, graph, max_atoms):
@@ -545,7 +611,11 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     times["select_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    new_atoms = list(ctx.oracle([ctx.pool_atoms[i] for i in ids])) if len(ids) else []
+    col = _collectives(ctx)
+    new_atoms = None
+    if col.is_writer:  # process 0 labels; the others receive its labels
+        new_atoms = list(ctx.oracle([ctx.pool_atoms[i] for i in ids])) if len(ids) else []
+    new_atoms = _labels_from_writer(col, new_atoms)
     if len(new_atoms) != len(ids):
         raise RuntimeError(f"round {r}: the oracle returned {len(new_atoms)} structures for {len(ids)}")
     times["label_s"] = time.perf_counter() - t
@@ -565,6 +635,7 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * cfg.seed + r)
     params = fit(ctx.model, start, train_structures, None, train_cfg, replay=ctx.replay,
                  progress=ctx.progress, compiled=ctx.cache).params
+    params = _params_from_writer(col, params)  # one model everywhere, whatever the hosts' arithmetic
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -623,13 +694,8 @@ def _atoms_from_record(record: dict) -> ase.Atoms:
     return atoms
 
 
-def save_state(directory: str | Path, state: LoopState, labelled_atoms: Sequence[ase.Atoms]) -> None:
-    """Atomically write ``state.msgpack`` (everything, lossless) and ``labelled.extxyz`` (for people)."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    buffer = io.StringIO()
-    ase.io.write(buffer, list(labelled_atoms), format="extxyz")
-    atomic_write_bytes(directory / "labelled.extxyz", buffer.getvalue().encode())
+def _state_bytes(state: LoopState, labelled_atoms: Sequence[ase.Atoms]) -> bytes:
+    """``state`` and its labelled structures as msgpack bytes (lossless)."""
     payload = {
         "round": state.round,
         "labelled": np.asarray(state.labelled, np.int64),
@@ -640,7 +706,31 @@ def save_state(directory: str | Path, state: LoopState, labelled_atoms: Sequence
         "failed": np.asarray(state.failed, np.int64),
         "atoms": {str(k): _atoms_record(a) for k, a in enumerate(labelled_atoms)},
     }
-    atomic_write_bytes(directory / "state.msgpack", serialization.msgpack_serialize(payload))
+    return serialization.msgpack_serialize(payload)
+
+
+def _state_from_bytes(data: bytes, where: str) -> tuple[LoopState, list]:
+    """The inverse of :func:`_state_bytes` (``where`` names the source in errors)."""
+    payload = serialization.msgpack_restore(data)
+    labelled = np.asarray(payload["labelled"], np.int64).reshape(-1)
+    records = payload.get("atoms") or {}
+    atoms = [_atoms_from_record(records[str(k)]) for k in range(len(records))]
+    if len(atoms) != labelled.size:
+        raise ValueError(f"{where}: holds {len(atoms)} labelled structures, expected {labelled.size}")
+    failed = np.asarray(payload.get("failed", np.zeros((0,), np.int64)), np.int64).reshape(-1)
+    state = LoopState(int(payload["round"]), labelled, payload["params"], np.asarray(payload["key"]),
+                      json.loads(payload["rows"]), json.loads(payload["picks"]), failed)
+    return state, atoms
+
+
+def save_state(directory: str | Path, state: LoopState, labelled_atoms: Sequence[ase.Atoms]) -> None:
+    """Atomically write ``state.msgpack`` (everything, lossless) and ``labelled.extxyz`` (for people)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    buffer = io.StringIO()
+    ase.io.write(buffer, list(labelled_atoms), format="extxyz")
+    atomic_write_bytes(directory / "labelled.extxyz", buffer.getvalue().encode())
+    atomic_write_bytes(directory / "state.msgpack", _state_bytes(state, labelled_atoms))
 
 
 def load_state(directory: str | Path) -> tuple[LoopState, list] | None:
@@ -648,17 +738,7 @@ def load_state(directory: str | Path) -> tuple[LoopState, list] | None:
     directory = Path(directory)
     if not (directory / "state.msgpack").exists():
         return None
-    payload = serialization.msgpack_restore((directory / "state.msgpack").read_bytes())
-    labelled = np.asarray(payload["labelled"], np.int64).reshape(-1)
-    records = payload.get("atoms") or {}
-    atoms = [_atoms_from_record(records[str(k)]) for k in range(len(records))]
-    if len(atoms) != labelled.size:
-        raise ValueError(f"{directory}/state.msgpack: holds {len(atoms)} labelled structures, expected "
-                         f"{labelled.size}")
-    failed = np.asarray(payload.get("failed", np.zeros((0,), np.int64)), np.int64).reshape(-1)
-    state = LoopState(int(payload["round"]), labelled, payload["params"], np.asarray(payload["key"]),
-                      json.loads(payload["rows"]), json.loads(payload["picks"]), failed)
-    return state, atoms
+    return _state_from_bytes((directory / "state.msgpack").read_bytes(), f"{directory}/state.msgpack")
 
 
 def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: bool = True,
@@ -675,21 +755,30 @@ def run_loop(ctx: LoopContext, directory: str | Path | None = None, *, resume: b
       shared_round0: folder holding the state after round 0 shared by every method of a
         paired study (same seed, data and fine-tuning: see :func:`round0_fingerprint`); it is
         loaded instead of recomputed when present and written when computed.
+
+    With several processes (``ctx.collectives``) process 0 alone reads and writes
+    ``directory`` and ``shared_round0`` (the others may pass ``None``) and logs; what it reads
+    is sent to the others.
     """
-    loaded = load_state(directory) if (directory is not None and resume) else None
+    col = _collectives(ctx)
+
+    def read(folder):  # process 0 reads; every process gets what it read
+        return _state_from_writer(col, load_state(folder) if (folder is not None and col.is_writer) else None)
+
+    loaded = read(directory) if resume else None
     state, labelled_atoms = loaded if loaded else (init_state(ctx), [])
     last = ctx.config.rounds
     while state.round <= last and (stop_after is None or state.round < stop_after):
-        shared = load_state(shared_round0) if (state.round == 0 and shared_round0 is not None) else None
+        shared = read(shared_round0) if state.round == 0 else None
         if shared is not None and shared[0].round == 1:
             state, labelled_atoms = shared
         else:
             state, labelled_atoms = run_round(state, ctx, labelled_atoms)
-            if state.round == 1 and shared_round0 is not None:
+            if state.round == 1 and shared_round0 is not None and col.is_writer:
                 save_state(shared_round0, state, labelled_atoms)
-        if directory is not None:
+        if directory is not None and col.is_writer:
             save_state(directory, state, labelled_atoms)
-        if log:
+        if log and col.is_writer:
             rows = [row for row in state.rows if row["round"] == state.round - 1]
             summary = "  ".join(f"{row['split']} F-MAE {row['force_mae']:.4f}" for row in rows)
             log(f"[{ctx.config.method}] round {state.round - 1}: {len(ctx.initial) + len(state.labelled)} labels  "

@@ -86,6 +86,22 @@ def test_two_processes_pick_what_one_process_picks(tmp_path):
     assert got["single"]["lcmd-cascade"]["n_kept"] < got["single"]["lcmd"]["n_kept"]
 
 
+def test_four_processes_pick_what_one_process_picks(tmp_path):
+    """Four processes, each holding a quarter of the 34-frame pool (8 or 9 frames, fewer than
+    the batch's shortlist): LCMD after the cascade, and varred with the force guard and the soft
+    outlier weight."""
+    done = _launch(tmp_path, 4, "--cases", "lcmd-cascade", "varred-guard-noise")
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads((tmp_path / "picks.json").read_text())
+    assert got["processes"] == 4 and set(got["picks"]) == {"lcmd-cascade", "varred-guard-noise"}
+    for case, single in got["single"].items():
+        four = got["picks"][case]
+        assert four["ids"] == single["ids"], case
+        np.testing.assert_allclose(four["scores"], single["scores"], rtol=1e-9, err_msg=case)
+        np.testing.assert_allclose(four["pv"], single["pv"], rtol=1e-9, err_msg=case)
+        assert (four["n_candidates"], four["n_kept"]) == (single["n_candidates"], single["n_kept"])
+
+
 def test_a_process_killed_mid_scoring_fails_the_job_without_an_output_file(tmp_path):
     done = _launch(tmp_path, 2, "--die-after", "1")
     assert done.returncode != 0
@@ -95,10 +111,10 @@ def test_a_process_killed_mid_scoring_fails_the_job_without_an_output_file(tmp_p
     assert not [p for p in tmp_path.iterdir() if "picks" in p.name]  # no temporary file left either
 
 
-def test_select_distributed_flags_need_distributed_and_are_checked():
+def test_distributed_flags_need_distributed_and_are_checked():
     import argparse
 
-    from ntkal.cli.select import SelectArgumentError, cluster_from_args
+    from ntkal.cli.cluster_args import ClusterArgumentError as SelectArgumentError, cluster_from_args
 
     def args(**kw):
         base = dict(distributed=False, coordinator=None, num_processes=None, process_id=None)
@@ -152,3 +168,84 @@ def test_ntkal_select_distributed_writes_the_single_process_picks_once(tmp_path)
     np.testing.assert_allclose(summary["scores"], single.scores, rtol=1e-5)
     written = [a.info["pool_id"] for a in ase.io.read(tmp_path / "two" / "picked.extxyz", index=":")]
     assert written == list(single.ids)
+
+
+def _number(value) -> float:
+    return np.nan if value is None else float(value)  # results.json writes NaN as null
+
+
+def test_ntkal_run_distributed_gives_the_single_process_run(tmp_path):
+    """`ntkal run --distributed` on 2 processes (each scoring its half of the pool in every
+    round; process 0 labelling, fine-tuning for all and writing) against `ntkal run` in one
+    process on the same config: the same picks (ids, scores, posterior variances, σ²) for a
+    kernel arm with the evidence σ² and for the committee, the same test errors, and the output
+    folder written once."""
+    import ase.io
+    import jax
+
+    from tiny_models import tiny_config
+    from ntkal.data import batch_atoms
+    from ntkal.data.toy import cu_pt_slab_frames
+    from ntkal.models import build_model, save_checkpoint
+
+    config = tiny_config(num_layers=1, lmax=1)
+    model = build_model(config)
+    params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
+    save_checkpoint(tmp_path / "model.msgpack", params, config)
+    pool = [a.copy() for a in cu_pt_slab_frames(15, seed=1, size=(2, 2, 2))]  # unlabelled
+    ase.io.write(tmp_path / "pool.extxyz", pool)
+    ase.io.write(tmp_path / "initial.extxyz", list(cu_pt_slab_frames(3, seed=2, size=(2, 2, 2))))
+    ase.io.write(tmp_path / "test.extxyz", list(cu_pt_slab_frames(4, seed=3, size=(2, 2, 2))))
+    text = """name = "cluster"
+seeds = [0]
+[model]
+checkpoint = "model.msgpack"
+[data]
+dataset = "files"
+pool_files = ["pool.extxyz"]
+initial_files = ["initial.extxyz"]
+test_files = {val = "test.extxyz"}
+[oracle]
+calculator = "emt"
+[loop]
+method = ["joint", "committee"]
+selector = "lcmd"
+initial = 2
+batch = 3
+rounds = 2
+shortlist = 8
+committee_size = 2
+[kernel]
+sketch_dim = 16
+num_probes = 2
+[train]
+max_epochs = 2
+batch_size = 4
+val_fraction = 0
+"""
+    (tmp_path / "run.toml").write_text(text)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NTKAL_CACHE_DIR=str(tmp_path / "cache"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    ntkal = [sys.executable, "-m", "ntkal.cli", "run", "run.toml", "--quiet"]
+    one = subprocess.run(ntkal + ["--out", "one"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run([sys.executable, "-m", "ntkal.launch", "-n", "2", "--", *ntkal, "--out", "two", "--distributed"],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("results: ") == 1  # process 0 reports, once
+    got = {name: json.loads((tmp_path / name / "results.json").read_text()) for name in ("one", "two")}
+    assert len(got["one"]["picks"]) == 2 * (2 + 2 * 3)
+    for a, b in zip(got["one"]["picks"], got["two"]["picks"], strict=True):
+        assert (a["method"], a["round"], a["id"], a["failed"]) == (b["method"], b["round"], b["id"], b["failed"])
+        for key in ("score", "pv", "noise_var", "force_mae_before"):
+            np.testing.assert_allclose(_number(b[key]), _number(a[key]), rtol=1e-5,
+                                       err_msg=f"{a['method']} round {a['round']} {key}")
+    assert {p["method"] for p in got["one"]["picks"]} == {"joint", "committee"}
+    assert all(np.isfinite(_number(p["score"])) for p in got["one"]["picks"] if p["round"] > 0)
+    assert all(np.isfinite(_number(p["pv"])) for p in got["one"]["picks"] if p["round"] > 0 and p["method"] == "joint")
+    for a, b in zip(got["one"]["rows"], got["two"]["rows"], strict=True):
+        assert (a["method"], a["round"], a["n_labels"]) == (b["method"], b["round"], b["n_labels"])
+        np.testing.assert_allclose(b["force_mae"], a["force_mae"], rtol=1e-5)
+        np.testing.assert_allclose(b["energy_mae"], a["energy_mae"], rtol=1e-5)
+    labelled = {p.parent.name for p in (tmp_path / "two" / "points").glob("*/labelled.extxyz")}
+    assert labelled == {p.parent.name for p in (tmp_path / "one" / "points").glob("*/labelled.extxyz")}

@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 
 from ntkal.cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.cli.cluster_args import add_cluster_arguments, cluster_from_args
 from ntkal.file_checks import writable_folder_problem
 
 __all__ = ["add_run_arguments", "main_run", "check_run_args", "print_strategies", "print_seed_statistics"]
@@ -26,11 +27,16 @@ def add_run_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--diagnose", action="store_true",
                    help="after every point, print the process's mapped memory regions, RSS and compile count")
     add_compile_cache_argument(p)
+    add_cluster_arguments(p, "each scores its part of the pool in every round; process 0 labels, "
+                             "fine-tunes for all and writes the output folder")
     return p
 
 
-def check_run_args(args) -> None:
-    """The cheap checks of ``ntkal run``: the config file reads and is TOML; ``--out`` is usable."""
+def check_run_args(args):
+    """The cheap checks of ``ntkal run``: the config file reads and is TOML; ``--out`` is usable;
+    the ``--distributed`` flags. Returns the :class:`~ntkal.cluster.ClusterConfig` (``None``
+    without ``--distributed``)."""
+    cluster = cluster_from_args(args)
     path = Path(args.config)
     try:
         text = path.read_text()
@@ -45,28 +51,39 @@ def check_run_args(args) -> None:
                    else writable_folder_problem(args.out))
         if problem:
             raise ValueError(f"argument --out: {problem}")
+    return cluster
 
 
 def main_run(args: argparse.Namespace) -> int:
     """``ntkal run``: check, print each kernel arm's strategy, run the sweep, print the tables and
     (several seeds) the statistics over seeds, draw the plots."""
-    check_run_args(args)
+    cluster = check_run_args(args)
     from ntkal.experiment import load_sweep, results_table, run_sweep
 
     points = load_sweep(args.config)  # every config error (file, line, key) before any side effect
-    print_strategies(points)
+    if cluster is None:
+        print_strategies(points)
     if "" not in sys.path and os.getcwd() not in sys.path:
         # a user's oracle module in the current folder imports, as with `python -m`
         # (spawned labelling workers inherit sys.path)
         sys.path.insert(0, os.getcwd())
     if not args.no_compile_cache:
         enable_compile_cache_or_warn()  # before the first compilation
+    collectives = None
+    if cluster is not None:
+        from ntkal.cluster import initialize
+
+        collectives = initialize(cluster)  # before any computation
+        if collectives.is_writer:
+            print_strategies(points)
 
     t0 = time.perf_counter()
     with contextlib.ExitStack() as stack:
         after_point = _diagnose_points(stack) if args.diagnose else None
         results = run_sweep(args.config, out=args.out, resume=not args.no_resume, progress=not args.quiet,
-                            after_point=after_point)
+                            after_point=after_point, collectives=collectives)
+    if collectives is not None and not collectives.is_writer:
+        return 0  # process 0 prints the tables and draws the plots
     rows = [row for r in results for row in r.rows]
     print()
     print(results_table(rows))

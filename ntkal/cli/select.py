@@ -22,6 +22,7 @@ from typing import Any, Callable, Sequence
 from ntkal.acquire.config import CASCADE_KINDS, AcquisitionConfig
 from ntkal.posterior.names import NOISE_RULES, NORMALIZATIONS, REDUCTIONS, SELECTORS, TARGET_WEIGHTINGS
 from ntkal.cache import add_compile_cache_argument, enable_compile_cache_or_warn
+from ntkal.cli.cluster_args import ClusterArgumentError, add_cluster_arguments, cluster_from_args
 from ntkal.file_checks import (format_problem, input_file_problem, model_file_problem, shipped_model_names,
                                writable_folder_problem)
 from ntkal.kernels.config import KINDS
@@ -245,41 +246,8 @@ def add_select_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPa
     run = parser.add_argument_group("running")
     run.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_compile_cache_argument(run)
-    cluster = parser.add_argument_group(
-        "several processes (docs/cluster.md): every process runs the same command; each reads and "
-        "scores its part of the pool, process 0 selects and writes")
-    cluster.add_argument("--distributed", action="store_true",
-                         help="join the job's other processes: from NTKAL_COORDINATOR, NTKAL_NUM_PROCESSES and "
-                              "NTKAL_PROCESS_ID (python -m ntkal.launch sets them), else JAX's detection of the "
-                              "cluster (SLURM, Open MPI, ...), unless the three flags below are given")
-    cluster.add_argument("--coordinator", default=None, metavar="HOST:PORT",
-                         help="process 0's address, the same for every process (with --distributed)")
-    cluster.add_argument("--num-processes", type=int, default=None, help="processes in the job (with --distributed)")
-    cluster.add_argument("--process-id", type=int, default=None, help="this process, 0-based (with --distributed)")
+    add_cluster_arguments(parser, "each reads and scores its part of the pool, process 0 selects and writes")
     return parser
-
-
-def cluster_from_args(args: argparse.Namespace):
-    """The :class:`ntkal.cluster.ClusterConfig` of ``--distributed`` (``None`` without it): the
-    three flags when given, else the environment or JAX's detection. JAX-free.
-
-    Raises:
-      SelectArgumentError: a flag without ``--distributed``, or an unusable setting.
-    """
-    from ntkal.cluster.config import ClusterConfig, ClusterConfigError
-
-    given = {name: getattr(args, name, None) for name in ("coordinator", "num_processes", "process_id")}
-    if not getattr(args, "distributed", False):
-        extra = [f"--{k.replace('_', '-')}" for k, v in given.items() if v is not None]
-        if extra:
-            raise SelectArgumentError([(extra[0], "needs --distributed")])
-        return None
-    try:
-        if any(v is not None for v in given.values()):
-            return ClusterConfig(**given)
-        return ClusterConfig.from_env()
-    except ClusterConfigError as err:
-        raise SelectArgumentError([("--distributed", str(err))]) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,7 +399,7 @@ def main_select(args: argparse.Namespace) -> int:
             problems.append(("--target", f"a target set needs --selector varred, got {config.selector!r}"))
     try:
         cluster = cluster_from_args(args)
-    except SelectArgumentError as err:
+    except ClusterArgumentError as err:
         problems += err.problems
     if problems:
         raise SelectArgumentError(problems)

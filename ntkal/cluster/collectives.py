@@ -65,6 +65,19 @@ class Collectives:
     def barrier(self, name: str) -> None:
         """Wait until every process reaches the barrier ``name``."""
 
+    def broadcast_bytes(self, data: bytes | None) -> bytes:
+        """Process 0's ``data`` on every process (the others pass anything, e.g. ``None``): a
+        length, then the bytes. For what is not an array of a shape known everywhere (a
+        serialised loop state, labelled structures, parameters)."""
+        mine = b"" if data is None or not self.is_writer else bytes(data)
+        if self.count == 1:
+            return mine
+        length = int(self.broadcast(np.asarray([len(mine)], np.int64))[0])
+        buffer = np.zeros(length, np.uint8)
+        if self.is_writer:
+            buffer[:] = np.frombuffer(mine, np.uint8)
+        return self.broadcast(buffer).tobytes() if length else b""
+
 
 class LocalCollectives(Collectives):
     """One process: every operation is the identity."""

@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
+from ntkal.cluster.collectives import Collectives, LocalCollectives
 from ntkal.experiment.config import DataConfig, ExperimentConfig, data_file_problems, load_sweep
 from ntkal.experiment.record import check_record, config_record, record_hash, write_record
 from ntkal.jsonio import dumps as strict_dumps
@@ -253,7 +254,8 @@ def load_replay(data: DataConfig, *, progress: bool = True) -> list:
 def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume: bool = True,
         progress: bool = True, log: Callable[[str], None] | None = print,
         shared_round0: str | Path | None = None, cache: dict | None = None,
-        oracle: Callable | None = None, inputs: RunInputs | None = None) -> Results:
+        oracle: Callable | None = None, inputs: RunInputs | None = None,
+        collectives: Collectives | None = None) -> Results:
     """Run one sweep point end to end.
 
     Args:
@@ -269,12 +271,18 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
         label store ``labels.db`` in ``directory`` (in memory without a directory) and one
         executor per round.
       inputs: the point's structures (:func:`load_inputs`); default: read them now.
+      collectives: several processes running this point together (:mod:`ntkal.loop`): each
+        scores its part of the pool; process 0 alone uses ``directory``, labels, logs and shows
+        progress (the others' ``directory`` and ``oracle`` are ignored).
 
     Raises:
       LeakageError: a test frame is also a pool, initial-set or target-set frame (before any
         compute; ``[data] test_overlap = "warn"`` downgrades it).
     """
     t0 = time.perf_counter()
+    col = LocalCollectives() if collectives is None else collectives
+    if not col.is_writer:  # process 0 owns the folder, the labels and the output
+        directory, shared_round0, oracle, log, progress = None, None, _not_labelling, None, False
     if directory is not None:
         prepare_directory(directory, config, resume=resume)
     model, params, metadata = load_pretrained(config.checkpoint)
@@ -284,7 +292,8 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
         oracle = _default_oracle(config, directory, progress)
     ctx = make_context(model, params, pool, tests, oracle, config.loop,
                        progress=progress, replay_atoms=replay, cache=cache, initial_atoms=initial,
-                       target_atoms=target, test_overlap=config.data.test_overlap)
+                       target_atoms=target, test_overlap=config.data.test_overlap,
+                       collectives=None if col.count == 1 else col)
     if log:
         for note in ctx.audit.notes():
             log(f"note: {note}")
@@ -312,6 +321,11 @@ def _check_elements(model, metadata, pool, tests, initial, log, target=()) -> No
             warnings.warn(warning, UnseenElementWarning, stacklevel=3)
             if log:
                 log(f"warning: {warning}")
+
+
+def _not_labelling(atoms_list):
+    """The oracle of processes other than 0 (process 0 labels and sends the labels)."""
+    raise RuntimeError("only process 0 labels structures")
 
 
 def _default_oracle(config: ExperimentConfig, directory, progress: bool) -> Callable:
@@ -373,7 +387,8 @@ def write_results(results: list[Results], out_dir: str | Path) -> tuple[Path, Pa
 
 def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool = True, progress: bool = True,
               log: Callable[[str], None] | None = print,
-              after_point: Callable[[int, Results], None] | None = None) -> list[Results]:
+              after_point: Callable[[int, Results], None] | None = None,
+              collectives: Collectives | None = None) -> list[Results]:
     """Run every point of the config at ``path``; results are rewritten after each point.
 
     ``after_point(k, results)`` (optional) is called after point ``k`` (0-based) has finished
@@ -395,9 +410,15 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
     against its saved run, every label store is checked readable
     (:class:`~ntkal.labelling.LabelStoreError` with the recovery command), and every input is
     read and audited for test leakage (:class:`~ntkal.data.overlap.LeakageError`).
+
+    ``collectives`` (``ntkal run --distributed``): several processes run the sweep together,
+    each with the config and the data files; the pool scoring of every round is split between
+    them (:mod:`ntkal.loop`). Process 0 alone holds, checks and writes the output folder and
+    labels; the others need no access to it.
     """
     from ntkal.folder_lock import hold_folder
 
+    col = LocalCollectives() if collectives is None else collectives
     points = load_sweep(path)
     problems = data_file_problems(points)
     if problems:
@@ -405,15 +426,16 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
     _check_oracles_import(points)
     out_dir = Path(out or points[0].out)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(hold_folder(out_dir))
-        remove_stale_temp_files(out_dir)
-        if resume:  # every point's settings checked before any compute
-            for point in points:
-                directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
-                check_record(directory, point, has_state=(directory / "state.msgpack").exists())
-        _check_label_stores(points, out_dir, path, out)
-        inputs = _audited_inputs(points, progress)
-        return _run_points(points, out_dir, resume, progress, log, stack, after_point, inputs)
+        if col.is_writer:
+            stack.enter_context(hold_folder(out_dir))
+            remove_stale_temp_files(out_dir)
+            if resume:  # every point's settings checked before any compute
+                for point in points:
+                    directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
+                    check_record(directory, point, has_state=(directory / "state.msgpack").exists())
+            _check_label_stores(points, out_dir, path, out)
+        inputs = _audited_inputs(points, progress and col.is_writer)
+        return _run_points(points, out_dir, resume, progress, log, stack, after_point, inputs, col)
 
 
 def _check_label_stores(points, out_dir: Path, config_path, out) -> None:
@@ -458,7 +480,7 @@ def shared_round0_fingerprint(point: ExperimentConfig) -> str:
 
 
 def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack: contextlib.ExitStack,
-                after_point=None, inputs: dict | None = None):
+                after_point=None, inputs: dict | None = None, col: Collectives | None = None):
     from ntkal.labelling import make_executor
 
     results = []
@@ -466,34 +488,36 @@ def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack:
     oracles: dict = {}  # OracleConfig -> the labelling function (one store and executor each)
     cleared: set = set()
     inputs = dict(inputs or {})
+    col = LocalCollectives() if col is None else col
     # the last point that uses each per-pool cache and each input: released after it (a cache
     # owns the compiled programs of its points, fine-tuning step, feature maps, shortlist and
     # selectors, and the pool features; nothing later would find them again)
     last_cache = {(p.checkpoint, p.data): k for k, p in enumerate(points)}
     last_inputs = {_inputs_key(p): k for k, p in enumerate(points)}
     for k, point in enumerate(points):
-        if log:
+        if log and col.is_writer:
             log(f"== point {k + 1}/{len(points)}: {point.label} seed {point.loop.seed}")
         directory = out_dir / "points" / f"{point.label}-seed{point.loop.seed}"
         fingerprint = shared_round0_fingerprint(point)
         shared = out_dir / "points" / f"_round0-seed{point.loop.seed}-{fingerprint}"
-        if not resume and shared not in cleared:  # --no-resume recomputes the shared round 0 once
+        if not resume and shared not in cleared and col.is_writer:  # --no-resume recomputes the shared round 0 once
             cleared.add(shared)
             if (shared / "state.msgpack").exists():
                 (shared / "state.msgpack").unlink()
         cache = caches.setdefault((point.checkpoint, point.data), {})
         spec = oracle_config(point)
-        if spec is not None and spec not in oracles:
+        if spec is not None and spec not in oracles and col.is_writer:
             oracles[spec] = make_oracle(spec, store=_label_store(spec, out_dir),
                                         executor=stack.enter_context(make_executor(spec)), progress=progress)
         results.append(run(point, directory=directory, resume=resume, progress=progress, log=log,
                            shared_round0=shared, cache=cache, oracle=oracles.get(spec) or make_oracle(None),
-                           inputs=inputs.get(_inputs_key(point))))
+                           inputs=inputs.get(_inputs_key(point)), collectives=col))
         if last_cache[(point.checkpoint, point.data)] == k:
             del caches[(point.checkpoint, point.data)]
         if last_inputs[_inputs_key(point)] == k:
             inputs.pop(_inputs_key(point), None)
-        write_results(results, out_dir)
+        if col.is_writer:
+            write_results(results, out_dir)
         if after_point is not None:
             after_point(k, results[-1])
     return results

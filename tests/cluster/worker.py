@@ -1,5 +1,5 @@
 """One process of the multi-process pick test (tests/test_cluster.py), started by
-``python -m ntkal.launch -n N -- python tests/cluster/worker.py OUT.json [--die-after K]``.
+``python -m ntkal.launch -n N -- python tests/cluster/worker.py OUT.json [--die-after K] [--cases ...]``.
 
 Every process builds the same tiny model and frames, keeps its round-robin part of the pool
 (:func:`ntkal.cluster.split_of`), and picks with :meth:`ntkal.acquire.Acquirer.pick` for each
@@ -21,6 +21,7 @@ from ntkal.cluster import ClusterConfig, initialize, split_of
 parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--die-after", type=int, default=None)
+parser.add_argument("--cases", nargs="+", default=None, help="only these cases (default: all)")
 args = parser.parse_args()
 collectives = initialize(ClusterConfig.from_env(heartbeat_timeout_s=10))
 
@@ -80,6 +81,8 @@ CASES = {
 CASES["varred-guard-noise"] = AcquisitionConfig(**{**BASE.to_dict(), "kernel": BASE.kernel, "selector": "varred",
                                                    "max_force_quantile": 0.8, "force_noise_scale": 2.0})
 CASES["varred-target"] = CASES["varred"]
+if args.cases:
+    CASES = {name: CASES[name] for name in args.cases}
 
 if args.die_after is not None and collectives.index == 1:  # die mid-scoring
     original = Acquirer.stream_features
