@@ -88,12 +88,12 @@ def test_two_processes_pick_what_one_process_picks(tmp_path):
 
 def test_four_processes_pick_what_one_process_picks(tmp_path):
     """Four processes, each holding a quarter of the 34-frame pool (8 or 9 frames, fewer than
-    the batch's shortlist): LCMD after the cascade, and varred with the force guard and the soft
-    outlier weight."""
-    done = _launch(tmp_path, 4, "--cases", "lcmd-cascade", "varred-guard-noise")
+    the shortlist of 10): LCMD from four merged shortlists, and varred with a target set (the
+    pool moment summed over four processes)."""
+    done = _launch(tmp_path, 4, "--cases", "lcmd", "varred-target")
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads((tmp_path / "picks.json").read_text())
-    assert got["processes"] == 4 and set(got["picks"]) == {"lcmd-cascade", "varred-guard-noise"}
+    assert got["processes"] == 4 and set(got["picks"]) == {"lcmd", "varred-target"}
     for case, single in got["single"].items():
         four = got["picks"][case]
         assert four["ids"] == single["ids"], case
