@@ -31,7 +31,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Callable, Iterator, NamedTuple, Sequence
 
 import ase
 import ase.io
@@ -50,7 +50,8 @@ from ntkal.models.checkpoint import atomic_path, remove_stale_temp_files
 from ntkal.models.coverage import UnseenElementWarning, check_element_coverage
 from ntkal.cache import ProgramCache
 
-__all__ = ["SelectSummary", "FileStructures", "select_from_files", "read_frames", "read_structures"]
+__all__ = ["SelectSummary", "FileStructures", "select_from_files", "read_frames", "read_indexed_frames",
+           "read_structures"]
 
 
 class SelectSummary(NamedTuple):
@@ -103,25 +104,35 @@ class SelectSummary(NamedTuple):
         return self.config.selector
 
 
-def read_frames(path: str | os.PathLike, *, tag: bool = True) -> Iterator[ase.Atoms]:
+def read_frames(path: str | os.PathLike, *, tag: bool = True,
+                keep: Callable[[int], bool] | None = None) -> Iterator[ase.Atoms]:
     """Stream the frames of any ASE-readable file (lazily, one frame at a time).
 
     With ``tag``, ``atoms.info["source"]`` (the path) and ``atoms.info["frame"]`` (0-based
-    index in the file) are set so validation errors name both. Read errors are re-raised as
+    index in the file) are set so validation errors name both. ``keep``: only the frames whose
+    index it accepts (in a plain extxyz/xyz file the others are never parsed:
+    :func:`ntkal.datasets.files.iter_ase_frames`). Read errors are re-raised as
     :class:`~ntkal.data.InvalidStructureError` naming the file and frame.
     """
+    for frame, atoms in read_indexed_frames(path, keep=keep):
+        if tag:
+            atoms.info["source"] = os.fspath(path)
+            atoms.info["frame"] = frame
+        yield atoms
+
+
+def read_indexed_frames(path: str | os.PathLike, *, keep: Callable[[int], bool] | None = None
+                        ) -> Iterator[tuple[int, ase.Atoms]]:
+    """``(index, frame)`` of the frames of ``path`` that ``keep`` accepts (default: all),
+    untagged; errors as in :func:`read_frames`."""
     from ntkal.datasets import DatasetFormatError
-    from ntkal.datasets.files import read_ase_frames
+    from ntkal.datasets.files import iter_ase_frames
 
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such file: {path}")
     try:
-        for frame, atoms in enumerate(read_ase_frames(path)):
-            if tag:
-                atoms.info["source"] = path
-                atoms.info["frame"] = frame
-            yield atoms
+        yield from iter_ase_frames(path, keep)
     except DatasetFormatError as err:  # names the frame it could not parse
         raise InvalidStructureError(err.reason, index=err.where,
                                     info={"source": path, "frame": err.where}) from err
@@ -144,7 +155,8 @@ class FileStructures(NamedTuple):
 def read_structures(path, cutoff: float, elements, *, progress: bool = False,
                     desc: str = "read", part: range | None = None) -> FileStructures:
     """Read and graph every frame of ``path`` once (with ``part``: only the frames whose 0-based
-    index is in ``part``; the others are parsed and dropped, never graphed or held).
+    index is in ``part``; the others are never graphed or held, and in a plain extxyz/xyz file
+    never parsed).
 
     Returns:
       A :class:`FileStructures`.
@@ -154,12 +166,11 @@ def read_structures(path, cutoff: float, elements, *, progress: bool = False,
       InvalidStructureError: a frame cannot be read or graphed (message names file and frame).
     """
     structures, energies, frames_seen = [], [], []
-    frames = read_frames(path)
+    frames = read_frames(path, keep=None if part is None else part.__contains__)
     if progress:
         frames = tqdm(frames, desc=f"{desc} {Path(path).name}", unit="frame", leave=False)
-    for n, atoms in enumerate(frames):
-        if part is not None and n not in part:
-            continue
+    for atoms in frames:
+        n = atoms.info["frame"]
         structures.append(atoms_to_structure(atoms, cutoff, index=n, elements=elements))
         energies.append(labels_of(atoms)[0])
         frames_seen.append(frame_of(atoms))
@@ -464,10 +475,8 @@ def _write_picked(pool_path, out_path: Path, ids: np.ndarray, scores: np.ndarray
     """Third pass: write exactly the frames ``ids`` of ``pool_path`` (pick order), atomically."""
     rank = {int(i): k for k, i in enumerate(ids)}
     picked: list = [None] * len(ids)
-    for frame, atoms in enumerate(read_frames(pool_path, tag=False)):
-        k = rank.get(frame)
-        if k is None:
-            continue
+    for frame, atoms in read_indexed_frames(pool_path, keep=rank.__contains__):
+        k = rank[frame]
         atoms.info.update(pool_id=int(ids[k]), score=float(scores[k]), pv=float(pv[k]), rank=k)
         picked[k] = atoms
     missing = [int(ids[k]) for k, a in enumerate(picked) if a is None]

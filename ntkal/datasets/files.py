@@ -23,8 +23,9 @@ them.
 from __future__ import annotations
 
 import hashlib
+import io
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import ase
 import ase.io
@@ -32,7 +33,7 @@ import ase.io
 from ntkal.datasets._errors import DatasetFormatError
 from ntkal.file_checks import input_file_problem
 
-__all__ = ["read_structure_file", "read_ase_frames", "split_spec", "file_spec_problem", "file_sha256",
+__all__ = ["read_structure_file", "read_ase_frames", "iter_ase_frames", "split_spec", "file_spec_problem", "file_sha256",
            "HDF5_SUFFIXES"]
 
 HDF5_SUFFIXES = (".h5", ".hdf5")
@@ -88,8 +89,34 @@ def read_ase_frames(path: str | os.PathLike) -> Iterator[ase.Atoms]:
     Raises:
       DatasetFormatError: naming the file and the frame that cannot be parsed.
     """
+    for _, atoms in iter_ase_frames(path):
+        yield atoms
+
+
+#: Plain-text suffixes whose frames :func:`iter_ase_frames` can step over without parsing
+#: (ASE reads both with its extxyz reader).
+XYZ_SUFFIXES = (".extxyz", ".xyz")
+
+
+def iter_ase_frames(path: str | os.PathLike, keep: Callable[[int], bool] | None = None
+                    ) -> Iterator[tuple[int, ase.Atoms]]:
+    """``(index, frame)`` for every frame of an ASE-readable file whose 0-based index ``keep``
+    accepts (default: every frame), in file order.
+
+    In a plain ``.extxyz``/``.xyz`` file a frame that is not kept is stepped over line by line
+    (its atom count, then that many lines plus the comment) and never parsed, so a process that
+    keeps every P-th frame parses 1/P of the file (:func:`ntkal.select.read_structures`); the
+    kept frames are parsed by ASE's extxyz reader from their own lines, exactly as
+    ``ase.io.iread`` parses them. Other formats are parsed frame by frame and the others dropped.
+
+    Raises:
+      DatasetFormatError: naming the file and the frame that cannot be read.
+    """
     path = os.fspath(path)
     if os.path.getsize(path) == 0:
+        return
+    if keep is not None and path.lower().endswith(XYZ_SUFFIXES):
+        yield from _step_xyz_frames(path, keep)
         return
     frames = ase.io.iread(path, index=":")
     frame = 0
@@ -100,8 +127,41 @@ def read_ase_frames(path: str | os.PathLike) -> Iterator[ase.Atoms]:
             return
         except Exception as err:  # ase raises many parser error types
             raise DatasetFormatError(path, frame, f"cannot read: {err}") from err
-        yield atoms
+        if keep is None or keep(frame):
+            yield frame, atoms
         frame += 1
+
+
+def _step_xyz_frames(path: str, keep: Callable[[int], bool]) -> Iterator[tuple[int, ase.Atoms]]:
+    """:func:`iter_ase_frames` for a plain (ext)xyz file: frame boundaries from the atom-count
+    lines (a blank line where a count belongs ends the file, as in ASE's reader)."""
+    with open(path) as fh:
+        frame = 0
+        while True:
+            first = fh.readline()
+            if not first.strip():
+                return
+            try:
+                n_atoms = int(first)
+            except ValueError:
+                raise DatasetFormatError(path, frame, f"cannot read: expected the atom count of a frame, got "
+                                                      f"{first.strip()[:60]!r}") from None
+            if keep(frame):
+                lines = [first] + [fh.readline() for _ in range(n_atoms + 1)]
+                if not lines[-1]:
+                    raise DatasetFormatError(path, frame, f"cannot read: the file ends inside the frame "
+                                                          f"({n_atoms} atoms announced)")
+                try:
+                    atoms = ase.io.read(io.StringIO("".join(lines)), format="extxyz")
+                except Exception as err:  # ase raises many parser error types
+                    raise DatasetFormatError(path, frame, f"cannot read: {err}") from err
+                yield frame, atoms
+            else:
+                for _ in range(n_atoms + 1):
+                    if not fh.readline():
+                        raise DatasetFormatError(path, frame, f"cannot read: the file ends inside the frame "
+                                                              f"({n_atoms} atoms announced)")
+            frame += 1
 
 
 def read_structure_file(spec: str | os.PathLike) -> Iterator[ase.Atoms]:

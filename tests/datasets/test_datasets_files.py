@@ -73,3 +73,60 @@ def test_problems_are_named(tmp_path):
     assert "empty" in file_spec_problem(str(tmp_path / "empty.extxyz"))
     (tmp_path / "x.foo").write_text("hello\n")
     assert file_spec_problem(str(tmp_path / "x.foo")) is not None
+
+
+def test_frames_not_kept_are_stepped_over_and_the_kept_ones_parsed_as_ase_parses_them(tmp_path, monkeypatch):
+    """``iter_ase_frames(path, keep)`` on a plain extxyz/xyz file yields the frames ``ase.io``
+    reads at those indices (numbers, positions, cell, pbc, labels, constraints, info), for
+    round-robin parts as several processes take them; the frames left out are never parsed."""
+    from ase.constraints import FixAtoms
+
+    from ntkal.datasets.files import iter_ase_frames
+
+    small, large = list(cu_pt_slab_frames(4, seed=4, size=(2, 2, 2))), list(cu_pt_slab_frames(3, seed=5, size=(2, 2, 3)))
+    frames = []
+    for k, atoms in enumerate(small[i // 2] if i % 2 == 0 else large[i // 2] for i in range(7)):  # 8 and 12 atoms
+        if k % 3 == 0:
+            atoms.set_constraint(FixAtoms(indices=[0, 1]))
+        atoms.info["tag_text"] = f"frame {k}"
+        frames.append(atoms)
+    for name in ("pool.extxyz", "pool.xyz"):
+        ase.io.write(tmp_path / name, frames, format="extxyz")
+        whole = ase.io.read(tmp_path / name, ":")
+        parsed = []
+        real = ase.io.read
+        monkeypatch.setattr(ase.io, "read", lambda *a, **k: (parsed.append(1), real(*a, **k))[1])
+        for count in (1, 2, 3):
+            for index in range(count):
+                part = range(index, 7, count)
+                parsed.clear()
+                got = list(iter_ase_frames(tmp_path / name, part.__contains__))
+                assert [i for i, _ in got] == list(part)
+                assert len(parsed) == len(part)  # one parse per kept frame, none for the others
+                for i, atoms in got:
+                    ref = whole[i]
+                    np.testing.assert_array_equal(atoms.numbers, ref.numbers)
+                    np.testing.assert_array_equal(atoms.positions, ref.positions)
+                    np.testing.assert_array_equal(atoms.cell.array, ref.cell.array)
+                    np.testing.assert_array_equal(atoms.pbc, ref.pbc)
+                    assert atoms.get_potential_energy() == ref.get_potential_energy()
+                    np.testing.assert_array_equal(atoms.get_forces(apply_constraint=False),
+                                                  ref.get_forces(apply_constraint=False))
+                    assert [c.todict() for c in atoms.constraints] == [c.todict() for c in ref.constraints]
+                    assert atoms.info == ref.info and atoms.info["tag_text"] == f"frame {i}"
+        monkeypatch.undo()
+
+
+def test_a_file_that_ends_inside_a_frame_names_that_frame(tmp_path):
+    from ntkal.datasets import DatasetFormatError
+    from ntkal.datasets.files import iter_ase_frames
+
+    ase.io.write(tmp_path / "pool.extxyz", list(cu_pt_slab_frames(3, size=(2, 2, 2))))
+    lines = (tmp_path / "pool.extxyz").read_text().splitlines(keepends=True)
+    (tmp_path / "cut.extxyz").write_text("".join(lines[:-3]))  # the last frame loses 3 atoms
+    for keep in (lambda i: i == 2, lambda i: i == 0):  # parsed, and stepped over
+        with pytest.raises(DatasetFormatError, match="frame 2.*ends inside the frame"):
+            list(iter_ase_frames(tmp_path / "cut.extxyz", keep))
+    (tmp_path / "bad.extxyz").write_text("".join(lines[:10]) + "eight\n" + "".join(lines[11:]))
+    with pytest.raises(DatasetFormatError, match="frame 1.*expected the atom count"):
+        list(iter_ase_frames(tmp_path / "bad.extxyz", lambda i: False))
