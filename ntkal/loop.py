@@ -38,9 +38,10 @@ Several processes (``LoopContext.collectives``, ``ntkal run --distributed``; doc
 run the same loop on the same inputs. The part that grows with the pool is split: pool id ``i``
 belongs to process ``i % count``, which scores it (features, posterior variance, the committee's
 forces); the shortlists are gathered and process 0 selects (:meth:`ntkal.acquire.Acquirer.pick`).
-Process 0 alone reads and writes the run's folder and calls the oracle; the starting state,
-each round's labels and each fine-tune's parameters travel from it to the others, so every
-process holds the very same state, and the picks equal one process's.
+Process 0 alone reads and writes the run's folder, calls the oracle and fine-tunes (the
+committee's members too); the starting state, each round's labels and each fine-tune's
+parameters travel from it to the others, so every process holds the very same state, and the
+picks equal one process's.
 """
 
 from __future__ import annotations
@@ -385,11 +386,14 @@ def _own_part(col: Collectives, ids: np.ndarray) -> np.ndarray:
     return ids if col.count == 1 else ids[ids % col.count == col.index]
 
 
-def _params_from_writer(col: Collectives, params):
-    """Process 0's ``params`` on every process (its own tree structure; NumPy leaves)."""
+def _fitted_on_writer(col: Collectives, fit_params: Callable[[], Any], like):
+    """``fit_params()`` run on process 0 alone, its parameters on every process (in the tree
+    structure of ``like``, e.g. the fine-tune's starting point; NumPy leaves): the job holds
+    one model, and the other processes wait instead of fitting a copy."""
     if col.count == 1:
-        return params
-    return serialization.from_bytes(params, col.broadcast_bytes(serialization.to_bytes(params)))
+        return fit_params()
+    data = serialization.to_bytes(fit_params()) if col.is_writer else None
+    return serialization.from_bytes(like, col.broadcast_bytes(data))
 
 
 def _labels_from_writer(col: Collectives, atoms: Sequence | None) -> list:
@@ -475,14 +479,13 @@ def _kernel_picks(state: LoopState, ctx: LoopContext, unlabelled: np.ndarray, ke
     picks = acquirer.pick(params, data, train_ids, _own_part(col, unlabelled), budget, key, target_ids=target_ids,
                           train_energies=None if energies is None else np.asarray(energies, np.float64),
                           cache=ctx.cache if pretrained_features else None,
-                          progress=ctx.progress and not pretrained_features,
-                          collectives=None if col.count == 1 else col)
+                          progress=ctx.progress and not pretrained_features, collectives=col)
     return picks.ids, picks.scores, picks.pv, float(picks.noise_var)
 
 
 def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, budget):
-    """Query by committee: the members are fitted on every process (process 0's parameters
-    kept); each process scores its own part of ``unlabelled``; the top ``budget`` of all."""
+    """Query by committee: process 0 fits the members and sends them; each process scores its
+    own part of ``unlabelled``; the top ``budget`` of all."""
     cfg = ctx.config
     col = _collectives(ctx)
     ef, _ = _jitted(ctx)
@@ -492,9 +495,10 @@ def _committee_picks(ctx: LoopContext, labelled_structures, unlabelled, key, bud
     for member in range(cfg.committee_size):
         sample = rng.integers(0, len(labelled_structures), len(labelled_structures))
         train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 7919 * member + 1)
-        params = fit(ctx.model, ctx.pretrained, [labelled_structures[i] for i in sample], None, train_cfg,
-                     replay=ctx.replay, progress=False, compiled=ctx.cache).params
-        params = _params_from_writer(col, params)
+        members = [labelled_structures[i] for i in sample]
+        params = _fitted_on_writer(col, lambda: fit(ctx.model, ctx.pretrained, members, None, train_cfg,
+                                                    replay=ctx.replay, progress=False, compiled=ctx.cache).params,
+                                   like=ctx.pretrained)
         member_forces = []
         for _, graph in pool_chunks:
             _, f = ef(params, graph)
@@ -633,9 +637,9 @@ def run_round(state: LoopState, ctx: LoopContext, labelled_atoms: list) -> tuple
     errors = iter(_pick_errors(ctx, state.params, picked[len(picked) - n_new:]))
     errors_before = [next(errors) if good else float("nan") for good in ok]
     train_cfg = dataclasses.replace(cfg.train, seed=cfg.train.seed + 1000 * cfg.seed + r)
-    params = fit(ctx.model, start, train_structures, None, train_cfg, replay=ctx.replay,
-                 progress=ctx.progress, compiled=ctx.cache).params
-    params = _params_from_writer(col, params)  # one model everywhere, whatever the hosts' arithmetic
+    params = _fitted_on_writer(col, lambda: fit(ctx.model, start, train_structures, None, train_cfg,
+                                                replay=ctx.replay, progress=ctx.progress,
+                                                compiled=ctx.cache).params, like=start)
     times["finetune_s"] = time.perf_counter() - t
 
     t = time.perf_counter()

@@ -135,6 +135,10 @@ def iter_ase_frames(path: str | os.PathLike, keep: Callable[[int], bool] | None 
 def _step_xyz_frames(path: str, keep: Callable[[int], bool]) -> Iterator[tuple[int, ase.Atoms]]:
     """:func:`iter_ase_frames` for a plain (ext)xyz file: frame boundaries from the atom-count
     lines (a blank line where a count belongs ends the file, as in ASE's reader)."""
+    def truncated(frame: int, n_atoms: int) -> DatasetFormatError:
+        return DatasetFormatError(path, frame, f"cannot read: the file ends inside the frame ({n_atoms} atoms "
+                                               f"announced)")
+
     with open(path) as fh:
         frame = 0
         while True:
@@ -149,8 +153,7 @@ def _step_xyz_frames(path: str, keep: Callable[[int], bool]) -> Iterator[tuple[i
             if keep(frame):
                 lines = [first] + [fh.readline() for _ in range(n_atoms + 1)]
                 if not lines[-1]:
-                    raise DatasetFormatError(path, frame, f"cannot read: the file ends inside the frame "
-                                                          f"({n_atoms} atoms announced)")
+                    raise truncated(frame, n_atoms)
                 try:
                     atoms = ase.io.read(io.StringIO("".join(lines)), format="extxyz")
                 except Exception as err:  # ase raises many parser error types
@@ -159,8 +162,7 @@ def _step_xyz_frames(path: str, keep: Callable[[int], bool]) -> Iterator[tuple[i
             else:
                 for _ in range(n_atoms + 1):
                     if not fh.readline():
-                        raise DatasetFormatError(path, frame, f"cannot read: the file ends inside the frame "
-                                                              f"({n_atoms} atoms announced)")
+                        raise truncated(frame, n_atoms)
             frame += 1
 
 

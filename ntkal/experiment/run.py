@@ -292,8 +292,7 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
         oracle = _default_oracle(config, directory, progress)
     ctx = make_context(model, params, pool, tests, oracle, config.loop,
                        progress=progress, replay_atoms=replay, cache=cache, initial_atoms=initial,
-                       target_atoms=target, test_overlap=config.data.test_overlap,
-                       collectives=None if col.count == 1 else col)
+                       target_atoms=target, test_overlap=config.data.test_overlap, collectives=col)
     if log:
         for note in ctx.audit.notes():
             log(f"note: {note}")
@@ -480,15 +479,14 @@ def shared_round0_fingerprint(point: ExperimentConfig) -> str:
 
 
 def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack: contextlib.ExitStack,
-                after_point=None, inputs: dict | None = None, col: Collectives | None = None):
+                after_point, inputs: dict, col: Collectives):
     from ntkal.labelling import make_executor
 
     results = []
     caches: dict = {}  # (checkpoint, data) -> per-pool cache shared by the points using that pool
     oracles: dict = {}  # OracleConfig -> the labelling function (one store and executor each)
     cleared: set = set()
-    inputs = dict(inputs or {})
-    col = LocalCollectives() if col is None else col
+    inputs = dict(inputs)
     # the last point that uses each per-pool cache and each input: released after it (a cache
     # owns the compiled programs of its points, fine-tuning step, feature maps, shortlist and
     # selectors, and the pool features; nothing later would find them again)
