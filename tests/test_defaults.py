@@ -35,6 +35,7 @@ PAYOFF_STUDIES = {
     "pool_shift_target_s5_9.toml": set(),
     "sevennet_pool_shift.toml": {"trainable", "refit_e0"},
     "sevennet_pmechdb.toml": {"trainable", "refit_e0"},
+    "sevennet_oc20.toml": {"trainable", "refit_e0"},
     "sevennet_finetune_all.toml": {"refit_e0"},
     "sevennet_finetune_last_block.toml": {"trainable", "refit_e0"},
     "sevennet_finetune_readout.toml": {"trainable", "refit_e0"},
