@@ -21,7 +21,7 @@ from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import remove_stale_temp_files
 
 __all__ = ["Results", "RunInputs", "run", "run_sweep", "load_data", "load_inputs", "load_target_set", "make_oracle",
-           "write_results"]
+           "write_results", "check_reference_energies"]
 
 
 class RunInputs(NamedTuple):
@@ -288,6 +288,8 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
     model, params, metadata = load_pretrained(config.checkpoint)
     pool, tests, replay, initial, target = inputs if inputs is not None else load_inputs(config, progress=progress)
     _check_elements(model, metadata, pool, tests, initial, log, target)
+    if config.loop.train.refit_e0:
+        check_reference_energies(pool, tests, initial, log)
     if oracle is None:
         oracle = _default_oracle(config, directory, progress)
     ctx = make_context(model, params, pool, tests, oracle, config.loop,
@@ -320,6 +322,27 @@ def _check_elements(model, metadata, pool, tests, initial, log, target=()) -> No
             warnings.warn(warning, UnseenElementWarning, stacklevel=3)
             if log:
                 log(f"warning: {warning}")
+
+
+def check_reference_energies(pool, tests, initial=(), log: Callable[[str], None] | None = print) -> list[str]:
+    """Warn about test structures whose energies depend on per-element reference energies that no
+    label from ``pool`` or ``initial`` can fix (``[train] refit_e0``; see
+    :mod:`ntkal.data.compositions`): one :class:`~ntkal.data.compositions.ReferenceEnergyWarning`
+    and one ``log`` line per such test split, before any compute.
+
+    Returns:
+      The messages (empty when every test energy is fixable).
+    """
+    from ntkal.data.compositions import ReferenceEnergyWarning, reference_energy_gaps
+
+    gaps = reference_energy_gaps([a.numbers for a in [*pool, *initial]],
+                                 {f"test split {name!r}": [a.numbers for a in atoms] for name, atoms in tests.items()})
+    messages = [gap.message() for gap in gaps]
+    for message in messages:
+        warnings.warn(message, ReferenceEnergyWarning, stacklevel=2)
+        if log:
+            log(f"warning: {message}")
+    return messages
 
 
 def _not_labelling(atoms_list):
