@@ -32,19 +32,21 @@ def main(argv=None) -> None:
 
     from ntkal.data import structures_from_atoms
     from ntkal.data.compositions import reference_energy_gaps
+    from ntkal.data.overlap import FrameIndex, frame_of
     from ntkal.experiment.config import load_sweep
     from ntkal.experiment.run import load_data
     from ntkal.models import load_pretrained
-    from ntkal.train.fitting import make_batches, refit_reference_energies
+    from ntkal.train.fitting import predict_energies, refit_reference_energies
 
     point = load_sweep(args.config)[0]
     model, params, _ = load_pretrained(point.checkpoint)
     pool, _ = load_data(point.data, progress=False, stored_labels=True)
     source, _ = load_data(dataclasses.replace(point.data, pool=(args.dev_split,), pool_filter="all", tests=()),
                           progress=False, stored_labels=True)
-    key = lambda a: (a.get_chemical_formula(), round(float(a.get_potential_energy()), 6))
-    in_pool = {key(a) for a in pool}
-    dev = [a for a in source if key(a) not in in_pool]
+    in_pool = FrameIndex()
+    for k, a in enumerate(pool):
+        in_pool.add(frame_of(a), k)
+    dev = [a for a in source if in_pool.find(frame_of(a)) is None]
     rng = np.random.default_rng(args.seed)
     labelled = [pool[i] for i in rng.choice(len(pool), args.labels, replace=False)]
     gaps = reference_energy_gaps([a.numbers for a in pool], {"dev": [a.numbers for a in dev]})
@@ -61,12 +63,6 @@ def main(argv=None) -> None:
                                                                       require_labels=True)]
     energy = jax.jit(model.energy)
 
-    def predict(p, structures):
-        out = []
-        for k, graph in enumerate(make_batches(structures, 8)):
-            out.extend(np.asarray(energy(p, graph), np.float64)[:min(8, len(structures) - 8 * k)])
-        return np.array(out)
-
     labelled_s = as_structures(labelled)
     dev_s = {name: as_structures([dev[i] for i in idx]) for name, idx in picked.items()}
     refits = {f"{args.labels} pool frames (the loop's round 0)": labelled_s,
@@ -78,7 +74,7 @@ def main(argv=None) -> None:
         for name, structures in dev_s.items():
             if not structures:
                 continue
-            error = predict(p, structures) - np.array([s.energy for s in structures])
+            error = predict_energies(energy, p, structures) - np.array([s.energy for s in structures])
             per_atom = np.abs(error) / np.array([s.n_atoms for s in structures])
             print(f"| {what} | {name} | {len(structures)} | {error.mean():+.2f} | {per_atom.mean():.3f} |")
 

@@ -94,14 +94,21 @@ def composition_matrix(numbers: Iterable[np.ndarray], elements: Sequence[int]) -
     return np.asarray(rows, np.float64).reshape(len(rows), len(column))
 
 
-def _row_space(labelled: np.ndarray, rtol: float = 1e-9) -> np.ndarray:
-    """(n_elements, rank) orthonormal basis of the row space of ``labelled`` (unique rows suffice)."""
-    if not len(labelled):
-        return np.zeros((labelled.shape[1], 0))
+def _svd(labelled: np.ndarray, rtol: float) -> tuple[int, np.ndarray]:
+    """The rank of ``labelled`` and the (n_elements, n_elements) right singular vectors of its
+    unique rows (the first ``rank`` span its row space, the others its null space)."""
     rows = np.unique(labelled, axis=0)
-    _, s, vt = np.linalg.svd(rows, full_matrices=False)
-    rank = int(np.sum(s > rtol * s[0])) if len(s) and s[0] > 0 else 0
-    return vt[:rank].T
+    if not len(rows):
+        return 0, np.eye(labelled.shape[1])
+    _, s, vt = np.linalg.svd(rows, full_matrices=True)
+    return (int(np.sum(s > rtol * s[0])) if s[0] > 0 else 0), vt
+
+
+def _outside(basis: np.ndarray, evaluated: np.ndarray, atol: float) -> np.ndarray:
+    """(m,) bool: the rows of ``evaluated`` farther than ``atol`` × their norm from the span of
+    ``basis`` ((n_elements, rank), orthonormal columns)."""
+    residual = evaluated - (evaluated @ basis) @ basis.T
+    return np.linalg.norm(residual, axis=1) > atol * np.maximum(np.linalg.norm(evaluated, axis=1), 1.0)
 
 
 def unresolved_mask(labelled: np.ndarray, evaluated: np.ndarray, rtol: float = 1e-9, atol: float = 1e-6
@@ -116,20 +123,17 @@ def unresolved_mask(labelled: np.ndarray, evaluated: np.ndarray, rtol: float = 1
         norm (integer counts put a real gap far above it: a clean 36-atom slab is 1.2 away from
         the row space of slabs with two-atom adsorbates).
     """
-    basis = _row_space(labelled, rtol)
-    residual = evaluated - (evaluated @ basis) @ basis.T
-    return np.linalg.norm(residual, axis=1) > atol * np.maximum(np.linalg.norm(evaluated, axis=1), 1.0)
+    rank, vt = _svd(labelled, rtol)
+    return _outside(vt[:rank].T, evaluated, atol)
 
 
 def _one_direction(labelled: np.ndarray, present: np.ndarray, rtol: float = 1e-9) -> np.ndarray | None:
-    """The null direction of ``labelled`` among the ``present`` columns when it is one-dimensional."""
+    """The null direction of ``labelled`` among the ``present`` columns when it is one-dimensional
+    (scaled so that its smallest nonzero |entry| is 1); else ``None``."""
     sub = labelled[:, present]
-    if not len(sub):
+    rank, vt = _svd(sub, rtol)
+    if not len(sub) or sub.shape[1] - rank != 1:
         return None
-    rank = _row_space(sub, rtol).shape[1]
-    if sub.shape[1] - rank != 1:
-        return None
-    _, _, vt = np.linalg.svd(np.unique(sub, axis=0), full_matrices=True)
     u = vt[-1]
     u[np.abs(u) < 1e-9 * np.abs(u).max()] = 0.0
     u = u / np.abs(u[u != 0]).min() * np.sign(u[np.argmax(np.abs(u))])
@@ -154,12 +158,13 @@ def reference_energy_gaps(labelled: Iterable[np.ndarray], evaluated: Mapping[str
     evaluated = {name: [np.asarray(z) for z in group] for name, group in evaluated.items()}
     elements = sorted({int(z) for group in [labelled, *evaluated.values()] for numbers in group for z in numbers})
     counts = composition_matrix(labelled, elements)
-    present = counts.sum(axis=0) > 0 if len(counts) else np.zeros(len(elements), bool)
-    direction = _one_direction(counts, present) if len(counts) else None
+    present = counts.sum(axis=0) > 0
+    direction = _one_direction(counts, present)
+    rank, vt = _svd(counts, 1e-9)
     gaps = []
     for name, group in evaluated.items():
         rows = composition_matrix(group, elements)
-        mask = unresolved_mask(counts, rows)
+        mask = _outside(vt[:rank].T, rows, 1e-6)
         if not mask.any():
             continue
         used = rows[mask].sum(axis=0) > 0

@@ -8,6 +8,7 @@ import dataclasses
 
 import numpy as np
 
+from ntkal.data.compositions import composition_matrix
 from ntkal.data.structure import Structure
 from ntkal.models.config import ModelConfig
 
@@ -20,24 +21,18 @@ def fit_reference_energies(config: ModelConfig, structures: Iterable[Structure],
 
     Solves ``min_e ‖C e − E‖² + ridge‖e‖²`` where C (n_struct, n_elements) counts each
     element. Elements absent from the data get 0; rank-deficient compositions (e.g.
-    a single element ratio) get the minimum-norm solution.
+    a single element ratio) get the minimum-norm solution
+    (:func:`ntkal.data.compositions.reference_energy_gaps` finds the structures whose energies
+    that leaves unfixed).
 
     Returns:
       (n_elements,) float64 eV, ordered as ``config.elements``.
     """
-    column = {z: k for k, z in enumerate(config.elements)}
-    rows, targets = [], []
-    for s in structures:
-        if np.isnan(s.energy):
-            continue
-        counts = np.zeros(len(config.elements))
-        for z, c in zip(*np.unique(s.numbers, return_counts=True)):
-            counts[column[int(z)]] = c
-        rows.append(counts)
-        targets.append(s.energy)
-    if not rows:
+    labelled = [s for s in structures if not np.isnan(s.energy)]
+    if not labelled:
         return np.zeros(len(config.elements))
-    c, e = np.asarray(rows), np.asarray(targets)
+    c = composition_matrix((s.numbers for s in labelled), config.elements)
+    e = np.asarray([s.energy for s in labelled], np.float64)
     lhs = c.T @ c + ridge * np.eye(c.shape[1])
     return np.linalg.lstsq(lhs, c.T @ e, rcond=None)[0]
 

@@ -112,6 +112,16 @@ def _labels(params, trainable) -> dict:
             "e0": jax.tree_util.tree_map(lambda _: "freeze", params["e0"])}
 
 
+def predict_energies(energy_fn, params, structures: Sequence[Structure], batch_size: int = 8) -> np.ndarray:
+    """(n,) float64 energies (eV) of ``structures`` by ``energy_fn(params, graph)`` (a jitted
+    ``model.energy``), in batches of ``batch_size`` (:func:`make_batches`)."""
+    predicted = []
+    for k, graph in enumerate(make_batches(structures, batch_size)):
+        n_real = min(batch_size, len(structures) - k * batch_size)
+        predicted.extend(np.asarray(energy_fn(params, graph), np.float64)[:n_real])
+    return np.asarray(predicted, np.float64)
+
+
 def refit_reference_energies(model: MLIP, params, structures: Sequence[Structure], energy_fn=None,
                              batch_size: int = 8):
     """``params`` with ``e0`` shifted by the least-squares per-element fit of the energy residuals
@@ -126,11 +136,7 @@ def refit_reference_energies(model: MLIP, params, structures: Sequence[Structure
     labelled = [s for s in structures if not np.isnan(s.energy)]
     if not labelled:
         return params
-    energy_fn = energy_fn or jax.jit(model.energy)
-    predicted = []
-    for k, graph in enumerate(make_batches(labelled, batch_size)):
-        n_real = min(batch_size, len(labelled) - k * batch_size)
-        predicted.extend(np.asarray(energy_fn(params, graph), np.float64)[:n_real])
+    predicted = predict_energies(energy_fn or jax.jit(model.energy), params, labelled, batch_size)
     residual = [s._replace(energy=float(s.energy - e)) for s, e in zip(labelled, predicted)]
     shift = fit_reference_energies(model.config, residual)
     e0 = np.asarray(params["e0"], np.float64) + shift
