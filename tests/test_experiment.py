@@ -51,10 +51,15 @@ def test_sweep_expands_cartesian_product_and_merges_irrelevant_axes(tmp_path):
     assert len({p.label for p in points}) == per_seed
 
 
-def test_list_of_lists_sweeps_a_list_field(tmp_path):
+def test_list_of_lists_sweeps_a_list_field():
+    import tomllib
+
+    from ntkal.experiment.config import expand_sweep
+
     text = BASE.replace('tests = ["val_id", "val_ood_ads"]', 'tests = [["val_id"], ["val_ood_ads"]]')
     text = text.replace('method = ["random", "energy", "joint"]', 'method = "random"').replace("seeds = [0, 1]", "seeds = [0]")
-    assert sorted(p.data.tests for p in load_sweep(write(tmp_path, text))) == [("val_id",), ("val_ood_ads",)]
+    points = expand_sweep(tomllib.loads(text), check_labels=False)  # load_sweep refuses a [data] axis (below)
+    assert sorted(p.data.tests for p in points) == [("val_id",), ("val_ood_ads",)]
 
 
 @pytest.mark.parametrize("edit, message", [
@@ -298,3 +303,85 @@ def test_every_shipped_study_config_loads_with_distinct_points(path):
     points = load_sweep(path)
     assert points and len({(p.label, p.loop.seed) for p in points}) == len(points)
     assert all(p.out for p in points)
+
+
+@pytest.fixture(scope="module")
+def checkpoint_without_al(tmp_path_factory):
+    """A tiny model without Al and Pd (the elements of ``val_ood_cat``'s catalysts)."""
+    config = tiny_config(elements=("C", "N", "O", "Ni", "Cu", "Ag", "Pt", "Au"), num_layers=1, lmax=1)
+    model = build_model(config)
+    params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
+    path = tmp_path_factory.mktemp("ckpt") / "no_al.msgpack"
+    save_checkpoint(path, params, config)
+    return path
+
+
+def _checks_sweep(tmp_path, checkpoint):
+    """Random over 2 seeds, and an arm whose target set (val_ood_cat) holds Al and Pd."""
+    return write(tmp_path, f"""
+name = "checks"
+seeds = [0, 1]
+out = "{tmp_path / 'out'}"
+[model]
+checkpoint = "{checkpoint}"
+[data]
+dataset = "oc20_like"
+size = "tiny"
+cache_dir = "{tmp_path / 'cache'}"
+pool = ["train:24"]
+tests = ["val_id", "val_ood_ads"]
+max_test = 6
+target_set = ["val_ood_cat:5"]
+[loop]
+initial = 4
+batch = 3
+rounds = 1
+[kernel]
+sketch_dim = 16
+[train]
+max_epochs = 1
+batch_size = 4
+refit_e0 = true
+[[variants]]
+loop = {{ method = "random" }}
+[[variants]]
+loop = {{ method = "energy", selector = "varred", variance_target = "target_set" }}
+""")
+
+
+class _PointStarted(Exception):
+    pass
+
+
+def test_a_sweep_checks_every_points_inputs_once_before_its_first_point(tmp_path, checkpoint, checkpoint_without_al):
+    from ntkal.data import UnknownElementError
+    from ntkal.data.compositions import ReferenceEnergyWarning
+
+    # the last points' target set holds Al, which the model lacks: an error before point 1 computes
+    lines = []
+    with pytest.raises(UnknownElementError, match=r"target set.*'Al'"):
+        run_sweep(_checks_sweep(tmp_path, checkpoint_without_al), progress=False, log=lines.append)
+    assert not [line for line in lines if line.startswith("== point")]
+    assert not list((tmp_path / "out" / "points").glob("*/state.msgpack"))
+
+    # the refit's warnings: one per test split, all before point 1, however many points share them
+    def stop_at_first_point(line):
+        lines.append(line)
+        if line.startswith("== point"):
+            raise _PointStarted
+
+    lines.clear()
+    with pytest.warns(ReferenceEnergyWarning), pytest.raises(_PointStarted):
+        run_sweep(_checks_sweep(tmp_path, checkpoint), progress=False, log=stop_at_first_point, resume=False)
+    warned = [line for line in lines if line.startswith("warning: test split")]
+    assert [line.split("'")[1] for line in warned] == ["val_id", "val_ood_ads"]
+    assert lines[-1].startswith("== point 1/4")
+
+
+def test_a_data_sweep_axis_is_refused_when_it_loads(tmp_path):
+    """Points of a [data] axis would share one label and one point folder: the second data
+    setting would stop the sweep, hours in, with a settings mismatch; refused at load instead."""
+    text = BASE.replace('tests = ["val_id", "val_ood_ads"]', 'tests = [["val_id"], ["val_ood_ads"]]')
+    with pytest.raises(ConfigError, match=r"line 8: two points labelled 'random' \(seed 0\) differ in "
+                                          r"data.tests: \('val_id',\) vs \('val_ood_ads',\)"):
+        load_sweep(write(tmp_path, text))

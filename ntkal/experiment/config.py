@@ -4,9 +4,11 @@ A config file has top-level ``name``, ``seeds`` (list) and ``out``, and the tabl
 ``[data]``, ``[model]``, ``[loop]``, ``[kernel]``, ``[train]``. Any scalar field given
 as a list becomes a sweep axis; the sweep is the cartesian product of all axes and the
 seeds, in file order (axes vary slowest first). Fields that are lists by nature
-(``data.tests``, ``data.pool``, ``kernel.param_filter``) sweep only when given as a list
-of lists. Sweep points that differ only in settings their method ignores (the kernel
-and selector of ``random``/``committee``) are merged.
+(``kernel.param_filter``, ``train.trainable``) sweep only when given as a list of lists.
+Sweep points that differ only in settings their method ignores (the kernel and selector of
+``random``/``committee``) are merged. A sweep runs one ``[data]`` setting: a ``[data]`` axis
+would give points that share a label and a results folder, so it is refused when the file
+loads (one config, with its own ``out``, per data setting).
 
 Errors name the file, the line of the offending key and what was wrong.
 """
@@ -243,10 +245,18 @@ def _check_labels(points: list[ExperimentConfig], source, text) -> None:
     ``[train]`` ones, need a variant ``name``)."""
     by_key: dict[tuple, ExperimentConfig] = {}
     for point in points:
-        # points of a [data] sweep axis differ in their data; the per-point record check of
-        # ntkal.experiment.run refuses to resume one in the other's folder
-        key = (point.label, point.loop.seed, point.data)
+        key = (point.label, point.loop.seed)
         other = by_key.setdefault(key, point)
+        if other is not point and other.data != point.data:
+            # a [data] sweep axis: the label, the point folder and the results rows would not
+            # tell the data settings apart (and a variant cannot set [data])
+            fields = _differences(other.data, point.data, "data.")
+            differ = ", ".join(fields)
+            first = fields[0].split(":")[0].split(".")[-1]  # its line is the one shown
+            _fail(source, text, first, f"two points labelled {point.label!r} (seed {point.loop.seed}) differ "
+                                        f"in {differ}; a sweep runs one [data] setting (its points would share "
+                                        f"one results folder and label): write one config, with its own out, "
+                                        f"per data setting")
         if other is not point and other != point:
             differ = ", ".join(_differences(other, point)) or "settings"
             _fail(source, text, "variants", f"two different points are both labelled {point.label!r} (seed "

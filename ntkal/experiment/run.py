@@ -21,7 +21,7 @@ from ntkal.models import atomic_write_bytes, load_pretrained
 from ntkal.models.checkpoint import remove_stale_temp_files
 
 __all__ = ["Results", "RunInputs", "run", "run_sweep", "load_data", "load_inputs", "load_target_set", "make_oracle",
-           "write_results", "check_reference_energies"]
+           "write_results", "check_reference_energies", "check_run_inputs"]
 
 
 class RunInputs(NamedTuple):
@@ -255,7 +255,7 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
         progress: bool = True, log: Callable[[str], None] | None = print,
         shared_round0: str | Path | None = None, cache: dict | None = None,
         oracle: Callable | None = None, inputs: RunInputs | None = None,
-        collectives: Collectives | None = None) -> Results:
+        collectives: Collectives | None = None, check_inputs: bool = True) -> Results:
     """Run one sweep point end to end.
 
     Args:
@@ -274,8 +274,13 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
       collectives: several processes running this point together (:mod:`ntkal.loop`): each
         scores its part of the pool; process 0 alone uses ``directory``, labels, logs and shows
         progress (the others' ``directory`` and ``oracle`` are ignored).
+      check_inputs: check the structures against the model before any compute
+        (:func:`check_run_inputs`). :func:`run_sweep` checks every point's inputs once, before
+        its first point, and passes ``False``.
 
     Raises:
+      UnknownElementError: a structure holds an element outside the model (naming file and
+        frame).
       LeakageError: a test frame is also a pool, initial-set or target-set frame (before any
         compute; ``[data] test_overlap = "warn"`` downgrades it).
     """
@@ -286,10 +291,10 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
     if directory is not None:
         prepare_directory(directory, config, resume=resume)
     model, params, metadata = load_pretrained(config.checkpoint)
-    pool, tests, replay, initial, target = inputs if inputs is not None else load_inputs(config, progress=progress)
-    _check_elements(model, metadata, pool, tests, initial, log, target)
-    if config.loop.train.refit_e0:
-        check_reference_energies(pool, tests, initial, log)
+    inputs = inputs if inputs is not None else load_inputs(config, progress=progress)
+    if check_inputs:
+        check_run_inputs(config, inputs, model, metadata, log)
+    pool, tests, replay, initial, target = inputs
     if oracle is None:
         oracle = _default_oracle(config, directory, progress)
     ctx = make_context(model, params, pool, tests, oracle, config.loop,
@@ -303,6 +308,17 @@ def run(config: ExperimentConfig, *, directory: str | Path | None = None, resume
     rows = [{**columns, **row} for row in state.rows]
     picks = [{**columns, **pick} for pick in state.picks]
     return Results(config, rows, picks, time.perf_counter() - t0)
+
+
+def check_run_inputs(config: ExperimentConfig, inputs: RunInputs, model, metadata,
+                     log: Callable[[str], None] | None = print) -> None:
+    """The checks of a point's structures against its model, before any compute: an element
+    outside the model is an error naming file and frame; elements the model never saw in training
+    and (with ``[train] refit_e0``) test energies that no label can fix
+    (:func:`check_reference_energies`) are warnings, each one ``log`` line."""
+    _check_elements(model, metadata, inputs.pool, inputs.tests, inputs.initial, log, inputs.target)
+    if config.loop.train.refit_e0:
+        check_reference_energies(inputs.pool, inputs.tests, inputs.initial, log)
 
 
 def _check_elements(model, metadata, pool, tests, initial, log, target=()) -> None:
@@ -431,7 +447,9 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
     :class:`~ntkal.folder_lock.FolderInUseError`), every point's settings are checked
     against its saved run, every label store is checked readable
     (:class:`~ntkal.labelling.LabelStoreError` with the recovery command), and every input is
-    read and audited for test leakage (:class:`~ntkal.data.overlap.LeakageError`).
+    read and audited for test leakage (:class:`~ntkal.data.overlap.LeakageError`) and checked
+    against the model once per distinct input (:func:`check_run_inputs`: an unknown element is
+    an error; its warnings are printed once, not once per point).
 
     ``collectives`` (``ntkal run --distributed``): several processes run the sweep together,
     each with the config and the data files; the pool scoring of every round is split between
@@ -457,6 +475,7 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, resume: bool =
                     check_record(directory, point, has_state=(directory / "state.msgpack").exists())
             _check_label_stores(points, out_dir, path, out)
         inputs = _audited_inputs(points, progress and col.is_writer)
+        _check_sweep_inputs(points, inputs, log if col.is_writer else None)
         return _run_points(points, out_dir, resume, progress, log, stack, after_point, inputs, col)
 
 
@@ -489,6 +508,25 @@ def _audited_inputs(points, progress: bool) -> dict:
             audit_inputs(found.pool, found.tests, found.initial, found.target,
                          test_overlap=point.data.test_overlap)
     return inputs
+
+
+def _check_sweep_inputs(points, inputs: dict, log) -> None:
+    """The checks of :func:`check_run_inputs` for every point, before the first point computes
+    anything: elements once per distinct input, reference energies once per distinct pool, test
+    splits and initial set (so each warning is printed once per sweep, not once per point)."""
+    models: dict = {}
+    checked: set = set()
+    for point in points:
+        if point.checkpoint not in models:
+            models[point.checkpoint] = load_pretrained(point.checkpoint)
+        model, _, metadata = models[point.checkpoint]
+        found = inputs[_inputs_key(point)]
+        if (_inputs_key(point), point.checkpoint) not in checked:
+            checked.add((_inputs_key(point), point.checkpoint))
+            _check_elements(model, metadata, found.pool, found.tests, found.initial, log, found.target)
+        if point.loop.train.refit_e0 and ("e0", point.data.without_target_set()) not in checked:
+            checked.add(("e0", point.data.without_target_set()))
+            check_reference_energies(found.pool, found.tests, found.initial, log)
 
 
 def shared_round0_fingerprint(point: ExperimentConfig) -> str:
@@ -532,7 +570,7 @@ def _run_points(points, out_dir: Path, resume: bool, progress: bool, log, stack:
                                         executor=stack.enter_context(make_executor(spec)), progress=progress)
         results.append(run(point, directory=directory, resume=resume, progress=progress, log=log,
                            shared_round0=shared, cache=cache, oracle=oracles.get(spec) or make_oracle(None),
-                           inputs=inputs.get(_inputs_key(point)), collectives=col))
+                           inputs=inputs.get(_inputs_key(point)), collectives=col, check_inputs=False))
         if last_cache[(point.checkpoint, point.data)] == k:
             del caches[(point.checkpoint, point.data)]
         if last_inputs[_inputs_key(point)] == k:
