@@ -52,6 +52,21 @@ def parse_variant(text: str) -> dict:
     return out
 
 
+def dev_frames(data, pool, count: int) -> tuple[list, int]:
+    """``(dev, available)``: ``count`` target-distribution frames of the dataset's ``train`` split
+    that are not pool frames (seeded draw, sorted), and how many there were to draw from."""
+    from ntkal import datasets
+
+    key = lambda a: (a.numbers.tobytes(), np.round(a.positions, 6).tobytes())  # noqa: E731
+    in_pool = {key(a) for a in pool}
+    source = datasets.oc20_is_source if data.dataset == "oc20_like" else (lambda a: False)
+    target = [a for a in datasets.load_split(data.dataset, "train", size=data.size, seed=data.seed,
+                                             cache_dir=data.cache_dir, progress=False)
+              if not source(a) and key(a) not in in_pool]
+    rng = np.random.default_rng(12345)
+    return [target[i] for i in np.sort(rng.choice(len(target), min(count, len(target)), replace=False))], len(target)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", type=Path)
@@ -67,7 +82,6 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     import jax
-    from ntkal import datasets
     from ntkal.experiment.config import load_sweep, sweep_label
     from ntkal.experiment.run import load_data, load_replay
     from ntkal.loop import _labelled_structures, load_state, make_context
@@ -80,18 +94,10 @@ def main(argv=None) -> int:
     model, pretrained, _ = load_pretrained(first.checkpoint)
     pool, tests = load_data(first.data, progress=False)
     replay_atoms = load_replay(first.data, progress=False)
-    key = lambda a: (a.numbers.tobytes(), np.round(a.positions, 6).tobytes())
-    in_pool = {key(a) for a in pool}
     check = args.check_split or first.data.tests[0]
-    source = datasets.oc20_is_source if first.data.dataset == "oc20_like" else (lambda a: False)
-    target = [a for a in datasets.load_split(first.data.dataset, "train", size=first.data.size,
-                                             seed=first.data.seed, cache_dir=first.data.cache_dir,
-                                             progress=False)
-              if not source(a) and key(a) not in in_pool]
-    rng = np.random.default_rng(12345)
-    dev = [target[i] for i in np.sort(rng.choice(len(target), min(args.dev, len(target)), replace=False))]
+    dev, available = dev_frames(first.data, pool, args.dev)
     print(f"# dev: {len(dev)} target frames of `train` outside the {len(pool)}-frame pool "
-          f"({len(target)} available); tests untouched except {check} for the reproduction check")
+          f"({available} available); tests untouched except {check} for the reproduction check")
     sums = jax.jit(make_error_sums_fn(model.energy))
     out_dir = ROOT / first.out / "points"
     results = []

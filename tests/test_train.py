@@ -366,3 +366,35 @@ def test_parameters_outside_the_trained_subset_are_bit_identical_after_a_fine_tu
     np.testing.assert_array_equal(np.asarray(result.params["e0"]), np.asarray(params["e0"]))
     with pytest.raises(ValueError, match="trainable must be"):
         TrainConfig(trainable="last_layer")
+
+
+def test_refit_after_the_fine_tune_removes_the_energy_drift_and_leaves_the_network(data):
+    """``refit_e0_after``: e0 is then the least-squares fit (numpy's lstsq on the element counts,
+    an independent reference) of the fine-tuned model's energy errors over every labelled
+    structure, the hold-out included; the network and so the forces are bit for bit those of the
+    same fit without it, whose e0 that fit would still move."""
+    model, params, train, _ = data
+    train = _dense(train)[:24]
+    config = TrainConfig(max_epochs=3, batch_size=8, val_fraction=0.25, refit_e0=True, seed=3)
+    plain = fit(model, params, train, None, config, progress=False)
+    after = fit(model, params, train, None, dataclasses.replace(config, refit_e0_after=True), progress=False)
+    assert after.n_holdout == 6
+    for a, b in zip(jax.tree_util.tree_leaves(plain.params["net"]), jax.tree_util.tree_leaves(after.params["net"])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    energy = jax.jit(model.energy)
+    counts = np.array([[np.sum(s.numbers == z) for z in model.config.elements] for s in train], np.float64)
+    labels = np.array([s.energy for s in train])
+
+    def lstsq_shift(p):
+        predicted = np.concatenate([np.asarray(energy(p, g), np.float64)[:min(8, len(train) - 8 * k)]
+                                    for k, g in enumerate(make_batches(train, 8))])
+        shift, *_ = np.linalg.lstsq(counts, labels - predicted, rcond=None)
+        return shift, np.sqrt(np.mean((labels - predicted) ** 2))
+
+    drift, rmse_plain = lstsq_shift(plain.params)
+    rest, rmse_after = lstsq_shift(after.params)
+    assert np.max(np.abs(drift)) > 1e-3  # the fine-tune moved the energies by a per-element offset
+    np.testing.assert_allclose(rest, 0.0, atol=2e-5)  # float32 energies of ~100 eV
+    assert rmse_after < rmse_plain
+    np.testing.assert_allclose(np.asarray(after.params["e0"], np.float64) - np.asarray(plain.params["e0"], np.float64),
+                               drift, atol=2e-5)

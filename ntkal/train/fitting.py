@@ -145,7 +145,7 @@ def refit_reference_energies(model: MLIP, params, structures: Sequence[Structure
 
 #: Fields that only the host loop reads; :func:`_static_part` resets them so the compile is shared.
 _DYNAMIC_FIELDS = ("learning_rate", "max_epochs", "patience", "seed", "val_fraction", "schedule",
-                   "min_lr_ratio", "warmup_epochs", "replay_weight", "refit_e0")
+                   "min_lr_ratio", "warmup_epochs", "replay_weight", "refit_e0", "refit_e0_after")
 
 
 def _static_part(config: TrainConfig) -> TrainConfig:
@@ -253,6 +253,7 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
     if not train:
         raise ValueError("fit: the training set is empty")
     train, replay = list(train), list(replay)
+    labelled = train  # every labelled structure given (the hold-out included): the refit after
     n_holdout = 0
     if not val and config.val_fraction > 0:
         train_idx, holdout_idx = holdout_split(len(train), config.val_fraction, config.seed)
@@ -315,5 +316,8 @@ def fit(model: MLIP, params, train: Sequence[Structure], val: Sequence[Structure
                 best_epoch=int(best[2]), history=history))
         if stop:
             break
-    return TrainResult(params=best[1], history=history, best_epoch=best[2], n_train=len(train),
+    params = best[1]
+    if config.refit_e0_after:
+        params = refit_reference_energies(model, params, labelled, energy_fn, config.batch_size)
+    return TrainResult(params=params, history=history, best_epoch=best[2], n_train=len(train),
                        n_holdout=n_holdout, n_replay=len(replay))
