@@ -76,14 +76,20 @@ def test_config_errors_name_file_and_line(tmp_path, edit, message):
     assert str(path) in str(info.value)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    config = tiny_config(elements=("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"), num_layers=1, lmax=1)
+def _tiny_checkpoint(tmp_path_factory, elements, name):
+    """A saved one-layer tiny model of ``elements`` (symbols), initialised on a Cu/Pt slab."""
+    config = tiny_config(elements=elements, num_layers=1, lmax=1)
     model = build_model(config)
     params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.msgpack"
+    path = tmp_path_factory.mktemp("ckpt") / name
     save_checkpoint(path, params, config)
     return path
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    return _tiny_checkpoint(tmp_path_factory, ("H", "C", "N", "O", "Al", "Ni", "Cu", "Pd", "Ag", "Pt", "Au"),
+                            "tiny.msgpack")
 
 
 def test_sweep_runs_end_to_end_and_writes_results(tmp_path, checkpoint):
@@ -308,12 +314,7 @@ def test_every_shipped_study_config_loads_with_distinct_points(path):
 @pytest.fixture(scope="module")
 def checkpoint_without_al(tmp_path_factory):
     """A tiny model without Al and Pd (the elements of ``val_ood_cat``'s catalysts)."""
-    config = tiny_config(elements=("C", "N", "O", "Ni", "Cu", "Ag", "Pt", "Au"), num_layers=1, lmax=1)
-    model = build_model(config)
-    params = model.init(jax.random.key(0), batch_atoms(list(cu_pt_slab_frames(1)), config.cutoff))
-    path = tmp_path_factory.mktemp("ckpt") / "no_al.msgpack"
-    save_checkpoint(path, params, config)
-    return path
+    return _tiny_checkpoint(tmp_path_factory, ("C", "N", "O", "Ni", "Cu", "Ag", "Pt", "Au"), "no_al.msgpack")
 
 
 def _checks_sweep(tmp_path, checkpoint):
